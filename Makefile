@@ -1,0 +1,27 @@
+# One command each, from a fresh clone: `make run` serves the product, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+run: $(VENV)/.installed  ## serve the reference chat runtime on 127.0.0.1:8000 (SQLite)
+	$(BIN)/webhook-plugin serve $(ARGS)
+
+demo: $(VENV)/.installed  ## play a conversation and watch six signed webhooks arrive
+	$(BIN)/webhook-plugin demo
+
+test: $(VENV)/.installed  ## the whole test suite, asyncio and trio
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed  ## every benchmark, with ratios against same-run baselines
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist src/*.egg-info

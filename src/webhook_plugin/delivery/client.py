@@ -1,0 +1,290 @@
+"""The HTTP client seam: one ``POST``, answered or failed, never a redirect followed.
+
+:class:`HttpClient` is the interface the dispatcher and the user-info fetcher
+use. :class:`H11Client`, the default, speaks HTTP/1.1 with ``h11`` over anyio
+streams (so it runs on asyncio and trio), keeps connections alive in a plain
+list of idle connections per origin, and owns the connect step, so that the
+network guard checks the very address it connects to. See
+``benchmarks/README.md`` for why it is not httpx's default transport.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Final, NamedTuple, Protocol
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import h11
+from anyio.streams.tls import TLSStream
+
+from ..exceptions import ConnectError, ProtocolError, RequestTimeout, TransportError
+from .netguard import NetworkGuard
+
+__all__ = ["H11Client", "HttpClient", "Response"]
+
+_READ_SIZE: Final = 65536
+
+
+class Response(NamedTuple):
+    """An answer: status, headers (lower-cased names) and the body up to its cap."""
+
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+    #: True when the body was longer than the cap and was cut
+    truncated: bool = False
+
+
+class HttpClient(Protocol):
+    async def post(
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout: float,
+        max_body: int = 1024,
+    ) -> Response:
+        """POST ``body`` to ``url`` and return the answer.
+
+        :param timeout: seconds for the whole exchange, connect included.
+        :param max_body: bytes of the answer's body kept; the rest is not read.
+        :raises TransportError: (or a subclass) when no complete answer came.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Origin(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+
+
+class _Connection:
+    __slots__ = ("stream", "h11")
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+
+
+class H11Client:
+    """HTTP/1.1 keep-alive client on anyio streams, guarded at connect time.
+
+    :param guard: vets every address before connecting.
+    :param user_agent: sent on every request.
+    :param max_idle_per_origin: idle connections kept per scheme, host and port.
+    :param ssl_context: for ``https`` (default: the system's trust store).
+    """
+
+    def __init__(
+        self,
+        guard: NetworkGuard,
+        *,
+        user_agent: str,
+        max_idle_per_origin: int = 64,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._guard = guard
+        self._user_agent = user_agent.encode()
+        self._max_idle = max_idle_per_origin
+        self._ssl_context = ssl_context
+        self._idle: defaultdict[_Origin, list[_Connection]] = defaultdict(list)
+        self._closed = False
+
+    async def post(
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout: float,
+        max_body: int = 1024,
+    ) -> Response:
+        origin, target = _parse(url)
+        request = h11.Request(
+            method="POST",
+            target=target,
+            headers=[
+                ("host", _host_header(origin)),
+                ("user-agent", self._user_agent),
+                ("content-length", str(len(body))),
+                *headers,
+            ],
+        )
+        try:
+            with anyio.fail_after(timeout):
+                conn = self._take_idle(origin)
+                if conn is not None:
+                    try:
+                        return await self._exchange(origin, conn, request, body, max_body)
+                    except _StaleConnection:
+                        pass  # the server closed a kept-alive connection: use a new one
+                conn = await self._connect(origin)
+                try:
+                    return await self._exchange(origin, conn, request, body, max_body)
+                except _StaleConnection as exc:
+                    raise ConnectError(f"connection to {origin.host!r} closed early") from exc
+        except TimeoutError:
+            raise RequestTimeout(f"no complete answer within {timeout:g} s") from None
+
+    def _take_idle(self, origin: _Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.h11.our_state is h11.IDLE and conn.h11.their_state is h11.IDLE:
+                return conn
+        return None
+
+    async def _connect(self, origin: _Origin) -> _Connection:
+        addresses = await self._guard.resolve(origin.host, origin.port)
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                stream: anyio.abc.ByteStream = await anyio.connect_tcp(address, origin.port)
+            except OSError as exc:
+                last = exc
+                continue
+            if origin.scheme == "https":
+                try:
+                    stream = await TLSStream.wrap(
+                        stream,
+                        hostname=origin.host,
+                        ssl_context=self._ssl_context or ssl.create_default_context(),
+                        standard_compatible=False,
+                    )
+                except (OSError, ssl.SSLError, anyio.BrokenResourceError) as exc:
+                    raise ConnectError(f"TLS with {origin.host!r} failed: {exc}") from exc
+            return _Connection(stream)
+        raise ConnectError(f"cannot connect to {origin.host!r} port {origin.port}: {last}")
+
+    async def _exchange(
+        self,
+        origin: _Origin,
+        conn: _Connection,
+        request: h11.Request,
+        body: bytes,
+        max_body: int,
+    ) -> Response:
+        reused = conn.h11.their_state is h11.IDLE and conn.h11.our_state is h11.IDLE
+        received_any = False
+        try:
+            data = (
+                conn.h11.send(request)
+                + conn.h11.send(h11.Data(data=body))
+                + conn.h11.send(h11.EndOfMessage())
+            )
+            await conn.stream.send(data)
+            status = 0
+            headers: dict[str, str] = {}
+            chunks: list[bytes] = []
+            size = 0
+            truncated = False
+            while True:
+                event = conn.h11.next_event()
+                if event is h11.NEED_DATA:
+                    try:
+                        chunk = await conn.stream.receive(_READ_SIZE)
+                    except anyio.EndOfStream:
+                        chunk = b""
+                    if not chunk and not received_any:
+                        raise _StaleConnection
+                    received_any = True
+                    conn.h11.receive_data(chunk)
+                    continue
+                received_any = True
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                    headers = {
+                        k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers
+                    }
+                elif isinstance(event, h11.InformationalResponse):
+                    continue
+                elif isinstance(event, h11.Data):
+                    if size < max_body:
+                        chunks.append(event.data[: max_body - size])
+                    size += len(event.data)
+                    if size > max_body:
+                        truncated = True
+                        break  # no need to read the rest: this connection is dropped
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ProtocolError("the server closed the connection mid-answer")
+        except _StaleConnection:
+            await _close(conn)
+            if reused:
+                raise
+            raise ConnectError(f"{origin.host!r} closed the connection without answering")
+        except h11.RemoteProtocolError as exc:
+            await _close(conn)
+            raise ProtocolError(f"invalid HTTP answer: {exc}") from exc
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            await _close(conn)
+            if reused and not received_any:
+                raise _StaleConnection from exc
+            raise ConnectError(f"connection to {origin.host!r} lost: {exc!r}") from exc
+        except BaseException:
+            await _close(conn)
+            raise
+        await self._keep_or_close(origin, conn, truncated)
+        return Response(status, headers, b"".join(chunks), truncated)
+
+    async def _keep_or_close(self, origin: _Origin, conn: _Connection, truncated: bool) -> None:
+        if (
+            not truncated
+            and not self._closed
+            and conn.h11.our_state is h11.DONE
+            and conn.h11.their_state is h11.DONE
+        ):
+            conn.h11.start_next_cycle()
+            idle = self._idle[origin]
+            if len(idle) < self._max_idle:
+                idle.append(conn)
+                return
+        await _close(conn)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, defaultdict(list)
+        for conns in idle.values():
+            for conn in conns:
+                await _close(conn)
+
+
+class _StaleConnection(Exception):
+    """A kept-alive connection turned out closed before any answer byte."""
+
+
+async def _close(conn: _Connection) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await conn.stream.aclose()
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+
+def _parse(url: str) -> tuple[_Origin, bytes]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TransportError(f"invalid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TransportError("only absolute http:// and https:// URLs can be called")
+    default = 443 if parts.scheme == "https" else 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Origin(parts.scheme, parts.hostname, port or default), target.encode()
+
+
+def _host_header(origin: _Origin) -> bytes:
+    host = f"[{origin.host}]" if ":" in origin.host else origin.host
+    if origin.port != (443 if origin.scheme == "https" else 80):
+        host = f"{host}:{origin.port}"
+    return host.encode("idna") if not host.isascii() else host.encode()

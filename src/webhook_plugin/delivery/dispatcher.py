@@ -1,0 +1,297 @@
+"""The dispatcher: claims due deliveries, POSTs them, records every attempt.
+
+One claim loop leases due deliveries in batches (as many as there are free
+slots), and starts one task per delivery in its task group. Concurrency is
+capped overall and per endpoint. Results go to a :class:`Batcher`, so that
+recording thousands of attempts costs a handful of transactions.
+
+A lease is always longer than an attempt can take (``2 x timeout + 5 s``) and a
+delivery whose lease would run out before its attempt could finish (it waited
+too long for its endpoint's slot) is released unsent, so that two dispatchers
+never send the same delivery at once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Final
+
+import anyio
+import anyio.abc
+import structlog
+
+from ..exceptions import TransportError
+from ..settings import WebhookSettings, parse_header, secret_key
+from ..storage.base import AttemptResult, ClaimedDelivery, Store
+from .client import HttpClient
+from .retry import RetryPolicy, parse_retry_after
+from .signing import sign
+
+__all__ = ["Dispatcher"]
+
+log = structlog.get_logger("webhook_plugin.delivery")
+
+_EXCERPT_BYTES: Final = 512
+
+
+class Dispatcher:
+    """Sends due deliveries until stopped.
+
+    :param store: where deliveries are claimed from.
+    :param client: the HTTP client seam.
+    :param record: takes each attempt's result (the engine's recorder).
+    :param policy: retry schedule and endpoint disabling.
+    :param timeout: seconds for one attempt.
+    :param concurrency: attempts in flight at most, overall.
+    :param per_endpoint: attempts in flight at most, per agent endpoint.
+    :param poll_interval: how often to look for due deliveries when nothing woke us.
+    :param clock: wall-clock time in Unix seconds (injected in tests).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        client: HttpClient,
+        record: Callable[[AttemptResult], None],
+        *,
+        policy: RetryPolicy,
+        timeout: float = 15.0,
+        concurrency: int = 64,
+        per_endpoint: int = 16,
+        poll_interval: float = 1.0,
+        claim_batch: int = 256,
+        clock: Callable[[], float] = time.time,
+        limiter: anyio.CapacityLimiter | None = None,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._record = record
+        self._policy = policy
+        self._timeout = timeout
+        self._concurrency = concurrency
+        self._per_endpoint = per_endpoint
+        self._poll_interval = poll_interval
+        self._claim_batch = claim_batch
+        self._clock = clock
+        self._limiter = limiter or anyio.CapacityLimiter(1)
+        self.owner = uuid.uuid4().hex
+        self.lease_seconds = 2 * timeout + 5.0
+        self._endpoint_limits: dict[str, anyio.Semaphore] = {}
+        self._in_flight: dict[int, anyio.CancelScope] = {}
+        self._wake_event: anyio.Event | None = None
+        self._slot_event: anyio.Event | None = None
+        self._idle_event: anyio.Event | None = None
+        self._next_retry_at: float | None = None
+        self._stopping = False
+
+    # signals from the engine ---------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New deliveries may be due: look now rather than at the next poll."""
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    def retry_scheduled(self, at: float) -> None:
+        """A retry falls due at ``at``: make sure the claim loop looks then."""
+        if self._next_retry_at is None or at < self._next_retry_at:
+            self._next_retry_at = at
+            self.wake()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    # the loop -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Claim and deliver until :meth:`stop`; returns with attempts still in flight
+        cancelled and their leases released."""
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            while not self._stopping:
+                free = self._concurrency - len(self._in_flight)
+                if free <= 0:
+                    self._slot_event = anyio.Event()
+                    await self._slot_event.wait()
+                    continue
+                now = self._clock()
+                limit = min(free, self._claim_batch)
+                claimed = await anyio.to_thread.run_sync(
+                    lambda: self._store.claim_due(
+                        now=now, limit=limit, lease_until=now + self.lease_seconds, owner=self.owner
+                    ),
+                    limiter=self._limiter,
+                )
+                for delivery in claimed:
+                    scope = anyio.CancelScope()
+                    self._in_flight[delivery.id] = scope
+                    tg.start_soon(self._deliver, delivery, scope)
+                if len(claimed) < limit and not self._stopping:
+                    await self._sleep(now)
+            # attempts still in flight finish here, or are cancelled by stop()
+
+    async def _sleep(self, now: float) -> None:
+        delay = self._poll_interval
+        if self._next_retry_at is not None:
+            delay = max(0.0, min(delay, self._next_retry_at - now))
+            if self._next_retry_at <= now + delay:
+                self._next_retry_at = None
+        self._wake_event = anyio.Event()
+        with anyio.move_on_after(delay):
+            await self._wake_event.wait()
+        self._wake_event = None
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; give attempts in flight ``grace`` seconds, then cancel them
+        and release their leases for the next start."""
+        self._stopping = True
+        self.wake()
+        if self._slot_event is not None:
+            self._slot_event.set()
+        if self._in_flight:
+            self._idle_event = anyio.Event()
+            with anyio.move_on_after(grace):
+                await self._idle_event.wait()
+        left = list(self._in_flight)
+        for scope in self._in_flight.values():
+            scope.cancel()
+        if left:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(
+                    self._store.release, left, self.owner, limiter=self._limiter
+                )
+            log.info("dispatcher.released", deliveries=len(left))
+
+    # one delivery ---------------------------------------------------------------------------
+
+    async def _deliver(self, delivery: ClaimedDelivery, scope: anyio.CancelScope) -> None:
+        try:
+            with scope:
+                settings = delivery.settings
+                if settings is None or settings.url is None:
+                    self._give_up(delivery, "endpoint_removed: the agent has no webhook URL")
+                    return
+                if settings.disabled:
+                    self._give_up(
+                        delivery, f"endpoint_disabled: {settings.disabled_reason or 'disabled'}"
+                    )
+                    return
+                gate = self._endpoint_limits.get(delivery.agent_id)
+                if gate is None:
+                    gate = self._endpoint_limits[delivery.agent_id] = anyio.Semaphore(
+                        self._per_endpoint
+                    )
+                async with gate:
+                    if self._clock() + self._timeout > delivery.lease_until:
+                        # Waited too long for the endpoint: another dispatcher may
+                        # take it after the lease; do not race it.
+                        return
+                    result = await self._attempt(delivery, settings)
+                self._record(result)
+        finally:
+            self._in_flight.pop(delivery.id, None)
+            if self._slot_event is not None:
+                self._slot_event.set()
+            if self._idle_event is not None and not self._in_flight:
+                self._idle_event.set()
+
+    def _give_up(self, delivery: ClaimedDelivery, error: str) -> None:
+        log.warning(
+            "delivery.failed",
+            agent_id=delivery.agent_id,
+            event_type=str(delivery.event_type),
+            webhook_id=delivery.webhook_id,
+            error=error,
+        )
+        self._record(
+            AttemptResult(
+                delivery_id=delivery.id,
+                agent_id=delivery.agent_id,
+                started_at=self._clock(),
+                duration_ms=0.0,
+                status_code=None,
+                error=error,
+                response_excerpt=None,
+                status="failed",
+                next_attempt_at=None,
+                sent=False,
+            )
+        )
+
+    async def _attempt(self, d: ClaimedDelivery, settings: WebhookSettings) -> AttemptResult:
+        assert settings.url is not None and settings.signing_secret is not None
+        started = self._clock()
+        timestamp = int(started)
+        headers = [
+            ("content-type", "application/json"),
+            ("webhook-id", d.webhook_id),
+            ("webhook-timestamp", str(timestamp)),
+            ("webhook-signature", sign(secret_key(settings.signing_secret), d.webhook_id, timestamp, d.body)),
+        ]
+        if settings.header:
+            headers.append(parse_header(settings.header))
+        attempt = d.attempts + 1
+        t0 = time.perf_counter()
+        status_code: int | None = None
+        error: str | None = None
+        excerpt: str | None = None
+        retry_after: float | None = None
+        try:
+            response = await self._client.post(
+                settings.url, headers, d.body, timeout=self._timeout, max_body=_EXCERPT_BYTES
+            )
+        except TransportError as exc:
+            error = f"{exc.code}: {exc}"
+        else:
+            status_code = response.status_code
+            excerpt = response.body.decode("utf-8", "replace") or None
+            retry_after = parse_retry_after(response.headers.get("retry-after"), started)
+            if not 200 <= status_code < 300:
+                error = f"http_{status_code}"
+        duration_ms = (time.perf_counter() - t0) * 1000
+        fields = {
+            "agent_id": d.agent_id,
+            "event_type": str(d.event_type),
+            "webhook_id": d.webhook_id,
+            "attempt": attempt,
+            "status": status_code,
+            "duration_ms": round(duration_ms, 1),
+        }
+        disable_reason = None
+        next_attempt_at = None
+        if error is None:
+            status = "succeeded"
+            log.info("delivery.succeeded", **fields)
+        elif status_code == 410:
+            status = "failed"
+            disable_reason = "the receiver answered 410 Gone"
+        else:
+            delay = self._policy.next_delay(d.round_attempts + 1, retry_after)
+            failing_for = started - d.failing_since if d.failing_since is not None else 0.0
+            if failing_for >= self._policy.disable_after:
+                disable_reason = f"failing without a success for {failing_for / 3600:.0f} h"
+            if delay is None or disable_reason:
+                status = "failed"
+            else:
+                status = "pending"
+                next_attempt_at = started + delay
+                self.retry_scheduled(next_attempt_at)
+                log.info("delivery.retry_scheduled", error=error, retry_in=round(delay, 3), **fields)
+        if status == "failed":
+            log.warning("delivery.failed", error=error, **fields)
+        if disable_reason:
+            log.warning("endpoint.disabled", agent_id=d.agent_id, reason=disable_reason)
+        return AttemptResult(
+            delivery_id=d.id,
+            agent_id=d.agent_id,
+            started_at=started,
+            duration_ms=duration_ms,
+            status_code=status_code,
+            error=error,
+            response_excerpt=excerpt,
+            status=status,
+            next_attempt_at=next_attempt_at,
+            disable_reason=disable_reason,
+        )

@@ -1,0 +1,302 @@
+"""The delivery engine: outbox, dispatcher, recorder and settings, as one unit.
+
+A host app (or the reference runtime) builds one engine, enters it in its
+lifespan and hands it to :class:`~webhook_plugin.plugin.WebhookPlugin`::
+
+    engine = DeliveryEngine(SQLiteStore("webhooks.db"), DeliveryConfig())
+    async with engine:
+        pm.register(WebhookPlugin(engine))
+        ...
+
+Leaving the ``async with`` stops claiming, gives attempts in flight
+``shutdown_grace`` seconds, writes everything queued and closes the store;
+whatever was not delivered stays stored for the next start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import msgspec
+import structlog
+
+from .._version import __version__
+from ..events import WebhookEventType
+from ..exceptions import NotFound
+from ..settings import WebhookSettings, generate_secret
+from ..storage.base import AttemptRecord, AttemptResult, DeliveryRecord, DeliveryStatus, NewDelivery, Store
+from .client import H11Client, HttpClient
+from .dispatcher import Dispatcher
+from .netguard import NetworkGuard
+from .outbox import Batcher, Ticket
+from .retry import DEFAULT_SCHEDULE, RetryPolicy
+from .signing import new_webhook_id
+
+__all__ = ["DeliveryConfig", "DeliveryEngine"]
+
+log = structlog.get_logger("webhook_plugin.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """Everything the delivery side can be tuned with (the TOML ``[webhook]`` table).
+
+    :param allow_private_hosts: hosts or networks the network guard lets through.
+    :param timeout: seconds for one delivery attempt.
+    :param retry_schedule: seconds to wait before each attempt.
+    :param jitter: +- fraction applied to each wait.
+    :param disable_after: seconds of failures without a success before an
+        endpoint is disabled.
+    :param concurrency: attempts in flight at most.
+    :param per_endpoint_concurrency: attempts in flight at most per endpoint.
+    :param poll_interval: seconds between looks for due deliveries when idle.
+    :param shutdown_grace: seconds attempts in flight get on shutdown.
+    :param settings_refresh: seconds between reloads of the settings cache
+        (other processes may change them).
+    :param workers: whether this process delivers (False: it only queues).
+    """
+
+    allow_private_hosts: tuple[str, ...] = ()
+    timeout: float = 15.0
+    retry_schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    jitter: float = 0.2
+    disable_after: float = 5 * 86400.0
+    concurrency: int = 64
+    per_endpoint_concurrency: int = 16
+    poll_interval: float = 1.0
+    shutdown_grace: float = 10.0
+    settings_refresh: float = 5.0
+    workers: bool = True
+    user_info_timeout: float = 3.0
+    user_info_ttl: float = 300.0
+    user_info_max_bytes: int = 64 * 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            schedule=self.retry_schedule, jitter=self.jitter, disable_after=self.disable_after
+        )
+
+
+class DeliveryEngine:
+    """Owns a store and delivers what the outbox holds.
+
+    :param store: an unopened store; the engine opens and closes it.
+    :param config: tuning.
+    :param client: the HTTP client seam (default: :class:`H11Client` with the
+        config's network guard).
+    :param clock: Unix time, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: DeliveryConfig | None = None,
+        *,
+        client: HttpClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config = config or DeliveryConfig()
+        self.guard = NetworkGuard(config.allow_private_hosts)
+        self.client: HttpClient = client or H11Client(
+            self.guard, user_agent=f"webhook-plugin/{__version__}"
+        )
+        self.clock = clock
+        self.policy = config.policy()
+        self._db = anyio.CapacityLimiter(4)
+        self._settings: dict[str, WebhookSettings] = {}
+        self.outbox: Batcher[NewDelivery] = Batcher(
+            store.insert_deliveries, on_written=self._stored
+        )
+        self.recorder: Batcher[AttemptResult] = Batcher(
+            store.record_attempts, on_written=self._recorded
+        )
+        self.dispatcher = Dispatcher(
+            store,
+            self.client,
+            self.recorder.submit,
+            policy=self.policy,
+            timeout=config.timeout,
+            concurrency=config.concurrency,
+            per_endpoint=config.per_endpoint_concurrency,
+            poll_interval=config.poll_interval,
+            clock=clock,
+        )
+        self._refresh_scope = anyio.CancelScope()
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._run_sync(self.store.open)
+        try:
+            self._settings = await self._run_sync(self.store.all_settings)
+            async with AsyncExitStack() as stack:
+                tg = await stack.enter_async_context(anyio.create_task_group())
+                await tg.start(self.outbox.run)
+                await tg.start(self.recorder.run)
+                if self.config.workers:
+                    await tg.start(self.dispatcher.run)
+                if self.config.settings_refresh > 0:
+                    tg.start_soon(self._refresh_settings)
+                self._tg = tg
+                self._stack = stack.pop_all()
+        except BaseException:
+            await self._run_sync(self.store.close)
+            raise
+        log.info("engine.started", store=repr(self.store), workers=self.config.workers)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._stack is not None and self._tg is not None
+        stack = self._stack
+        try:
+            with anyio.CancelScope(shield=True):
+                if self.config.workers:
+                    await self.dispatcher.stop(self.config.shutdown_grace)
+                # the batchers' run() returns once everything queued is written
+                self.outbox.close()
+                self.recorder.close()
+                self._refresh_scope.cancel()
+            await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = self._stack = None
+            with anyio.CancelScope(shield=True):
+                await self.client.aclose()
+                await self._run_sync(self.store.close)
+            log.info("engine.stopped")
+
+    async def _run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._db)
+
+    async def _refresh_settings(self) -> None:
+        with self._refresh_scope:
+            await self._refresh_loop()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.settings_refresh)
+            try:
+                self._settings = await self._run_sync(self.store.all_settings)
+            except Exception as exc:  # keep the old cache; try again next time
+                log.warning("settings.refresh_failed", error=str(exc))
+
+    # the hook path (no I/O) ------------------------------------------------------------------
+
+    def settings_for(self, agent_id: str) -> WebhookSettings | None:
+        return self._settings.get(agent_id)
+
+    def enqueue(self, agent_id: str, event_type: WebhookEventType, body: bytes) -> Ticket:
+        now = self.clock()
+        webhook_id = new_webhook_id()
+        batch = self.outbox.submit(
+            NewDelivery(
+                webhook_id=webhook_id,
+                agent_id=agent_id,
+                event_type=event_type,
+                body=body,
+                created_at=now,
+                next_attempt_at=now + self.policy.first_delay(),
+            )
+        )
+        return Ticket(event_type, webhook_id, batch)
+
+    def _stored(self, items: Sequence[NewDelivery]) -> None:
+        self.dispatcher.wake()
+
+    def _recorded(self, results: Sequence[AttemptResult]) -> None:
+        for r in results:
+            if r.disable_reason:
+                current = self._settings.get(r.agent_id)
+                if current is not None:
+                    self._settings[r.agent_id] = msgspec.structs.replace(
+                        current, disabled=True, disabled_reason=r.disable_reason
+                    )
+
+    # settings -------------------------------------------------------------------------------
+
+    async def get_settings(self, agent_id: str) -> WebhookSettings | None:
+        return await self._run_sync(self.store.get_settings, agent_id)
+
+    async def save_settings(self, agent_id: str, settings: WebhookSettings) -> WebhookSettings:
+        """Store an agent's settings (enabling its endpoint again) and use them at once.
+
+        A settings object without a signing secret keeps the current one, or gets
+        a new one when there is none.
+        """
+        if settings.signing_secret is None:
+            current = await self.get_settings(agent_id)
+            secret = current.signing_secret if current and current.signing_secret else None
+            settings = msgspec.structs.replace(settings, signing_secret=secret or generate_secret())
+        settings = msgspec.structs.replace(settings, disabled=False, disabled_reason=None)
+        await self._run_sync(self.store.put_settings, agent_id, settings)
+        self._settings[agent_id] = settings
+        log.info("settings.saved", agent_id=agent_id, url_set=settings.url is not None)
+        return settings
+
+    async def rotate_secret(self, agent_id: str) -> str:
+        """Give the agent a new signing secret; later attempts are signed with it."""
+        current = await self.get_settings(agent_id)
+        if current is None:
+            raise NotFound(f"agent {agent_id!r} has no webhook settings")
+        secret = generate_secret()
+        updated = msgspec.structs.replace(current, signing_secret=secret)
+        await self._run_sync(self.store.put_settings, agent_id, updated)
+        self._settings[agent_id] = msgspec.structs.replace(updated, disabled=False)
+        log.info("settings.secret_rotated", agent_id=agent_id)
+        return secret
+
+    # the delivery log -----------------------------------------------------------------------
+
+    async def list_deliveries(
+        self,
+        *,
+        agent_id: str | None = None,
+        status: DeliveryStatus | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[DeliveryRecord]:
+        return await self._run_sync(
+            lambda: self.store.list_deliveries(
+                agent_id=agent_id, status=status, limit=limit, before_id=before_id
+            )
+        )
+
+    async def get_delivery(self, delivery_id: int, agent_id: str | None = None) -> DeliveryRecord:
+        record = await self._run_sync(self.store.get_delivery, delivery_id)
+        if agent_id is not None and record.agent_id != agent_id:
+            raise NotFound(f"delivery {delivery_id} does not exist for agent {agent_id!r}")
+        return record
+
+    async def list_attempts(self, delivery_id: int) -> list[AttemptRecord]:
+        return await self._run_sync(self.store.list_attempts, delivery_id)
+
+    async def redeliver(self, delivery_id: int, agent_id: str | None = None) -> DeliveryRecord:
+        """Queue a delivery again, with its original ``webhook-id``."""
+        await self.get_delivery(delivery_id, agent_id)
+        record = await self._run_sync(
+            lambda: self.store.redeliver(delivery_id, now=self.clock())
+        )
+        self.dispatcher.wake()
+        return record
+
+    async def redeliver_failed(self, *, agent_id: str | None = None, since: float = 0.0) -> int:
+        """Queue again every failed delivery created at or after ``since``."""
+        count = await self._run_sync(
+            lambda: self.store.redeliver_failed(agent_id=agent_id, since=since, now=self.clock())
+        )
+        self.dispatcher.wake()
+        return count

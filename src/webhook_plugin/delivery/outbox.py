@@ -1,0 +1,174 @@
+"""The outbox: the hook path hands events here and never waits on I/O.
+
+:class:`Batcher` collects items on the event loop and writes them in batches,
+one worker-thread hop and one transaction per batch (group commit): while a
+batch is being written, the next one fills up. Every submitted item belongs to
+a batch that can be awaited; :class:`Ticket` is what the hooks return, and
+awaiting it returns once the event is durably stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+import anyio
+
+from ..events import WebhookEventType
+from ..exceptions import StorageError
+from ..settings import WebhookSettings
+
+__all__ = ["Batcher", "Outbox", "Ticket"]
+
+T = TypeVar("T")
+
+
+class _Batch:
+    __slots__ = ("_done", "error", "finished", "items")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.finished = False
+        self.error: BaseException | None = None
+        self._done: anyio.Event | None = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
+
+    async def wait(self) -> None:
+        if not self.finished:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
+        if self.error is not None:
+            raise StorageError(f"the outbox could not store the event: {self.error}")
+
+
+class Ticket:
+    """A queued webhook delivery (a :class:`~webhook_plugin.hookspecs.QueuedEvent`).
+
+    ``await ticket`` returns once the event is durably stored, or raises
+    :class:`~webhook_plugin.exceptions.StorageError`.
+    """
+
+    __slots__ = ("_batch", "event_type", "webhook_id")
+
+    def __init__(self, event_type: WebhookEventType, webhook_id: str, batch: _Batch) -> None:
+        self.event_type = event_type
+        self.webhook_id = webhook_id
+        self._batch = batch
+
+    def __repr__(self) -> str:
+        state = "stored" if self._batch.finished and not self._batch.error else "queued"
+        return f"<Ticket {self.event_type} {self.webhook_id} {state}>"
+
+    @property
+    def stored(self) -> bool:
+        return self._batch.finished and self._batch.error is None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._batch.wait().__await__()
+
+
+class Outbox(Protocol):
+    """What :class:`~webhook_plugin.plugin.WebhookPlugin` needs from the delivery side."""
+
+    def settings_for(self, agent_id: str) -> WebhookSettings | None:
+        """The agent's current settings, from memory (no I/O)."""
+        ...
+
+    def enqueue(self, agent_id: str, event_type: WebhookEventType, body: bytes) -> Ticket:
+        """Queue one encoded event for delivery; never blocks."""
+        ...
+
+
+class Batcher(Generic[T]):
+    """Writes submitted items in batches from one background task.
+
+    :param write: a blocking function that stores a batch in one transaction;
+        it runs in a worker thread.
+    :param limiter: bounds the worker threads this batcher may occupy.
+    :param on_written: called on the event loop after each successful batch.
+    :param max_batch: the most items written in one transaction.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[T]], None],
+        *,
+        limiter: anyio.CapacityLimiter | None = None,
+        on_written: Callable[[Sequence[T]], None] | None = None,
+        max_batch: int = 5000,
+    ) -> None:
+        self._write = write
+        self._limiter = limiter or anyio.CapacityLimiter(1)
+        self._on_written = on_written
+        self._max_batch = max_batch
+        self._current = _Batch()
+        self._wake: anyio.Event | None = None
+        self._closing = False
+        self._running = False
+
+    def __len__(self) -> int:
+        return len(self._current.items)
+
+    def submit(self, item: T) -> _Batch:
+        """Add an item to the batch being filled; return that batch (awaitable)."""
+        if self._closing:
+            raise StorageError("the outbox is shut down; the event was not queued")
+        batch = self._current
+        batch.items.append(item)
+        if self._wake is not None:
+            self._wake.set()
+        return batch
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Write batches until :meth:`close` is called and everything is written."""
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                if not self._current.items:
+                    if self._closing:
+                        return
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    self._wake = None
+                    continue
+                batch, self._current = self._current, _Batch()
+                # Once a batch is taken, it is written even if we are cancelled:
+                # its submitters were promised an answer.
+                with anyio.CancelScope(shield=True):
+                    await self._flush(batch)
+        finally:
+            self._running = False
+
+    async def _flush(self, batch: _Batch) -> None:
+        items = batch.items
+        try:
+            await anyio.to_thread.run_sync(self._write_chunks, items, limiter=self._limiter)
+        except Exception as exc:
+            batch.finish(exc)
+            return
+        batch.finish()
+        if self._on_written is not None:
+            self._on_written(items)
+
+    def _write_chunks(self, items: list[T]) -> None:
+        for start in range(0, len(items), self._max_batch):
+            self._write(items[start : start + self._max_batch])
+
+    def close(self) -> None:
+        """Stop accepting items; :meth:`run` returns once the last batch is written."""
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def flush_now(self) -> None:
+        """Write what is queued without a background task (used when none runs)."""
+        if self._current.items:
+            batch, self._current = self._current, _Batch()
+            await self._flush(batch)

@@ -1,0 +1,237 @@
+"""The outbound webhook payload: one msgspec Struct per event type.
+
+The wire format is flat camelCase JSON (``CONTRACT.md`` section 2). Every
+payload is tagged with ``eventType``; fields that are unknown are ``UNSET``
+and therefore left out, never ``null``. ``groupId``/``groupName`` exist only
+on :class:`GroupMessageReceived`.
+
+Pure: no I/O. The encoder is built once, at import.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from .events import WebhookEventType
+from .models import Agent, Attachment, Contact, Conversation, Group, Message
+
+__all__ = [
+    "AgentMessageBlocked",
+    "AgentMessageNoted",
+    "AgentMessageSended",
+    "AgentUserMessage",
+    "AttachmentPayload",
+    "GroupMessageReceived",
+    "Payload",
+    "PAYLOAD_TYPES",
+    "UserMessageReceived",
+    "build_payload",
+    "encode",
+    "json_schemas",
+]
+
+
+class AttachmentPayload(
+    msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel", frozen=True
+):
+    url: str
+    mime_type: str | UnsetType = UNSET
+    name: str | UnsetType = UNSET
+    size: int | UnsetType = UNSET
+
+
+class Payload(
+    msgspec.Struct,
+    kw_only=True,
+    omit_defaults=True,
+    rename="camel",
+    tag_field="eventType",
+):
+    """Fields common to every event. Subclasses add the event's own."""
+
+    agent_id: str
+    conversation_id: str
+    channel: str
+    created_at: datetime
+    is_ai_enabled: bool
+    agent_name: str | UnsetType = UNSET
+    organization_id: str | UnsetType = UNSET
+    user_name: str | UnsetType = UNSET
+    user_email: str | UnsetType = UNSET
+    user_phone_number: str | UnsetType = UNSET
+    attachments: list[AttachmentPayload] | UnsetType = UNSET
+
+
+class UserMessageReceived(Payload, tag=WebhookEventType.USER_MESSAGE_RECEIVED.value):
+    """A user's message arrived while AI is disabled."""
+
+    message_id: str
+    user_message: str
+
+
+class AgentUserMessage(Payload, tag=WebhookEventType.AGENT_USER_MESSAGE.value):
+    """The AI agent answered a user's message: carries both texts."""
+
+    message_id: str
+    user_message_id: str
+    user_message: str
+    agent_response: str
+
+
+class AgentMessageSended(Payload, tag=WebhookEventType.AGENT_MESSAGE_SENDED.value):
+    """A human operator's message went out from the Inbox."""
+
+    message_id: str
+    agent_response: str
+
+
+class AgentMessageBlocked(Payload, tag=WebhookEventType.AGENT_MESSAGE_BLOCKED.value):
+    """The channel refused an agent message (e.g. outside WhatsApp's 24 h window)."""
+
+    message_id: str
+    agent_response: str
+    reason: str
+
+
+class AgentMessageNoted(Payload, tag=WebhookEventType.AGENT_MESSAGE_NOTED.value):
+    """An agent message was logged as a note: the channel cannot carry it."""
+
+    message_id: str
+    agent_response: str
+    reason: str
+
+
+class GroupMessageReceived(Payload, tag=WebhookEventType.GROUP_MESSAGE_RECEIVED.value):
+    """A group message arrived in which the agent was not mentioned."""
+
+    message_id: str
+    user_message: str
+    group_id: str
+    group_name: str
+
+
+PAYLOAD_TYPES: Final[dict[WebhookEventType, type[Payload]]] = {
+    WebhookEventType.USER_MESSAGE_RECEIVED: UserMessageReceived,
+    WebhookEventType.AGENT_USER_MESSAGE: AgentUserMessage,
+    WebhookEventType.AGENT_MESSAGE_SENDED: AgentMessageSended,
+    WebhookEventType.AGENT_MESSAGE_BLOCKED: AgentMessageBlocked,
+    WebhookEventType.AGENT_MESSAGE_NOTED: AgentMessageNoted,
+    WebhookEventType.GROUP_MESSAGE_RECEIVED: GroupMessageReceived,
+}
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+def encode(payload: Payload) -> bytes:
+    """Encode a payload to the JSON bytes that go on the wire."""
+    return _encoder.encode(payload)
+
+
+def _opt(value: Any) -> Any:
+    return UNSET if value is None else value
+
+
+def _utc(moment: datetime) -> datetime:
+    # RFC 3339 in UTC on the wire; a naive time is taken to be UTC already.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment if moment.utcoffset() == UTC.utcoffset(None) else moment.astimezone(UTC)
+
+
+def _attachments(message: Message) -> list[AttachmentPayload] | UnsetType:
+    if not message.attachments:
+        return UNSET
+    return [
+        AttachmentPayload(
+            url=a.url, mime_type=_opt(a.mime_type), name=_opt(a.name), size=_opt(a.size)
+        )
+        for a in message.attachments
+    ]
+
+
+def build_payload(
+    event_type: WebhookEventType,
+    *,
+    agent: Agent,
+    conversation: Conversation,
+    message: Message,
+    user_message: Message | None = None,
+    group: Group | None = None,
+    reason: str | None = None,
+) -> Payload:
+    """Build the payload of one event from the pipeline's objects.
+
+    :param message: the agent's message for agent events, the user's message
+        for ``USER_MESSAGE_RECEIVED`` and ``GROUP_MESSAGE_RECEIVED``.
+    :param user_message: the user's message the AI answered
+        (``AGENT_USER_MESSAGE`` only).
+    :param group: the group (``GROUP_MESSAGE_RECEIVED`` only).
+    :param reason: why a message was blocked or noted.
+    :raises ValueError: when an argument the event type needs is missing.
+    """
+    contact: Contact = conversation.contact
+    common: dict[str, Any] = {
+        "agent_id": agent.id,
+        "conversation_id": conversation.id,
+        "channel": conversation.channel,
+        "created_at": _utc(message.created_at),
+        "is_ai_enabled": conversation.ai_enabled,
+        "agent_name": _opt(agent.name),
+        "organization_id": _opt(agent.organization_id),
+        "user_name": _opt(contact.name),
+        "user_email": _opt(contact.email),
+        "user_phone_number": _opt(contact.phone_number),
+        "message_id": message.id,
+    }
+    match event_type:
+        case WebhookEventType.USER_MESSAGE_RECEIVED:
+            return UserMessageReceived(
+                **common, user_message=message.text, attachments=_attachments(message)
+            )
+        case WebhookEventType.AGENT_USER_MESSAGE:
+            if user_message is None:
+                raise ValueError("AGENT_USER_MESSAGE needs the user's message it answers")
+            return AgentUserMessage(
+                **common,
+                user_message_id=user_message.id,
+                user_message=user_message.text,
+                agent_response=message.text,
+                attachments=_attachments(message),
+            )
+        case WebhookEventType.AGENT_MESSAGE_SENDED:
+            return AgentMessageSended(
+                **common, agent_response=message.text, attachments=_attachments(message)
+            )
+        case WebhookEventType.AGENT_MESSAGE_BLOCKED | WebhookEventType.AGENT_MESSAGE_NOTED:
+            if reason is None:
+                raise ValueError(f"{event_type} needs a reason")
+            cls = PAYLOAD_TYPES[event_type]
+            return cls(
+                **common,
+                agent_response=message.text,
+                reason=reason,
+                attachments=_attachments(message),
+            )
+        case WebhookEventType.GROUP_MESSAGE_RECEIVED:
+            if group is None:
+                raise ValueError("GROUP_MESSAGE_RECEIVED needs the group")
+            return GroupMessageReceived(
+                **common,
+                user_message=message.text,
+                group_id=group.id,
+                group_name=group.name,
+                attachments=_attachments(message),
+            )
+    raise ValueError(f"unknown event type {event_type!r}")  # pragma: no cover
+
+
+def json_schemas() -> dict[str, Any]:
+    """The JSON Schema of every event's payload, keyed by event type."""
+    return {
+        str(event_type): msgspec.json.schema(cls) for event_type, cls in PAYLOAD_TYPES.items()
+    }
+

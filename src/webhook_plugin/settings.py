@@ -1,0 +1,230 @@
+"""Per-agent webhook settings and their validation.
+
+Pure: no I/O. Everything an agent owner types (URLs, ``Name: value`` headers,
+event filters, signing secrets) is checked here, when the settings are saved,
+with an error that names the field and says what is wrong. Whether a URL's
+host may be *reached* is the network guard's job, at connect time
+(:mod:`webhook_plugin.delivery.netguard`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import Iterable
+from typing import Final
+from urllib.parse import urlsplit
+
+import msgspec
+
+from .events import WebhookEventType
+from .exceptions import SettingsError
+
+__all__ = [
+    "MAX_HEADER_LENGTH",
+    "MAX_URL_LENGTH",
+    "WebhookSettings",
+    "generate_secret",
+    "mask_header",
+    "parse_events",
+    "parse_header",
+    "secret_key",
+    "validate_url",
+]
+
+MAX_URL_LENGTH: Final = 2048
+MAX_HEADER_LENGTH: Final = 4096
+SECRET_PREFIX: Final = "whsec_"
+
+# RFC 9110 token characters
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_FORBIDDEN_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "user-agent",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+
+
+class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """One agent's webhook and user-info settings.
+
+    ``events`` of ``None`` means every event type. ``disabled`` is set by the
+    delivery engine (``410 Gone``, or failing for too long) and cleared when
+    the settings are saved again.
+    """
+
+    url: str | None = None
+    header: str | None = None
+    signing_secret: str | None = None
+    events: frozenset[WebhookEventType] | None = None
+    user_info_url: str | None = None
+    user_info_header: str | None = None
+    disabled: bool = False
+    disabled_reason: str | None = None
+
+    def wants(self, event_type: WebhookEventType) -> bool:
+        """Whether an event of this type should be queued for this agent."""
+        if self.url is None or self.disabled:
+            return False
+        return self.events is None or event_type in self.events
+
+    @classmethod
+    def validated(
+        cls,
+        *,
+        url: str | None = None,
+        header: str | None = None,
+        signing_secret: str | None = None,
+        events: Iterable[str] | None = None,
+        user_info_url: str | None = None,
+        user_info_header: str | None = None,
+    ) -> WebhookSettings:
+        """Check every value an owner typed and build the settings.
+
+        A missing signing secret is generated. Empty strings count as unset.
+
+        :raises SettingsError: naming the first invalid field.
+        """
+        url = validate_url(url, "url") if url else None
+        user_info_url = validate_url(user_info_url, "userInfoUrl") if user_info_url else None
+        if header:
+            parse_header(header, "header")
+        if user_info_header:
+            parse_header(user_info_header, "userInfoHeader")
+        if signing_secret:
+            secret_key(signing_secret)
+        return cls(
+            url=url,
+            header=header or None,
+            signing_secret=signing_secret or generate_secret(),
+            events=parse_events(events) if events is not None else None,
+            user_info_url=user_info_url,
+            user_info_header=user_info_header or None,
+        )
+
+    def public(self) -> dict[str, object]:
+        """The settings as an API answers them: camelCase, headers masked, no secret."""
+        return {
+            "url": self.url,
+            "header": mask_header(self.header),
+            "events": sorted(self.events) if self.events is not None else None,
+            "userInfoUrl": self.user_info_url,
+            "userInfoHeader": mask_header(self.user_info_header),
+            "disabled": self.disabled,
+            "disabledReason": self.disabled_reason,
+        }
+
+
+def validate_url(value: str, field: str = "url") -> str:
+    """Check that ``value`` is an absolute ``http(s)`` URL we are willing to call.
+
+    :raises SettingsError: saying what is wrong with it.
+    """
+    if not isinstance(value, str):
+        raise SettingsError(field, "must be a string")
+    if len(value) > MAX_URL_LENGTH:
+        raise SettingsError(field, f"is longer than {MAX_URL_LENGTH} characters")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
+        raise SettingsError(field, "must not contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise SettingsError(field, f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise SettingsError(field, "must start with http:// or https://")
+    if not parts.hostname:
+        raise SettingsError(field, "has no host name")
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(
+            field, "must not contain credentials (user@host); use the header setting instead"
+        )
+    if port == 0:
+        raise SettingsError(field, "has an invalid port")
+    if parts.fragment:
+        raise SettingsError(field, "must not contain a #fragment")
+    return value
+
+
+def parse_header(value: str, field: str = "header") -> tuple[str, str]:
+    """Split a ``Name: value`` header, checking both halves.
+
+    :raises SettingsError: without ever quoting the header's value.
+    """
+    if not isinstance(value, str):
+        raise SettingsError(field, "must be a string of the form 'Name: value'")
+    if len(value) > MAX_HEADER_LENGTH:
+        raise SettingsError(field, f"is longer than {MAX_HEADER_LENGTH} characters")
+    if any(c in value for c in "\r\n\x00"):
+        raise SettingsError(field, "must not contain line breaks or NUL characters")
+    name, sep, rest = value.partition(":")
+    name, rest = name.strip(), rest.strip()
+    if not sep or not name:
+        raise SettingsError(field, "must have the form 'Name: value'")
+    if not _TOKEN.match(name):
+        raise SettingsError(field, f"header name {name!r} has characters a header name cannot")
+    if name.lower() in _FORBIDDEN_HEADERS:
+        raise SettingsError(field, f"header {name!r} is set by webhook-plugin itself")
+    if not rest:
+        raise SettingsError(field, "has an empty value")
+    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in rest):
+        raise SettingsError(field, "value must not contain control characters")
+    return name, rest
+
+
+def mask_header(value: str | None) -> str | None:
+    """``"Authorization: Bearer abc"`` -> ``"Authorization: ****"``."""
+    if value is None:
+        return None
+    name = value.partition(":")[0].strip()
+    return f"{name}: ****"
+
+
+def parse_events(values: Iterable[str]) -> frozenset[WebhookEventType]:
+    """Turn an event filter into event types, refusing unknown names.
+
+    :raises SettingsError: listing the unknown names and the known ones.
+    """
+    if isinstance(values, str):
+        raise SettingsError("events", "must be a list of event types, not a string")
+    known = {e.value for e in WebhookEventType}
+    values = list(values)
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise SettingsError(
+            "events",
+            f"unknown event type(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(known))}",
+        )
+    return frozenset(WebhookEventType(v) for v in values)
+
+
+def generate_secret() -> str:
+    """A new Standard Webhooks signing secret: ``whsec_`` + base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key inside a ``whsec_`` secret.
+
+    :raises SettingsError: when the secret is malformed (never quoting it).
+    """
+    if not isinstance(secret, str) or not secret.startswith(SECRET_PREFIX):
+        raise SettingsError("signingSecret", "must start with 'whsec_'")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError("signingSecret", "must be 'whsec_' followed by base64") from None
+    if not 24 <= len(key) <= 64:
+        raise SettingsError("signingSecret", "key must be between 24 and 64 bytes")
+    return key

@@ -1,0 +1,173 @@
+"""What every storage backend provides, and the records it trades in.
+
+The methods are *synchronous* and may block: the delivery engine and the
+runtime call them in worker threads through anyio, in batches, so that one
+thread hop carries many events. A backend must be safe to call from several
+worker threads at once (it serialises writes itself).
+
+Times are Unix seconds (``float``), always UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+from ..events import WebhookEventType
+from ..settings import WebhookSettings
+
+__all__ = [
+    "AttemptRecord",
+    "AttemptResult",
+    "ClaimedDelivery",
+    "ConversationRecord",
+    "DeliveryRecord",
+    "DeliveryStatus",
+    "MessageRecord",
+    "NewDelivery",
+    "Store",
+]
+
+DeliveryStatus = Literal["pending", "succeeded", "failed"]
+
+
+class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """An event on its way into the outbox."""
+
+    webhook_id: str
+    agent_id: str
+    event_type: WebhookEventType
+    body: bytes
+    created_at: float
+    next_attempt_at: float
+
+
+class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A due delivery leased to one dispatcher, with the endpoint as it is now."""
+
+    id: int
+    webhook_id: str
+    agent_id: str
+    event_type: WebhookEventType
+    body: bytes
+    created_at: float
+    attempts: int
+    #: attempts made in the current round (a redelivery starts a new round)
+    round_attempts: int
+    lease_until: float
+    settings: WebhookSettings | None
+    failing_since: float | None
+
+
+class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of one attempt, as the dispatcher decided it."""
+
+    delivery_id: int
+    agent_id: str
+    started_at: float
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    #: ``pending`` (retry at ``next_attempt_at``), ``succeeded`` or ``failed``
+    status: DeliveryStatus
+    next_attempt_at: float | None
+    #: whether a request was actually sent (False for a delivery failed because
+    #: its endpoint is gone or disabled)
+    sent: bool = True
+    #: set when this attempt disables the endpoint (410, or failing for too long)
+    disable_reason: str | None = None
+
+
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
+    attempt: int
+    started_at: float
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+
+
+class DeliveryRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the delivery log."""
+
+    id: int
+    webhook_id: str
+    agent_id: str
+    event_type: WebhookEventType
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: float
+    next_attempt_at: float | None
+    body: bytes = b""
+
+
+class ConversationRecord(msgspec.Struct, kw_only=True):
+    id: str
+    agent_id: str
+    channel: str
+    ai_enabled: bool
+    contact: dict[str, str]
+    created_at: float
+    last_user_message_at: float | None = None
+
+
+class MessageRecord(msgspec.Struct, kw_only=True):
+    id: str
+    conversation_id: str
+    #: ``user``, ``agent`` (the AI) or ``operator`` (a human from the Inbox)
+    author: str
+    text: str
+    created_at: float
+    #: ``received``, ``sent``, ``blocked`` or ``noted``
+    status: str
+    attachments: list[dict[str, object]] = msgspec.field(default_factory=list)
+
+
+class Store(Protocol):
+    """A storage backend: outbox, delivery log, settings and the runtime's data."""
+
+    # lifecycle ---------------------------------------------------------------
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+
+    # outbox and delivery log -------------------------------------------------
+    def insert_deliveries(self, items: Sequence[NewDelivery]) -> None: ...
+    def claim_due(
+        self, *, now: float, limit: int, lease_until: float, owner: str
+    ) -> list[ClaimedDelivery]: ...
+    def record_attempts(self, results: Sequence[AttemptResult]) -> None: ...
+    def release(self, delivery_ids: Sequence[int], owner: str) -> None: ...
+    def next_due_at(self) -> float | None: ...
+    def list_deliveries(
+        self,
+        *,
+        agent_id: str | None = None,
+        status: DeliveryStatus | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[DeliveryRecord]: ...
+    def get_delivery(self, delivery_id: int) -> DeliveryRecord: ...
+    def list_attempts(self, delivery_id: int) -> list[AttemptRecord]: ...
+    def redeliver(self, delivery_id: int, *, now: float) -> DeliveryRecord: ...
+    def redeliver_failed(self, *, agent_id: str | None, since: float, now: float) -> int: ...
+    def count_deliveries(self) -> dict[str, int]: ...
+
+    # settings ------------------------------------------------------------------
+    def get_settings(self, agent_id: str) -> WebhookSettings | None: ...
+    def put_settings(self, agent_id: str, settings: WebhookSettings) -> None: ...
+    def all_settings(self) -> dict[str, WebhookSettings]: ...
+
+    # the reference runtime's data ---------------------------------------------
+    def get_agent(self, agent_id: str) -> dict[str, object] | None: ...
+    def put_agent(
+        self, agent_id: str, *, name: str | None, organization_id: str | None, ai_enabled: bool
+    ) -> None: ...
+    def get_conversation(self, conversation_id: str) -> ConversationRecord | None: ...
+    def put_conversation(self, conversation: ConversationRecord) -> None: ...
+    def add_messages(self, messages: Sequence[MessageRecord]) -> None: ...
+    def list_messages(self, conversation_id: str) -> list[MessageRecord]: ...

@@ -1,0 +1,118 @@
+"""A real HTTP receiver on 127.0.0.1 for tests: a stdlib threaded server.
+
+It runs in its own threads, so it serves tests on asyncio and trio alike.
+Each request is recorded; ``behaviour`` decides the answer (status, headers,
+body, a delay, or a connection reset).
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"ok"
+    delay: float = 0.0
+    reset: bool = False
+
+
+class Receiver:
+    """Start with ``with Receiver() as rx:``; ``rx.url`` is its base URL."""
+
+    def __init__(self, behaviour: Callable[[Recorded], Reply] | None = None) -> None:
+        self.behaviour = behaviour or (lambda r: Reply())
+        self.requests: list[Recorded] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def setup(self) -> None:
+                with receiver._lock:
+                    receiver.connections += 1
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                body = self.rfile.read(length)
+                rec = Recorded(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                )
+                reply = receiver.behaviour(rec)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                if reply.reset:
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.connection.close()
+                    self.close_connection = True
+                    with receiver._arrived:
+                        receiver.requests.append(rec)
+                        receiver._arrived.notify_all()
+                    return
+                self.send_response(reply.status)
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+                with receiver._arrived:
+                    receiver.requests.append(rec)
+                    receiver._arrived.notify_all()
+
+            do_GET = do_POST
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 128
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Recorded]:
+        """Block (in a thread) until ``count`` requests arrived."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while len(self.requests) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"expected {count} requests, got {len(self.requests)}"
+                    )
+                self._arrived.wait(left)
+            return list(self.requests)
