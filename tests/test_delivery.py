@@ -1,0 +1,329 @@
+"""The delivery engine against real receivers on 127.0.0.1, on both backends and stores."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import anyio
+import msgspec
+import pytest
+from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
+
+from conftest import AGENT, AGENT_MSG, CONVERSATION, config, pipeline, reply, wait_until
+from receiver import Receiver, Recorded, Reply
+from webhook_plugin import DeliveryEngine, WebhookEventType, WebhookSettings
+from webhook_plugin.storage.base import Store
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+AUTH = "Authorization: Bearer s3cr3t-token-value"
+
+StoreFactory = Callable[[], Store]
+
+
+def settings(url: str, **kw: object) -> WebhookSettings:
+    return WebhookSettings.validated(url=url, header=AUTH, signing_secret=SECRET, **kw)  # type: ignore[arg-type]
+
+
+async def deliveries(engine: DeliveryEngine, status: str | None = None) -> list:
+    return await engine.list_deliveries(agent_id=AGENT.id, status=status)  # type: ignore[arg-type]
+
+
+async def test_delivers_signed_payload_with_the_contract_headers(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    async with DeliveryEngine(make_store(), config()) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url + "/hook?x=1"))
+        [ticket] = reply(pipeline(engine))
+        await ticket
+        [got] = await anyio.to_thread.run_sync(receiver.wait_for, 1)
+    assert got.path == "/hook?x=1"
+    assert got.headers["authorization"] == "Bearer s3cr3t-token-value"  # verbatim
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["user-agent"].startswith("webhook-plugin/")
+    assert got.headers["webhook-id"] == ticket.webhook_id
+    assert abs(int(got.headers["webhook-timestamp"]) - time.time()) < 30
+    # verified by the Standard Webhooks reference library, not by our own code
+    payload = Webhook(SECRET).verify(got.body, got.headers)
+    assert payload["eventType"] == "AGENT_USER_MESSAGE"
+    assert payload["agentResponse"] == AGENT_MSG.text
+
+
+async def test_ticket_means_durably_stored(make_store: StoreFactory, receiver: Receiver) -> None:
+    receiver.behaviour = lambda r: Reply(status=500)
+    async with DeliveryEngine(make_store(), config(workers=False)) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        tickets = reply(pipeline(engine), 50)
+        for t in tickets:
+            await t
+        # a second store on the same database sees them all, without the engine's help
+        other = make_store()
+        await anyio.to_thread.run_sync(other.open)
+        try:
+            rows = await anyio.to_thread.run_sync(lambda: other.list_deliveries(limit=1000))
+        finally:
+            await anyio.to_thread.run_sync(other.close)
+    assert {r.webhook_id for r in rows} == {t.webhook_id for t in tickets}
+    assert receiver.requests == []  # workers=False: this process only queues
+
+
+async def test_failures_are_retried_with_the_same_webhook_id(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    answers = iter([Reply(500), Reply(502, body=b"upstream down"), Reply(200)])
+    receiver.behaviour = lambda r: next(answers)
+    async with DeliveryEngine(make_store(), config()) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        [ticket] = reply(pipeline(engine))
+        await ticket
+        got = await anyio.to_thread.run_sync(receiver.wait_for, 3)
+        [record] = await wait_until_status(engine, "succeeded")
+        attempts = await engine.list_attempts(record.id)
+    assert {r.headers["webhook-id"] for r in got} == {ticket.webhook_id}
+    assert record.attempts == 3 and record.last_status_code == 200
+    assert [a.status_code for a in attempts] == [500, 502, 200]
+    assert attempts[1].response_excerpt == "upstream down"
+    assert attempts[0].error == "http_500"
+
+
+async def wait_until_status(engine: DeliveryEngine, status: str, count: int = 1) -> list:
+    async def check() -> list:
+        rows = await deliveries(engine, status)
+        return rows if len(rows) >= count else []
+
+    with anyio.fail_after(10):
+        while not (rows := await check()):
+            await anyio.sleep(0.02)
+    return rows
+
+
+async def test_after_the_last_attempt_the_delivery_is_failed_and_kept_then_redelivered(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    fail = True
+    receiver.behaviour = lambda r: Reply(503 if fail else 204)
+    async with DeliveryEngine(make_store(), config(retry_schedule=(0, 0.02, 0.02))) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        [ticket] = reply(pipeline(engine))
+        [failed] = await wait_until_status(engine, "failed")
+        assert failed.attempts == 3 and failed.last_error == "http_503"
+        assert failed.next_attempt_at is None
+        fail = False
+        await engine.redeliver(failed.id, AGENT.id)
+        [done] = await wait_until_status(engine, "succeeded")
+    assert done.webhook_id == ticket.webhook_id
+    assert done.attempts == 4
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [ticket.webhook_id] * 4
+
+
+async def test_redeliver_every_failed_since(make_store: StoreFactory, receiver: Receiver) -> None:
+    fail = True
+    receiver.behaviour = lambda r: Reply(500 if fail else 200)
+    async with DeliveryEngine(make_store(), config(retry_schedule=(0,))) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        reply(pipeline(engine), 3)
+        await wait_until_status(engine, "failed", 3)
+        fail = False
+        assert await engine.redeliver_failed(agent_id=AGENT.id, since=time.time() - 60) == 3
+        await wait_until_status(engine, "succeeded", 3)
+
+
+async def test_410_gone_disables_the_endpoint_until_settings_are_saved(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    receiver.behaviour = lambda r: Reply(410)
+    async with DeliveryEngine(make_store(), config()) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        pm = pipeline(engine)
+        reply(pm)
+        [failed] = await wait_until_status(engine, "failed")
+        assert failed.attempts == 1 and failed.last_status_code == 410
+        stored = await engine.get_settings(AGENT.id)
+        assert stored is not None and stored.disabled and "410" in (stored.disabled_reason or "")
+        assert reply(pm) == []  # a disabled endpoint gets no new events
+        await engine.save_settings(AGENT.id, settings(receiver.url))  # saving enables it again
+        receiver.behaviour = lambda r: Reply(200)
+        assert len(reply(pm)) == 1
+        await wait_until_status(engine, "succeeded")
+
+
+async def test_endpoint_failing_for_too_long_is_disabled(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    receiver.behaviour = lambda r: Reply(500)
+    cfg = config(retry_schedule=(0, 0.3, 0.3, 0.3), disable_after=0.2)
+    with capture_logs() as logs:
+        async with DeliveryEngine(make_store(), cfg) as engine:
+            await engine.save_settings(AGENT.id, settings(receiver.url))
+            reply(pipeline(engine))
+            [failed] = await wait_until_status(engine, "failed")
+            stored = await engine.get_settings(AGENT.id)
+    assert failed.attempts == 2  # the second failure came after disable_after
+    assert stored is not None and stored.disabled
+    assert any(e["event"] == "endpoint.disabled" for e in logs)
+
+
+async def test_retry_after_is_honoured(make_store: StoreFactory, receiver: Receiver) -> None:
+    answers = iter([Reply(429, headers={"Retry-After": "1"}), Reply(200)])
+    receiver.behaviour = lambda r: next(answers)
+    async with DeliveryEngine(make_store(), config(retry_schedule=(0, 0.01))) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        reply(pipeline(engine))
+        first, second = await anyio.to_thread.run_sync(receiver.wait_for, 2)
+    assert second.at - first.at >= 0.95
+
+
+async def test_a_hanging_receiver_times_out_and_is_retried(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    answers = iter([Reply(200, delay=2.0), Reply(200)])
+    receiver.behaviour = lambda r: next(answers)
+    async with DeliveryEngine(make_store(), config(timeout=0.3)) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        reply(pipeline(engine))
+        [done] = await wait_until_status(engine, "succeeded")
+        attempts = await engine.list_attempts(done.id)
+    assert attempts[0].error is not None and attempts[0].error.startswith("timeout")
+    assert attempts[0].status_code is None
+    assert attempts[1].status_code == 200
+
+
+async def test_a_reset_connection_is_retried(make_store: StoreFactory, receiver: Receiver) -> None:
+    answers = iter([Reply(reset=True), Reply(200)])
+    receiver.behaviour = lambda r: next(answers)
+    async with DeliveryEngine(make_store(), config()) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        reply(pipeline(engine))
+        [done] = await wait_until_status(engine, "succeeded")
+        attempts = await engine.list_attempts(done.id)
+    assert attempts[0].error is not None and attempts[0].error.startswith("connect_error")
+
+
+async def test_redirects_are_never_followed(make_store: StoreFactory, receiver: Receiver) -> None:
+    with Receiver() as elsewhere:
+        receiver.behaviour = lambda r: Reply(302, headers={"Location": elsewhere.url + "/stolen"})
+        async with DeliveryEngine(make_store(), config(retry_schedule=(0, 0.02))) as engine:
+            await engine.save_settings(AGENT.id, settings(receiver.url))
+            reply(pipeline(engine))
+            [failed] = await wait_until_status(engine, "failed")
+        assert elsewhere.requests == [] and elsewhere.connections == 0
+    assert failed.last_status_code == 302 and failed.last_error == "http_302"
+
+
+async def test_event_filter_and_missing_url_queue_nothing(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    async with DeliveryEngine(make_store(), config()) as engine:
+        pm = pipeline(engine)
+        assert reply(pm) == []  # no settings at all
+        await engine.save_settings(
+            AGENT.id, settings(receiver.url, events=["AGENT_MESSAGE_BLOCKED"])
+        )
+        assert reply(pm) == []  # filtered out
+        tickets = pm.hook.on_blocked(
+            agent=AGENT, conversation=CONVERSATION, message=AGENT_MSG, reason="24 h window"
+        )
+        assert [t.event_type for t in tickets] == [WebhookEventType.AGENT_MESSAGE_BLOCKED]
+        await anyio.to_thread.run_sync(receiver.wait_for, 1)
+
+
+async def test_response_body_is_read_only_up_to_a_cap(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    receiver.behaviour = lambda r: Reply(200, body=b"x" * 1_000_000)
+    async with DeliveryEngine(make_store(), config()) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        reply(pipeline(engine))
+        [done] = await wait_until_status(engine, "succeeded")
+        [attempt] = await engine.list_attempts(done.id)
+    assert attempt.response_excerpt is not None and len(attempt.response_excerpt) <= 512
+
+
+async def test_concurrency_is_capped_per_endpoint(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    lock = threading.Lock()
+    current = peak = 0
+
+    def slow(r: Recorded) -> Reply:
+        nonlocal current, peak
+        with lock:
+            current += 1
+            peak = max(peak, current)
+        time.sleep(0.15)
+        with lock:
+            current -= 1
+        return Reply(200)
+
+    receiver.behaviour = slow
+    async with DeliveryEngine(make_store(), config(per_endpoint_concurrency=2)) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        reply(pipeline(engine), 6)
+        await wait_until_status(engine, "succeeded", 6)
+    assert peak == 2
+
+
+async def test_graceful_shutdown_leaves_unfinished_work_for_the_next_start(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    receiver.behaviour = lambda r: Reply(200, delay=3.0)
+    async with DeliveryEngine(make_store(), config(shutdown_grace=0.2, timeout=5)) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        tickets = reply(pipeline(engine), 3)
+        for t in tickets:
+            await t
+        await anyio.to_thread.run_sync(receiver.wait_for, 1)
+        started = time.monotonic()
+    assert time.monotonic() - started < 2.5  # did not wait for the hanging receiver
+    receiver.behaviour = lambda r: Reply(200)
+    async with DeliveryEngine(make_store(), config()) as engine:
+        done = await wait_until_status(engine, "succeeded", 3)
+    assert {d.webhook_id for d in done} == {t.webhook_id for t in tickets}
+
+
+async def test_logs_name_the_event_but_never_a_secret_or_header_value(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    answers = iter([Reply(500), Reply(200)])
+    receiver.behaviour = lambda r: next(answers)
+    with capture_logs() as logs:
+        async with DeliveryEngine(make_store(), config()) as engine:
+            await engine.save_settings(AGENT.id, settings(receiver.url))
+            reply(pipeline(engine))
+            await wait_until_status(engine, "succeeded")
+            await engine.rotate_secret(AGENT.id)
+    names = [e["event"] for e in logs]
+    assert "delivery.retry_scheduled" in names and "delivery.succeeded" in names
+    succeeded = next(e for e in logs if e["event"] == "delivery.succeeded")
+    assert {"agent_id", "event_type", "webhook_id", "attempt", "status", "duration_ms"} <= set(succeeded)
+    dump = json.dumps(logs, default=str)
+    for secret in ("s3cr3t-token-value", SECRET, SECRET.removeprefix("whsec_")):
+        assert secret not in dump
+
+
+async def test_rotated_secret_signs_later_attempts(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    async with DeliveryEngine(make_store(), config()) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        new_secret = await engine.rotate_secret(AGENT.id)
+        reply(pipeline(engine))
+        [got] = await anyio.to_thread.run_sync(receiver.wait_for, 1)
+    assert new_secret.startswith("whsec_") and new_secret != SECRET
+    Webhook(new_secret).verify(got.body, got.headers)
+    with pytest.raises(Exception):
+        Webhook(SECRET).verify(got.body, got.headers)
+
+
+async def test_settings_save_keeps_the_secret_when_none_is_given(make_store: StoreFactory) -> None:
+    async with DeliveryEngine(make_store(), config(workers=False)) as engine:
+        first = await engine.save_settings(AGENT.id, WebhookSettings(url="http://127.0.0.1:9/"))
+        again = await engine.save_settings(
+            AGENT.id, msgspec.structs.replace(first, signing_secret=None)
+        )
+    assert first.signing_secret and first.signing_secret == again.signing_secret
