@@ -117,8 +117,10 @@ class NetworkGuard:
             whole, since the attacker chooses which one we would use).
         :raises ConnectError: when the name does not resolve.
         """
+        # "name." is the same absolute name as "name"; resolve it in one form only
+        lookup = host.rstrip(".") or host
         try:
-            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await anyio.getaddrinfo(lookup, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
             raise ConnectError(f"cannot resolve {host!r}: {exc}") from exc
         addresses: list[str] = []
