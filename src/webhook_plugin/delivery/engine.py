@@ -129,7 +129,7 @@ class DeliveryEngine:
             poll_interval=config.poll_interval,
             clock=clock,
         )
-        self._refresh_scope = anyio.CancelScope()
+        self._background_scope = anyio.CancelScope()
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -145,8 +145,7 @@ class DeliveryEngine:
                 await tg.start(self.recorder.run)
                 if self.config.workers:
                     await tg.start(self.dispatcher.run)
-                if self.config.settings_refresh > 0:
-                    tg.start_soon(self._refresh_settings)
+                tg.start_soon(self._background)
                 self._tg = tg
                 self._stack = stack.pop_all()
         except BaseException:
@@ -170,7 +169,7 @@ class DeliveryEngine:
                 # the batchers' run() returns once everything queued is written
                 self.outbox.close()
                 self.recorder.close()
-                self._refresh_scope.cancel()
+                self._background_scope.cancel()
             await stack.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = self._stack = None
@@ -182,9 +181,26 @@ class DeliveryEngine:
     async def _run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._db)
 
-    async def _refresh_settings(self) -> None:
-        with self._refresh_scope:
-            await self._refresh_loop()
+    async def _background(self) -> None:
+        """Loops that only stop when the engine does."""
+        with self._background_scope:
+            async with anyio.create_task_group() as tg:
+                if self.config.settings_refresh > 0:
+                    tg.start_soon(self._refresh_loop)
+                if self.config.workers and self.store.supports_notify:
+                    tg.start_soon(self._listen_loop)
+
+    async def _listen_loop(self) -> None:
+        """Wake the dispatcher when another process queues deliveries."""
+        while True:
+            try:
+                woken = await anyio.to_thread.run_sync(self.store.wait_for_new, 0.25)
+            except Exception as exc:  # the poll interval still finds the work
+                log.warning("listen.failed", error=str(exc))
+                await anyio.sleep(self.config.poll_interval)
+                continue
+            if woken:
+                self.dispatcher.wake()
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -1,0 +1,473 @@
+"""What the SQLite and PostgreSQL stores share: the SQL of every operation.
+
+Statements are written once, with ``?`` placeholders and SQL that both
+databases accept (``ON CONFLICT``, ``RETURNING``); a backend supplies its
+connections and transactions, its placeholder style and the few statements
+that differ (claiming, which PostgreSQL does with ``FOR UPDATE SKIP LOCKED``).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+from ..events import WebhookEventType
+from ..exceptions import NotFound
+from ..settings import WebhookSettings
+from .base import (
+    AttemptRecord,
+    AttemptResult,
+    ClaimedDelivery,
+    ConversationRecord,
+    DeliveryRecord,
+    DeliveryStatus,
+    MessageRecord,
+    NewDelivery,
+)
+
+__all__ = ["SQLStore"]
+
+T = TypeVar("T")
+
+_json_encode = msgspec.json.Encoder().encode
+_settings_decoder = msgspec.json.Decoder(WebhookSettings)
+_contact_decoder = msgspec.json.Decoder(dict[str, str])
+_attachments_decoder = msgspec.json.Decoder(list[dict[str, Any]])
+
+_DELIVERY_COLUMNS = (
+    "id, webhook_id, agent_id, event_type, status, attempts, last_status_code, "
+    "last_error, created_at, next_attempt_at, body"
+)
+
+
+def _delivery(row: Sequence[Any]) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row[0],
+        webhook_id=row[1],
+        agent_id=row[2],
+        event_type=WebhookEventType(row[3]),
+        status=row[4],
+        attempts=row[5],
+        last_status_code=row[6],
+        last_error=row[7],
+        created_at=row[8],
+        next_attempt_at=row[9] if row[4] == "pending" else None,
+        body=bytes(row[10]),
+    )
+
+
+class SQLStore(ABC):
+    """The operations of :class:`~webhook_plugin.storage.base.Store` in portable SQL."""
+
+    #: the function that picks the larger of two values
+    _GREATEST: ClassVar[str] = "MAX"
+    #: lease due deliveries; parameters: lease_until, owner, now, now, limit
+    _CLAIM: ClassVar[str] = (
+        "UPDATE deliveries SET lease_until = ?, lease_owner = ? WHERE id IN ("
+        " SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
+        " AND lease_until <= ? ORDER BY next_attempt_at LIMIT ?)"
+        " RETURNING id, webhook_id, agent_id, event_type, body, created_at, attempts,"
+        " round_start"
+    )
+
+    @abstractmethod
+    def _tx(self) -> AbstractContextManager[Any]:
+        """One write transaction; yields a connection."""
+
+    @abstractmethod
+    def _query(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` for a read."""
+
+    @abstractmethod
+    def _x(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute one statement written with ``?`` placeholders; return the cursor."""
+
+    @abstractmethod
+    def _xmany(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Execute one statement for many rows."""
+
+    #: whether :meth:`wait_for_new` can wake a worker in another process
+    supports_notify: ClassVar[bool] = False
+
+    def _claim_params(
+        self, now: float, limit: int, lease_until: float, owner: str
+    ) -> tuple[Any, ...]:
+        return (lease_until, owner, now, now, limit)
+
+    def _after_insert(self, conn: Any) -> None:
+        """Called in the transaction that queued new deliveries."""
+
+    def wait_for_new(self, timeout: float) -> bool:
+        """Block until another process queues deliveries (backends with notify only)."""
+        raise NotImplementedError
+
+    # outbox and delivery log ---------------------------------------------------------
+
+    def insert_deliveries(self, items: Sequence[NewDelivery]) -> None:
+        with self._tx() as conn:
+            self._xmany(conn, 
+                "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
+                " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        d.webhook_id,
+                        d.agent_id,
+                        d.event_type.value,
+                        d.body,
+                        d.created_at,
+                        d.next_attempt_at,
+                        d.created_at,
+                    )
+                    for d in items
+                ],
+            )
+            self._after_insert(conn)
+
+    def claim_due(
+        self, *, now: float, limit: int, lease_until: float, owner: str
+    ) -> list[ClaimedDelivery]:
+        with self._tx() as conn:
+            params = self._claim_params(now, limit, lease_until, owner)
+            rows = self._x(conn, self._CLAIM, params).fetchall()
+            endpoints = self._endpoints(conn, {row[2] for row in rows})
+        claimed = []
+        for row in rows:
+            settings, failing_since = endpoints.get(row[2], (None, None))
+            claimed.append(
+                ClaimedDelivery(
+                    id=row[0],
+                    webhook_id=row[1],
+                    agent_id=row[2],
+                    event_type=WebhookEventType(row[3]),
+                    body=bytes(row[4]),
+                    created_at=row[5],
+                    attempts=row[6],
+                    round_attempts=row[6] - row[7],
+                    lease_until=lease_until,
+                    settings=settings,
+                    failing_since=failing_since,
+                )
+            )
+        return claimed
+
+    def _endpoints(
+        self, conn: sqlite3.Connection, agent_ids: set[str]
+    ) -> dict[str, tuple[WebhookSettings, float | None]]:
+        if not agent_ids:
+            return {}
+        marks = ",".join("?" * len(agent_ids))
+        rows = self._x(conn, 
+            "SELECT agent_id, data, disabled, disabled_reason, failing_since"
+            f" FROM webhook_settings WHERE agent_id IN ({marks})",
+            tuple(agent_ids),
+        ).fetchall()
+        return {row[0]: (self._settings(row[1:4]), row[4]) for row in rows}
+
+    @staticmethod
+    def _settings(row: Sequence[Any]) -> WebhookSettings:
+        settings = _settings_decoder.decode(row[0])
+        return msgspec.structs.replace(settings, disabled=bool(row[1]), disabled_reason=row[2])
+
+    def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+        with self._tx() as conn:
+            for r in results:
+                error = r.error
+                (attempts,) = self._x(conn, 
+                    "UPDATE deliveries SET attempts = attempts + ?, status = ?,"
+                    " next_attempt_at = ?, lease_until = 0, lease_owner = NULL,"
+                    " last_status_code = COALESCE(?, last_status_code), last_error = ?,"
+                    " updated_at = ? WHERE id = ? RETURNING attempts",
+                    (
+                        1 if r.sent else 0,
+                        r.status,
+                        r.next_attempt_at,
+                        r.status_code,
+                        error,
+                        r.started_at,
+                        r.delivery_id,
+                    ),
+                ).fetchone()
+                if r.sent:
+                    self._x(conn, 
+                        "INSERT INTO attempts (delivery_id, attempt, started_at,"
+                        " duration_ms, status_code, error, response_excerpt)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt)"
+                        " DO UPDATE SET started_at = excluded.started_at,"
+                        " duration_ms = excluded.duration_ms, status_code = excluded.status_code,"
+                        " error = excluded.error, response_excerpt = excluded.response_excerpt",
+                        (
+                            r.delivery_id,
+                            attempts,
+                            r.started_at,
+                            r.duration_ms,
+                            r.status_code,
+                            r.error,
+                            r.response_excerpt,
+                        ),
+                    )
+                    if r.status == "succeeded":
+                        self._x(conn, 
+                            "UPDATE webhook_settings SET failing_since = NULL"
+                            " WHERE agent_id = ? AND failing_since IS NOT NULL",
+                            (r.agent_id,),
+                        )
+                    else:
+                        self._x(conn, 
+                            "UPDATE webhook_settings SET failing_since = ?"
+                            " WHERE agent_id = ? AND failing_since IS NULL",
+                            (r.started_at, r.agent_id),
+                        )
+                if r.disable_reason:
+                    self._x(conn, 
+                        "UPDATE webhook_settings SET disabled = 1, disabled_reason = ?"
+                        " WHERE agent_id = ?",
+                        (r.disable_reason, r.agent_id),
+                    )
+
+    def release(self, delivery_ids: Sequence[int], owner: str) -> None:
+        if not delivery_ids:
+            return
+        with self._tx() as conn:
+            self._xmany(conn, 
+                "UPDATE deliveries SET lease_until = 0, lease_owner = NULL"
+                " WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+                [(i, owner) for i in delivery_ids],
+            )
+
+    def next_due_at(self) -> float | None:
+        def q(conn: sqlite3.Connection) -> float | None:
+            row = self._x(conn, 
+                f"SELECT MIN({self._GREATEST}(next_attempt_at, lease_until)) FROM deliveries"
+                " WHERE status = 'pending'"
+            ).fetchone()
+            return row[0]
+
+        return self._query(q)
+
+    def list_deliveries(
+        self,
+        *,
+        agent_id: str | None = None,
+        status: DeliveryStatus | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[DeliveryRecord]:
+        where, args = [], []
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            args.append(agent_id)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return self._query(lambda c: [_delivery(r) for r in self._x(c, sql, args)])
+
+    def get_delivery(self, delivery_id: int) -> DeliveryRecord:
+        row = self._query(
+            lambda c: self._x(c, 
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+        )
+        if row is None:
+            raise NotFound(f"delivery {delivery_id} does not exist")
+        return _delivery(row)
+
+    def list_attempts(self, delivery_id: int) -> list[AttemptRecord]:
+        rows = self._query(
+            lambda c: self._x(c, 
+                "SELECT attempt, started_at, duration_ms, status_code, error, response_excerpt"
+                " FROM attempts WHERE delivery_id = ? ORDER BY attempt",
+                (delivery_id,),
+            ).fetchall()
+        )
+        return [
+            AttemptRecord(
+                attempt=r[0],
+                started_at=r[1],
+                duration_ms=r[2],
+                status_code=r[3],
+                error=r[4],
+                response_excerpt=r[5],
+            )
+            for r in rows
+        ]
+
+    def redeliver(self, delivery_id: int, *, now: float) -> DeliveryRecord:
+        with self._tx() as conn:
+            row = self._x(conn, 
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
+                " round_start = attempts, updated_at = ? WHERE id = ?"
+                f" RETURNING {_DELIVERY_COLUMNS}",
+                (now, now, delivery_id),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"delivery {delivery_id} does not exist")
+        return _delivery(row)
+
+    def redeliver_failed(self, *, agent_id: str | None, since: float, now: float) -> int:
+        sql = (
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
+            " round_start = attempts, updated_at = ? WHERE status = 'failed' AND created_at >= ?"
+        )
+        args: list[Any] = [now, now, since]
+        if agent_id is not None:
+            sql += " AND agent_id = ?"
+            args.append(agent_id)
+        with self._tx() as conn:
+            return self._x(conn, sql, args).rowcount
+
+    def count_deliveries(self) -> dict[str, int]:
+        rows = self._query(
+            lambda c: self._x(c, "SELECT status, COUNT(*) FROM deliveries GROUP BY status").fetchall()
+        )
+        counts = {"pending": 0, "succeeded": 0, "failed": 0}
+        counts.update(dict(rows))
+        return counts
+
+    # settings --------------------------------------------------------------------------
+
+    def get_settings(self, agent_id: str) -> WebhookSettings | None:
+        row = self._query(
+            lambda c: self._x(c, 
+                "SELECT data, disabled, disabled_reason FROM webhook_settings WHERE agent_id = ?",
+                (agent_id,),
+            ).fetchone()
+        )
+        return None if row is None else self._settings(row)
+
+    def put_settings(self, agent_id: str, settings: WebhookSettings) -> None:
+        data = _json_encode(
+            msgspec.structs.replace(settings, disabled=False, disabled_reason=None)
+        )
+        with self._tx() as conn:
+            self._x(conn, 
+                "INSERT INTO webhook_settings (agent_id, data, disabled, disabled_reason,"
+                " failing_since, updated_at) VALUES (?, ?, ?, ?, NULL, ?)"
+                " ON CONFLICT (agent_id) DO UPDATE SET data = excluded.data,"
+                " disabled = excluded.disabled, disabled_reason = excluded.disabled_reason,"
+                " failing_since = NULL, updated_at = excluded.updated_at",
+                (agent_id, data, int(settings.disabled), settings.disabled_reason, time.time()),
+            )
+
+    def all_settings(self) -> dict[str, WebhookSettings]:
+        rows = self._query(
+            lambda c: self._x(c, 
+                "SELECT agent_id, data, disabled, disabled_reason FROM webhook_settings"
+            ).fetchall()
+        )
+        return {row[0]: self._settings(row[1:]) for row in rows}
+
+    # the reference runtime's data ------------------------------------------------------------
+
+    def get_agent(self, agent_id: str) -> dict[str, object] | None:
+        row = self._query(
+            lambda c: self._x(c, 
+                "SELECT id, name, organization_id, ai_enabled FROM agents WHERE id = ?",
+                (agent_id,),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return {"id": row[0], "name": row[1], "organization_id": row[2], "ai_enabled": bool(row[3])}
+
+    def put_agent(
+        self, agent_id: str, *, name: str | None, organization_id: str | None, ai_enabled: bool
+    ) -> None:
+        with self._tx() as conn:
+            self._x(conn, 
+                "INSERT INTO agents (id, name, organization_id, ai_enabled, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
+                " organization_id = excluded.organization_id, ai_enabled = excluded.ai_enabled",
+                (agent_id, name, organization_id, int(ai_enabled), time.time()),
+            )
+
+    def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        row = self._query(
+            lambda c: self._x(c, 
+                "SELECT id, agent_id, channel, ai_enabled, contact, created_at,"
+                " last_user_message_at FROM conversations WHERE id = ?",
+                (conversation_id,),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return ConversationRecord(
+            id=row[0],
+            agent_id=row[1],
+            channel=row[2],
+            ai_enabled=bool(row[3]),
+            contact=_contact_decoder.decode(row[4]),
+            created_at=row[5],
+            last_user_message_at=row[6],
+        )
+
+    def put_conversation(self, conversation: ConversationRecord) -> None:
+        c = conversation
+        with self._tx() as conn:
+            self._x(conn, 
+                "INSERT INTO conversations (id, agent_id, channel, ai_enabled, contact,"
+                " created_at, last_user_message_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET ai_enabled = excluded.ai_enabled,"
+                " contact = excluded.contact, last_user_message_at = excluded.last_user_message_at",
+                (
+                    c.id,
+                    c.agent_id,
+                    c.channel,
+                    int(c.ai_enabled),
+                    _json_encode(c.contact),
+                    c.created_at,
+                    c.last_user_message_at,
+                ),
+            )
+
+    def add_messages(self, messages: Sequence[MessageRecord]) -> None:
+        with self._tx() as conn:
+            self._xmany(conn, 
+                "INSERT INTO messages (id, conversation_id, author, text, created_at, status,"
+                " attachments) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        m.id,
+                        m.conversation_id,
+                        m.author,
+                        m.text,
+                        m.created_at,
+                        m.status,
+                        _json_encode(m.attachments),
+                    )
+                    for m in messages
+                ],
+            )
+
+    def list_messages(self, conversation_id: str) -> list[MessageRecord]:
+        rows = self._query(
+            lambda c: self._x(c, 
+                "SELECT id, conversation_id, author, text, created_at, status, attachments"
+                " FROM messages WHERE conversation_id = ? ORDER BY seq",
+                (conversation_id,),
+            ).fetchall()
+        )
+        return [
+            MessageRecord(
+                id=r[0],
+                conversation_id=r[1],
+                author=r[2],
+                text=r[3],
+                created_at=r[4],
+                status=r[5],
+                attachments=_attachments_decoder.decode(r[6]),
+            )
+            for r in rows
+        ]

@@ -1,0 +1,265 @@
+"""The PostgreSQL backend: many runtimes and delivery workers, one database.
+
+psycopg 3's async API is asyncio-only, so this store uses its *synchronous*
+API from worker threads (the engine calls it through anyio with a bounded
+limiter), with a ``psycopg_pool.ConnectionPool``; trio keeps working.
+
+Claiming uses ``FOR UPDATE SKIP LOCKED``: concurrent workers never lease the
+same delivery, and a worker that dies leaves its leases to expire. New
+deliveries ``NOTIFY`` idle workers in the inserting transaction (so the
+notification arrives only once they are committed).
+
+The schema is created and migrated by the program itself, under an advisory
+lock so that processes starting together do not race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, Final, TypeVar
+
+from ..exceptions import StorageError
+from ._sql import SQLStore
+
+__all__ = ["PostgresStore", "drop_schema"]
+
+T = TypeVar("T")
+
+CHANNEL: Final = "webhook_plugin_deliveries"
+_LOCK_KEY: Final = 0x77686B70  # "whkp": serialises migrations
+
+_MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE deliveries (
+        id BIGSERIAL PRIMARY KEY,
+        webhook_id TEXT NOT NULL UNIQUE,
+        agent_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        round_start INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION,
+        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        last_status_code INTEGER,
+        last_error TEXT,
+        updated_at DOUBLE PRECISION
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+    CREATE INDEX deliveries_agent ON deliveries (agent_id, status, id);
+    CREATE INDEX deliveries_status ON deliveries (status, id);
+    CREATE TABLE attempts (
+        delivery_id BIGINT NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        duration_ms DOUBLE PRECISION NOT NULL,
+        status_code INTEGER,
+        error TEXT,
+        response_excerpt TEXT,
+        PRIMARY KEY (delivery_id, attempt)
+    );
+    CREATE TABLE webhook_settings (
+        agent_id TEXT PRIMARY KEY,
+        data BYTEA NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        disabled_reason TEXT,
+        failing_since DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        name TEXT,
+        organization_id TEXT,
+        ai_enabled INTEGER NOT NULL DEFAULT 1,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        ai_enabled INTEGER NOT NULL,
+        contact BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_user_message_at DOUBLE PRECISION
+    );
+    CREATE TABLE messages (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        author TEXT NOT NULL,
+        text TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        status TEXT NOT NULL,
+        attachments BYTEA NOT NULL
+    );
+    CREATE INDEX messages_conversation ON messages (conversation_id, seq);
+    """,
+]
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise StorageError(
+            "the PostgreSQL backend needs psycopg: pip install 'webhook-plugin[postgres]'"
+        ) from exc
+    return psycopg, psycopg_pool
+
+
+class PostgresStore(SQLStore):
+    """A :class:`~webhook_plugin.storage.base.Store` on a PostgreSQL database.
+
+    :param url: a libpq connection URL (``postgresql://user@host:5432/db``).
+    :param schema: the schema holding the tables (created when missing).
+    :param pool_size: connections kept open.
+    """
+
+    _GREATEST: ClassVar[str] = "GREATEST"
+    _CLAIM: ClassVar[str] = (
+        "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending'"
+        " AND next_attempt_at <= ? AND lease_until <= ? ORDER BY next_attempt_at LIMIT ?"
+        " FOR UPDATE SKIP LOCKED)"
+        " UPDATE deliveries AS d SET lease_until = ?, lease_owner = ? FROM due"
+        " WHERE d.id = due.id"
+        " RETURNING d.id, d.webhook_id, d.agent_id, d.event_type, d.body, d.created_at,"
+        " d.attempts, d.round_start"
+    )
+    supports_notify: ClassVar[bool] = True
+
+    def __init__(self, url: str, *, schema: str = "webhook_plugin", pool_size: int = 4) -> None:
+        if not schema.isidentifier():
+            raise StorageError(f"schema {schema!r} must be a plain identifier")
+        self.url = url
+        self.schema = schema
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._listener: Any = None
+        self._sql_cache: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        # never the URL: it may hold a password
+        return f"PostgresStore(schema={self.schema!r})"
+
+    # lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._pool is not None:
+            return
+        psycopg, psycopg_pool = _psycopg()
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                self._migrate(conn)
+            self._pool = psycopg_pool.ConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                kwargs={"options": f"-c search_path={self.schema}", "autocommit": True},
+                open=True,
+            )
+            self._pool.wait(timeout=10)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StorageError(f"cannot open PostgreSQL database: {_safe(exc)}") from exc
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _migrate(self, conn: Any) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            conn.execute(f"SET LOCAL search_path = {self.schema}")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            version = row[0] or 0
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+
+    # plumbing ----------------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        converted = self._sql_cache.get(sql)
+        if converted is None:
+            converted = self._sql_cache[sql] = sql.replace("%", "%%").replace("?", "%s")
+        return converted
+
+    def _x(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        return conn.execute(self._sql(sql), params)
+
+    def _xmany(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(self._sql(sql), list(rows))
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        if self._pool is None:
+            raise StorageError(f"{self!r} is not open")
+        psycopg, _ = _psycopg()
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL write failed: {_safe(exc)}") from exc
+
+    def _query(self, fn: Callable[[Any], T]) -> T:
+        if self._pool is None:
+            raise StorageError(f"{self!r} is not open")
+        psycopg, _ = _psycopg()
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                return fn(conn)
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL read failed: {_safe(exc)}") from exc
+
+    def _claim_params(
+        self, now: float, limit: int, lease_until: float, owner: str
+    ) -> tuple[Any, ...]:
+        return (now, now, limit, lease_until, owner)
+
+    def _after_insert(self, conn: Any) -> None:
+        conn.execute(f"NOTIFY {CHANNEL}")
+
+    # wake-ups ------------------------------------------------------------------------------
+
+    def wait_for_new(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a new-deliveries notification."""
+        psycopg, _ = _psycopg()
+        try:
+            if self._listener is None:
+                self._listener = psycopg.connect(self.url, autocommit=True)
+                self._listener.execute(f"LISTEN {CHANNEL}")
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                return True
+            return False
+        except psycopg.Error as exc:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            raise StorageError(f"PostgreSQL LISTEN failed: {_safe(exc)}") from exc
+
+
+def _safe(exc: BaseException) -> str:
+    """An error's first line, which libpq never fills with the password."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def drop_schema(url: str, schema: str) -> None:
+    """Drop a schema and everything in it (tests and benchmarks)."""
+    psycopg, _ = _psycopg()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
