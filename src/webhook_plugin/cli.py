@@ -1,0 +1,299 @@
+"""The ``webhook-plugin`` command.
+
+``serve``      the reference chat runtime (HTTP API + delivery workers)
+``worker``     delivery workers only (PostgreSQL backend)
+``deliveries`` the delivery log as a table
+``redeliver``  queue deliveries again, one or every failed one since a time
+``schema``     the JSON Schema of every payload
+``demo``       a conversation producing all six events, verified as they arrive
+
+This module (and the runtime's app factory) is the only place that
+configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from ._version import __version__
+from .exceptions import WebhookPluginError
+
+__all__ = ["main"]
+
+
+def configure_logging(fmt: str = "console", level: str = "info") -> None:
+    """Logs to stderr: readable in a terminal, or one JSON object per line."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _load(path: str | None):  # type: ignore[no-untyped-def]
+    from .runtime.config import load_config
+
+    return load_config(path)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .runtime.app import create_app
+
+    config = _load(args.config)
+    if not config.runtime.api_token and not _is_loopback(args.host):
+        raise WebhookPluginError(
+            f"refusing to listen on {args.host} without an API token: set [runtime] api_token"
+            " in the config, or bind 127.0.0.1"
+        )
+    if args.no_workers and config.runtime.database.startswith("sqlite"):
+        structlog.get_logger("webhook_plugin.cli").warning(
+            "serve.no_workers_on_sqlite",
+            hint="events are queued but only delivered by a worker on the same file",
+        )
+    app = create_app(config, workers=not args.no_workers)
+    print(
+        f"webhook-plugin {__version__} serving on http://{args.host}:{args.port}"
+        f" (database {_redact(config.runtime.database)})\n"
+        "First time here? Run `webhook-plugin demo` to watch six signed webhooks arrive.",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    import anyio
+
+    from .delivery.engine import DeliveryEngine
+    from .storage import open_store
+
+    config = _load(args.config)
+    if not config.runtime.database.startswith(("postgresql://", "postgres://")):
+        raise WebhookPluginError(
+            "`webhook-plugin worker` needs the PostgreSQL backend: set [runtime] database ="
+            ' "postgresql://..." (with SQLite, `serve` delivers by itself)'
+        )
+    log = structlog.get_logger("webhook_plugin.cli")
+
+    async def run() -> None:
+        async with DeliveryEngine(open_store(config.runtime.database), config.delivery()):
+            log.info("worker.started")
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("worker.stopping", signal=signal.Signals(signum).name)
+                    break
+
+    anyio.run(run)
+    return 0
+
+
+def _open_store(config):  # type: ignore[no-untyped-def]
+    from .storage import open_store
+
+    database = config.runtime.database
+    if database.startswith("sqlite://"):
+        path = Path(database.removeprefix("sqlite://").removeprefix("/"))
+        if not path.exists():
+            raise WebhookPluginError(f"no database at {path}: has `webhook-plugin serve` run here?")
+    store = open_store(database)
+    store.open()
+    return store
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    store = _open_store(_load(args.config))
+    try:
+        rows = store.list_deliveries(agent_id=args.agent, status=args.status, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        from .runtime.routes import delivery_json
+
+        print(json.dumps([delivery_json(r) for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no deliveries" + (f" with status {args.status}" if args.status else ""))
+        return 0
+    header = ("ID", "AGENT", "EVENT", "STATUS", "TRIES", "LAST", "CREATED (UTC)", "NEXT (UTC)", "ERROR")
+    table = [
+        (
+            str(r.id),
+            r.agent_id,
+            str(r.event_type),
+            r.status,
+            str(r.attempts),
+            str(r.last_status_code or "-"),
+            _iso(r.created_at),
+            _iso(r.next_attempt_at),
+            (r.last_error or "")[:60],
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _parse_since(value: str) -> float:
+    match = re.fullmatch(r"(\d+)([smhd])", value)
+    if match:
+        seconds = int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        return time.time() - seconds
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give a duration (30m, 6h, 2d) or an ISO time (2026-11-25T08:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def cmd_redeliver(args: argparse.Namespace) -> int:
+    if (args.delivery_id is None) == (args.failed_since is None):
+        raise WebhookPluginError("give either a delivery ID or --failed-since, not both")
+    store = _open_store(_load(args.config))
+    try:
+        if args.delivery_id is not None:
+            record = store.redeliver(args.delivery_id, now=time.time())
+            print(f"delivery {record.id} ({record.webhook_id}) queued again")
+        else:
+            count = store.redeliver_failed(agent_id=args.agent, since=args.failed_since, now=time.time())
+            print(f"{count} failed deliveries queued again")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .payloads import json_schemas
+
+    print(json.dumps(json_schemas(), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .runtime.demo import run_demo
+
+    if args.log_level == "info":  # keep the transcript readable; --log-level debug shows all
+        configure_logging(args.log_format, "warning")
+    return run_demo()
+
+
+def _redact(database: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:****@", database)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webhook-plugin", description="Agent webhooks for chat pipelines."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-format", choices=["console", "json"], default="console")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the reference chat runtime")
+    serve.add_argument("--config", help="TOML config file (default: embedded SQLite, no agents)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-workers", action="store_true", help="serve the API without delivery workers")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run delivery workers only (PostgreSQL)")
+    worker.add_argument("--config", required=True)
+    worker.set_defaults(func=cmd_worker)
+
+    deliveries = sub.add_parser("deliveries", help="show the delivery log")
+    deliveries.add_argument("--config")
+    deliveries.add_argument("--agent")
+    deliveries.add_argument("--status", choices=["pending", "succeeded", "failed"])
+    deliveries.add_argument("--limit", type=int, default=50)
+    deliveries.add_argument("--json", action="store_true")
+    deliveries.set_defaults(func=cmd_deliveries)
+
+    redeliver = sub.add_parser("redeliver", help="queue deliveries again (same webhook-id)")
+    redeliver.add_argument("delivery_id", nargs="?", type=int)
+    redeliver.add_argument("--failed-since", type=_parse_since, metavar="WHEN")
+    redeliver.add_argument("--agent")
+    redeliver.add_argument("--config")
+    redeliver.set_defaults(func=cmd_redeliver)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of every payload")
+    schema.set_defaults(func=cmd_schema)
+
+    demo = sub.add_parser("demo", help="play a conversation and watch six webhooks arrive")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        return int(args.func(args))
+    except WebhookPluginError as exc:
+        print(f"webhook-plugin: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

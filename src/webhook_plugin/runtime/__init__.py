@@ -1,0 +1,20 @@
+"""The reference chat runtime: config, pure ASGI middleware, a Starlette app.
+
+Only :mod:`webhook_plugin.cli` imports this package; a host app uses the
+plugin without it, or embeds :class:`WebhookMiddleware` from here.
+"""
+
+from .app import create_app
+from .config import AgentConfig, RuntimeConfig, load_config
+from .middleware import WebhookMiddleware, pipeline_from
+from .pipeline import ChatPipeline
+
+__all__ = [
+    "AgentConfig",
+    "ChatPipeline",
+    "RuntimeConfig",
+    "WebhookMiddleware",
+    "create_app",
+    "load_config",
+    "pipeline_from",
+]

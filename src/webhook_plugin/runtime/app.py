@@ -1,0 +1,33 @@
+"""The reference chat runtime: a Starlette app with the webhook plugin enabled."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.types import ASGIApp
+
+from .config import RuntimeConfig
+from .middleware import WebhookMiddleware
+from .routes import exception_handlers, routes
+from .security import BodyLimitMiddleware, TokenAuthMiddleware
+
+__all__ = ["create_app"]
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(config: RuntimeConfig | None = None, *, workers: bool = True) -> ASGIApp:
+    """Build the runtime's ASGI app.
+
+    The layers, outermost first: the webhook middleware (owns the plugins and
+    the delivery engine), the API token check (when ``api_token`` is set), the
+    1 MiB body limit, then Starlette's routes.
+
+    :param workers: ``False`` serves the API without delivery workers
+        (``webhook-plugin serve --no-workers``).
+    """
+    config = config or RuntimeConfig()
+    app: ASGIApp = Starlette(routes=routes, exception_handlers=exception_handlers)
+    app = BodyLimitMiddleware(app, MAX_BODY_BYTES)
+    if config.runtime.api_token:
+        app = TokenAuthMiddleware(app, config.runtime.api_token)
+    return WebhookMiddleware(app, config, workers=workers)

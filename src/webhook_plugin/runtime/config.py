@@ -1,0 +1,149 @@
+"""The runtime's TOML config (``CONTRACT.md`` section 4), parsed and checked.
+
+Every mistake is reported with where it is (``[webhook] timeout``,
+``agents[1].webhook.header``) and what is wrong; unknown keys are refused,
+so that a typo does not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from ..delivery.engine import DeliveryConfig
+from ..delivery.retry import DEFAULT_SCHEDULE
+from ..exceptions import ConfigError, SettingsError
+from ..settings import WebhookSettings
+
+__all__ = ["AgentConfig", "RuntimeConfig", "load_config"]
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+
+
+class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    plugins: list[str] = msgspec.field(default_factory=lambda: ["webhook_plugin"])
+    database: str = "sqlite:///webhook-plugin.db"
+    api_token: Annotated[str, Meta(min_length=16)] | None = None
+    load_entry_points: bool = True
+
+
+class WebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    allow_private_hosts: list[str] = msgspec.field(default_factory=list)
+    timeout: PositiveFloat = 15.0
+    retry_schedule: Annotated[list[NonNegative], Meta(min_length=1, max_length=50)] = (
+        msgspec.field(default_factory=lambda: list(DEFAULT_SCHEDULE))
+    )
+    jitter: Annotated[float, Meta(ge=0, lt=1)] = 0.2
+    disable_after: PositiveFloat = 5 * 86400.0
+    concurrency: PositiveInt = 64
+    per_endpoint_concurrency: PositiveInt = 16
+    poll_interval: PositiveFloat = 1.0
+    shutdown_grace: NonNegative = 10.0
+    user_info_timeout: PositiveFloat = 3.0
+    user_info_ttl: NonNegative = 300.0
+
+
+class AgentWebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: str | None = None
+    header: str | None = None
+    signing_secret: str | None = None
+    events: list[str] | None = None
+    user_info_url: str | None = None
+    user_info_header: str | None = None
+
+
+class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    id: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: str | None = None
+    organization_id: str | None = None
+    ai_enabled: bool = True
+    webhook: AgentWebhookSection | None = None
+
+    def settings(self) -> WebhookSettings | None:
+        """The agent's initial webhook settings, validated."""
+        if self.webhook is None:
+            return None
+        w = self.webhook
+        return WebhookSettings.validated(
+            url=w.url,
+            header=w.header,
+            signing_secret=w.signing_secret,
+            events=w.events,
+            user_info_url=w.user_info_url,
+            user_info_header=w.user_info_header,
+        )
+
+
+class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The whole config file. ``RuntimeConfig()`` is the no-config default."""
+
+    runtime: RuntimeSection = msgspec.field(default_factory=RuntimeSection)
+    webhook: WebhookSection = msgspec.field(default_factory=WebhookSection)
+    agents: list[AgentConfig] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for index, agent in enumerate(self.agents):
+            if agent.id in seen:
+                raise ConfigError(f"agents[{index}]: agent id {agent.id!r} appears twice")
+            seen.add(agent.id)
+            try:
+                agent.settings()
+            except SettingsError as exc:
+                raise ConfigError(f"agents[{index}].webhook.{exc.field}: {exc.message}") from None
+
+    def delivery(self, *, workers: bool = True) -> DeliveryConfig:
+        w = self.webhook
+        return DeliveryConfig(
+            allow_private_hosts=tuple(w.allow_private_hosts),
+            timeout=w.timeout,
+            retry_schedule=tuple(w.retry_schedule),
+            jitter=w.jitter,
+            disable_after=w.disable_after,
+            concurrency=w.concurrency,
+            per_endpoint_concurrency=w.per_endpoint_concurrency,
+            poll_interval=w.poll_interval,
+            shutdown_grace=w.shutdown_grace,
+            workers=workers,
+            user_info_timeout=w.user_info_timeout,
+            user_info_ttl=w.user_info_ttl,
+        )
+
+    def agent(self, agent_id: str) -> AgentConfig | None:
+        return next((a for a in self.agents if a.id == agent_id), None)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RuntimeConfig:
+    """Check a parsed TOML document.
+
+    :raises ConfigError: saying where and what.
+    """
+    try:
+        return msgspec.convert(data, RuntimeConfig)
+    except msgspec.ValidationError as exc:
+        where = str(exc).replace("$.", "").replace("`$`", "the top level")
+        raise ConfigError(f"{source}: {where}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path | None) -> RuntimeConfig:
+    """Read a TOML config file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return RuntimeConfig()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))

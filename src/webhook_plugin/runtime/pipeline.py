@@ -1,0 +1,346 @@
+"""The chat pipeline: runs the stages of a chat turn and calls the hooks.
+
+Request handlers (the reference runtime's, or a host app's) call
+:class:`ChatPipeline`; it stores conversations and messages, calls
+``on_user_message`` / ``on_agent_reply`` / ``on_blocked`` / ``on_noted`` /
+``on_group_message`` / ``fetch_user_info`` / ``generate_reply``, and awaits
+every queued event before it returns, so an acknowledgement means the events
+are durably stored.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+import structlog
+
+from ..delivery.engine import DeliveryEngine
+from ..exceptions import NotFound, WebhookPluginError
+from ..manager import PluginManager
+from ..models import Agent, Attachment, Contact, Conversation, Group, Message, UserInfo
+from ..settings import WebhookSettings
+from ..storage.base import ConversationRecord, MessageRecord
+from . import channels
+from .config import RuntimeConfig
+
+__all__ = ["ChatPipeline", "Conflict", "QueuedEvents"]
+
+log = structlog.get_logger("webhook_plugin.runtime")
+
+T = TypeVar("T")
+
+QueuedEvents = list[dict[str, str]]
+
+
+class Conflict(WebhookPluginError):
+    """The request contradicts what is stored (another agent's conversation, say)."""
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _contact(data: dict[str, str]) -> Contact:
+    return Contact(
+        id=data.get("id"),
+        name=data.get("name"),
+        email=data.get("email"),
+        phone_number=data.get("phoneNumber"),
+    )
+
+
+class ChatPipeline:
+    """Runs chat turns through the plugin hooks.
+
+    :param pm: the plugin manager (with the webhook plugin registered, usually).
+    :param engine: the delivery engine, whose store also holds the chat data.
+    :param config: agent defaults and the user-info time box.
+    """
+
+    def __init__(
+        self,
+        pm: PluginManager,
+        engine: DeliveryEngine,
+        config: RuntimeConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pm = pm
+        self.engine = engine
+        self.store = engine.store
+        self.config = config or RuntimeConfig()
+        self.clock = clock
+        self._limiter = anyio.CapacityLimiter(4)
+        self._agents: dict[str, Agent] = {}
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    # agents -------------------------------------------------------------------------------
+
+    async def agent(self, agent_id: str, *, create: bool = False) -> Agent:
+        """The agent, created on first use when ``create`` (AI enabled by default)."""
+        cached = self._agents.get(agent_id)
+        if cached is not None:
+            return cached
+        row = await self._db(self.store.get_agent, agent_id)
+        if row is None:
+            if not create:
+                raise NotFound(f"agent {agent_id!r} does not exist")
+            configured = self.config.agent(agent_id)
+            name = configured.name if configured else None
+            org = configured.organization_id if configured else None
+            ai = configured.ai_enabled if configured else True
+            await self._db(
+                lambda: self.store.put_agent(agent_id, name=name, organization_id=org, ai_enabled=ai)
+            )
+            row = {"id": agent_id, "name": name, "organization_id": org, "ai_enabled": ai}
+        agent = Agent(id=agent_id, name=row["name"], organization_id=row["organization_id"])  # type: ignore[arg-type]
+        self._agents[agent_id] = agent
+        return agent
+
+    async def _agent_ai_default(self, agent_id: str) -> bool:
+        row = await self._db(self.store.get_agent, agent_id)
+        return bool(row["ai_enabled"]) if row else True
+
+    async def seed_agents(self) -> None:
+        """Create the config's agents, and their settings unless saved ones exist."""
+        for configured in self.config.agents:
+            existing = await self._db(self.store.get_agent, configured.id)
+            if existing is None:
+                await self._db(
+                    lambda c=configured: self.store.put_agent(
+                        c.id, name=c.name, organization_id=c.organization_id, ai_enabled=c.ai_enabled
+                    )
+                )
+            settings = configured.settings()
+            if settings is not None and await self.engine.get_settings(configured.id) is None:
+                await self.engine.save_settings(configured.id, settings)
+
+    async def save_settings(self, agent_id: str, settings: WebhookSettings) -> WebhookSettings:
+        await self.agent(agent_id, create=True)
+        return await self.engine.save_settings(agent_id, settings)
+
+    # conversations -------------------------------------------------------------------------
+
+    async def conversation(self, conversation_id: str) -> ConversationRecord:
+        record = await self._db(self.store.get_conversation, conversation_id)
+        if record is None:
+            raise NotFound(f"conversation {conversation_id!r} does not exist")
+        return record
+
+    @staticmethod
+    def _model(record: ConversationRecord) -> Conversation:
+        return Conversation(
+            id=record.id,
+            agent_id=record.agent_id,
+            channel=record.channel,
+            ai_enabled=record.ai_enabled,
+            contact=_contact(record.contact),
+        )
+
+    async def set_ai(self, conversation_id: str, enabled: bool) -> ConversationRecord:
+        record = await self.conversation(conversation_id)
+        record.ai_enabled = enabled
+        await self._db(self.store.put_conversation, record)
+        return record
+
+    # the stages ------------------------------------------------------------------------------
+
+    async def _settle(self, results: list[Any]) -> QueuedEvents:
+        """Await what the hooks returned; report the queued webhook events."""
+        events: QueuedEvents = []
+        for result in results:
+            if inspect.isawaitable(result):
+                await result
+            event_type = getattr(result, "event_type", None)
+            webhook_id = getattr(result, "webhook_id", None)
+            if event_type is not None and webhook_id is not None:
+                events.append({"eventType": str(event_type), "webhookId": webhook_id})
+        return events
+
+    async def user_message(
+        self,
+        agent_id: str,
+        *,
+        conversation_id: str,
+        channel: str,
+        text: str,
+        message_id: str | None = None,
+        created_at: datetime | None = None,
+        contact: dict[str, str] | None = None,
+        group: Group | None = None,
+        attachments: tuple[Attachment, ...] = (),
+    ) -> dict[str, Any]:
+        """A user's message arrives: store it, call the hooks, let the AI answer."""
+        agent = await self.agent(agent_id, create=True)
+        now = self.clock()
+        created = created_at or datetime.fromtimestamp(now, UTC)
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        record = await self._db(self.store.get_conversation, conversation_id)
+        if record is None:
+            record = ConversationRecord(
+                id=conversation_id,
+                agent_id=agent_id,
+                channel=channel,
+                ai_enabled=await self._agent_ai_default(agent_id),
+                contact={},
+                created_at=now,
+            )
+        elif record.agent_id != agent_id:
+            raise Conflict(f"conversation {conversation_id!r} belongs to another agent")
+        elif record.channel != channel:
+            raise Conflict(f"conversation {conversation_id!r} is on channel {record.channel!r}")
+        if contact:
+            record.contact = {**record.contact, **{k: v for k, v in contact.items() if v}}
+        record.last_user_message_at = max(record.last_user_message_at or 0.0, created.timestamp())
+        await self._db(self.store.put_conversation, record)
+        conversation = self._model(record)
+        message = Message(
+            id=message_id or f"msg_{uuid.uuid4().hex}",
+            text=text,
+            created_at=created,
+            attachments=attachments,
+        )
+        stored = [
+            MessageRecord(
+                id=message.id,
+                conversation_id=conversation.id,
+                author="user",
+                text=text,
+                created_at=created.timestamp(),
+                status="received",
+                attachments=[msgspec.to_builtins(a) for a in attachments],
+            )
+        ]
+        hook = self.pm.hook
+        results: list[Any] = []
+        reply: dict[str, str] | None = None
+        if group is not None and not group.mentioned:
+            results += hook.on_group_message(
+                agent=agent, conversation=conversation, message=message, group=group
+            )
+        else:
+            results += hook.on_user_message(agent=agent, conversation=conversation, message=message)
+            if conversation.ai_enabled:
+                answer = hook.generate_reply(agent=agent, conversation=conversation, message=message)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                if answer:
+                    agent_message = Message(
+                        id=f"msg_{uuid.uuid4().hex}",
+                        text=str(answer),
+                        created_at=datetime.fromtimestamp(self.clock(), UTC),
+                    )
+                    results += hook.on_agent_reply(
+                        agent=agent,
+                        conversation=conversation,
+                        message=agent_message,
+                        in_reply_to=message,
+                    )
+                    stored.append(
+                        MessageRecord(
+                            id=agent_message.id,
+                            conversation_id=conversation.id,
+                            author="agent",
+                            text=agent_message.text,
+                            created_at=agent_message.created_at.timestamp(),
+                            status="sent",
+                        )
+                    )
+                    reply = {"messageId": agent_message.id, "text": agent_message.text}
+        await self._db(self.store.add_messages, stored)
+        events = await self._settle(results)
+        return {
+            "conversationId": conversation.id,
+            "messageId": message.id,
+            "reply": reply,
+            "events": events,
+        }
+
+    async def inbox_message(self, conversation_id: str, text: str) -> dict[str, Any]:
+        """A human operator writes from the Inbox; the channel decides what happens."""
+        record = await self.conversation(conversation_id)
+        agent = await self.agent(record.agent_id, create=True)
+        conversation = self._model(record)
+        now = self.clock()
+        verdict, reason = channels.decide(record.channel, record.last_user_message_at, now)
+        message = Message(
+            id=f"msg_{uuid.uuid4().hex}", text=text, created_at=datetime.fromtimestamp(now, UTC)
+        )
+        hook = self.pm.hook
+        kwargs = {"agent": agent, "conversation": conversation, "message": message}
+        if verdict == "sent":
+            results = hook.on_agent_reply(**kwargs, in_reply_to=None)
+        elif verdict == "blocked":
+            results = hook.on_blocked(**kwargs, reason=reason)
+        else:
+            results = hook.on_noted(**kwargs, reason=reason)
+        await self._db(
+            self.store.add_messages,
+            [
+                MessageRecord(
+                    id=message.id,
+                    conversation_id=conversation.id,
+                    author="operator",
+                    text=text,
+                    created_at=now,
+                    status=verdict,
+                )
+            ],
+        )
+        return {"messageId": message.id, "status": verdict, "events": await self._settle(results)}
+
+    async def inbox_view(self, conversation_id: str) -> dict[str, Any]:
+        """The conversation as the Inbox shows it, enriched with user info."""
+        record = await self.conversation(conversation_id)
+        agent = await self.agent(record.agent_id, create=True)
+        messages = await self._db(self.store.list_messages, conversation_id)
+        info = await self.user_info(agent, self._model(record))
+        return {
+            "conversationId": record.id,
+            "agentId": record.agent_id,
+            "channel": record.channel,
+            "aiEnabled": record.ai_enabled,
+            "contact": record.contact,
+            "messages": [
+                {
+                    "id": m.id,
+                    "author": m.author,
+                    "text": m.text,
+                    "createdAt": _iso(m.created_at),
+                    "status": m.status,
+                    **({"attachments": m.attachments} if m.attachments else {}),
+                }
+                for m in messages
+            ],
+            "userInfo": info.data,
+            "userInfoStatus": info.status,
+            **({"userInfoError": info.error} if info.error else {}),
+        }
+
+    async def user_info(self, agent: Agent, conversation: Conversation) -> UserInfo:
+        """Ask the plugins; whatever they do, answer within the time box."""
+        try:
+            pending = self.pm.hook.fetch_user_info(agent=agent, conversation=conversation)
+            if pending is None:
+                return UserInfo(status="not_configured")
+            # a little slack over the fetcher's own time box, for third-party plugins
+            box = self.engine.config.user_info_timeout + 0.5
+            with anyio.move_on_after(box):
+                result = await pending
+                if isinstance(result, UserInfo):
+                    return result
+                return UserInfo(status="error", error="a plugin answered something else than UserInfo")
+            return UserInfo(status="timeout", error=f"no answer within {box:g} s")
+        except Exception as exc:  # a third-party plugin must not break the Inbox
+            log.warning("user_info.plugin_failed", error=type(exc).__name__)
+            return UserInfo(status="error", error=f"a plugin failed: {type(exc).__name__}")

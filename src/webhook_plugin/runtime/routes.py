@@ -1,0 +1,356 @@
+"""The HTTP API of the reference runtime (``CONTRACT.md`` section 4).
+
+Bodies are decoded into msgspec Structs, so a wrong type or a missing field
+is a ``400 invalid_body`` that says which field; every error is
+``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..exceptions import NotFound, SettingsError, StorageError
+from ..models import Attachment, Group
+from ..settings import WebhookSettings, mask_header
+from ..storage.base import DeliveryRecord
+from .middleware import pipeline_from
+from .pipeline import Conflict
+
+__all__ = ["MAX_TEXT_BYTES", "exception_handlers", "routes"]
+
+MAX_TEXT_BYTES = 64 * 1024
+
+Id = Annotated[str, Meta(min_length=1, max_length=200)]
+Short = Annotated[str, Meta(max_length=1000)]
+
+_encode = msgspec.json.Encoder().encode
+
+
+class ContactIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    id: Short | None = None
+    name: Short | None = None
+    email: Short | None = None
+    phone_number: Short | None = None
+
+
+class GroupIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+    name: Short
+    mentioned: bool = False
+
+
+class AttachmentIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    mime_type: Short | None = None
+    name: Short | None = None
+    size: Annotated[int, Meta(ge=0)] | None = None
+
+
+class UserMessageIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    conversation_id: Id
+    channel: Annotated[str, Meta(min_length=1, max_length=64)]
+    text: str
+    message_id: Id | None = None
+    created_at: datetime | None = None
+    contact: ContactIn | None = None
+    group: GroupIn | None = None
+    attachments: Annotated[list[AttachmentIn], Meta(max_length=20)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class ConversationPatch(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    ai_enabled: bool
+
+
+class InboxMessageIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    text: str
+
+
+class SettingsIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    url: str | None = None
+    header: str | None = None
+    signing_secret: str | None = None
+    events: list[str] | None = None
+    user_info_url: str | None = None
+    user_info_header: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def json(data: Any, status: int = 200) -> Response:
+    return Response(_encode(data), status_code=status, media_type="application/json")
+
+
+async def decode(request: Request, into: type[Any]) -> Any:
+    body = await request.body()
+    if not body:
+        raise ApiError(400, "invalid_body", "the request needs a JSON body")
+    try:
+        return msgspec.json.decode(body, type=into)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_body", str(exc).replace("$.", "")) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_body", f"the body is not valid JSON: {exc}") from None
+
+
+def check_text(text: str) -> None:
+    if len(text.encode()) > MAX_TEXT_BYTES:
+        raise ApiError(413, "text_too_large", f"text is larger than {MAX_TEXT_BYTES} bytes")
+    if not text.strip():
+        raise ApiError(400, "invalid_body", "text must not be empty")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def delivery_json(d: DeliveryRecord) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "webhookId": d.webhook_id,
+        "eventType": str(d.event_type),
+        "status": d.status,
+        "attempts": d.attempts,
+        "lastStatusCode": d.last_status_code,
+        "lastError": d.last_error,
+        "createdAt": iso(d.created_at),
+        "nextAttemptAt": iso(d.next_attempt_at),
+    }
+
+
+# -- chat -------------------------------------------------------------------------------------
+
+
+async def post_message(request: Request) -> Response:
+    body: UserMessageIn = await decode(request, UserMessageIn)
+    check_text(body.text)
+    contact = msgspec.to_builtins(body.contact) if body.contact else None
+    outcome = await pipeline_from(request).user_message(
+        request.path_params["agent_id"],
+        conversation_id=body.conversation_id,
+        channel=body.channel,
+        text=body.text,
+        message_id=body.message_id,
+        created_at=body.created_at,
+        contact=contact,
+        group=Group(id=body.group.id, name=body.group.name, mentioned=body.group.mentioned)
+        if body.group
+        else None,
+        attachments=tuple(
+            Attachment(url=a.url, mime_type=a.mime_type, name=a.name, size=a.size)
+            for a in body.attachments
+        ),
+    )
+    return json(outcome, 201)
+
+
+async def patch_conversation(request: Request) -> Response:
+    body: ConversationPatch = await decode(request, ConversationPatch)
+    record = await pipeline_from(request).set_ai(
+        request.path_params["conversation_id"], body.ai_enabled
+    )
+    return json({"conversationId": record.id, "aiEnabled": record.ai_enabled})
+
+
+async def post_inbox_message(request: Request) -> Response:
+    body: InboxMessageIn = await decode(request, InboxMessageIn)
+    check_text(body.text)
+    outcome = await pipeline_from(request).inbox_message(
+        request.path_params["conversation_id"], body.text
+    )
+    return json(outcome, 201)
+
+
+async def get_inbox_conversation(request: Request) -> Response:
+    view = await pipeline_from(request).inbox_view(request.path_params["conversation_id"])
+    return json(view)
+
+
+# -- webhook settings and the delivery log ---------------------------------------------------------
+
+
+async def _settings_or_404(request: Request) -> tuple[str, WebhookSettings]:
+    pipeline = pipeline_from(request)
+    agent_id = request.path_params["agent_id"]
+    await pipeline.agent(agent_id)  # 404 for an unknown agent
+    settings = await pipeline.engine.get_settings(agent_id)
+    return agent_id, settings or WebhookSettings()
+
+
+async def get_webhook(request: Request) -> Response:
+    agent_id, settings = await _settings_or_404(request)
+    return json({"agentId": agent_id, **settings.public()})
+
+
+def _unmask(given: str | None, current: str | None) -> str | None:
+    # A client that GETs the settings and PUTs them back sends the masked
+    # header: keep the stored value rather than saving "****".
+    if given is not None and current is not None and given == mask_header(current):
+        return current
+    return given
+
+
+async def put_webhook(request: Request) -> Response:
+    pipeline = pipeline_from(request)
+    agent_id = request.path_params["agent_id"]
+    if not 0 < len(agent_id) <= 200:
+        raise ApiError(400, "invalid_agent", "agent ids are 1 to 200 characters")
+    body: SettingsIn = await decode(request, SettingsIn)
+    current = await pipeline.engine.get_settings(agent_id) or WebhookSettings()
+    settings = WebhookSettings.validated(
+        url=body.url,
+        header=_unmask(body.header, current.header),
+        signing_secret=body.signing_secret or current.signing_secret,
+        events=body.events,
+        user_info_url=body.user_info_url,
+        user_info_header=_unmask(body.user_info_header, current.user_info_header),
+    )
+    saved = await pipeline.save_settings(agent_id, settings)
+    return json({"agentId": agent_id, **saved.public()})
+
+
+async def rotate_secret(request: Request) -> Response:
+    agent_id, _ = await _settings_or_404(request)
+    secret = await pipeline_from(request).engine.rotate_secret(agent_id)
+    return json({"signingSecret": secret})
+
+
+async def list_deliveries(request: Request) -> Response:
+    agent_id, _ = await _settings_or_404(request)
+    status = request.query_params.get("status") or None
+    if status not in (None, "pending", "succeeded", "failed"):
+        raise ApiError(400, "invalid_query", "status must be pending, succeeded or failed")
+    try:
+        limit = int(request.query_params.get("limit", "100"))
+        before = request.query_params.get("before")
+        before_id = int(before) if before else None
+    except ValueError:
+        raise ApiError(400, "invalid_query", "limit and before must be whole numbers") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, "invalid_query", "limit must be between 1 and 1000")
+    rows = await pipeline_from(request).engine.list_deliveries(
+        agent_id=agent_id, status=status, limit=limit, before_id=before_id  # type: ignore[arg-type]
+    )
+    return json([delivery_json(r) for r in rows])
+
+
+def _delivery_id(request: Request) -> int:
+    try:
+        return int(request.path_params["delivery_id"])
+    except ValueError:
+        raise NotFound(f"delivery {request.path_params['delivery_id']!r} does not exist") from None
+
+
+async def get_delivery(request: Request) -> Response:
+    agent_id, _ = await _settings_or_404(request)
+    engine = pipeline_from(request).engine
+    record = await engine.get_delivery(_delivery_id(request), agent_id)
+    attempts = await engine.list_attempts(record.id)
+    return json(
+        {
+            **delivery_json(record),
+            "payload": msgspec.json.decode(record.body),
+            "attemptLog": [
+                {
+                    "attempt": a.attempt,
+                    "at": iso(a.started_at),
+                    "durationMs": round(a.duration_ms, 1),
+                    "statusCode": a.status_code,
+                    "error": a.error,
+                    "response": a.response_excerpt,
+                }
+                for a in attempts
+            ],
+        }
+    )
+
+
+async def redeliver(request: Request) -> Response:
+    agent_id, _ = await _settings_or_404(request)
+    record = await pipeline_from(request).engine.redeliver(_delivery_id(request), agent_id)
+    return json(delivery_json(record), 202)
+
+
+async def healthz(request: Request) -> Response:
+    return json({"status": "ok"})
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/v1/agents/{agent_id}/messages", post_message, methods=["POST"]),
+    Route("/v1/conversations/{conversation_id}", patch_conversation, methods=["PATCH"]),
+    Route(
+        "/v1/conversations/{conversation_id}/inbox-messages", post_inbox_message, methods=["POST"]
+    ),
+    Route("/v1/inbox/conversations/{conversation_id}", get_inbox_conversation, methods=["GET"]),
+    Route("/v1/agents/{agent_id}/webhook", get_webhook, methods=["GET"]),
+    Route("/v1/agents/{agent_id}/webhook", put_webhook, methods=["PUT"]),
+    Route("/v1/agents/{agent_id}/webhook/rotate-secret", rotate_secret, methods=["POST"]),
+    Route("/v1/agents/{agent_id}/webhook/deliveries", list_deliveries, methods=["GET"]),
+    Route("/v1/agents/{agent_id}/webhook/deliveries/{delivery_id}", get_delivery, methods=["GET"]),
+    Route(
+        "/v1/agents/{agent_id}/webhook/deliveries/{delivery_id}/redeliver",
+        redeliver,
+        methods=["POST"],
+    ),
+]
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return json({"error": {"code": code, "message": message}}, status)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(exc.status, exc.code, exc.message)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(404, "not_found", str(exc))
+
+
+async def _conflict(request: Request, exc: Exception) -> Response:
+    return _error(409, "conflict", str(exc))
+
+
+async def _settings_error(request: Request, exc: Exception) -> Response:
+    return _error(400, "invalid_settings", str(exc))
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    return _error(503, "storage_unavailable", "the database is unavailable; nothing was saved")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes: dict[int, str] = {404: "not_found", 405: "method_not_allowed"}
+    message: Literal["not found"] | str = exc.detail or "error"
+    return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(message).lower())
+
+
+exception_handlers: dict[Any, Any] = {
+    ApiError: _api_error,
+    NotFound: _not_found,
+    Conflict: _conflict,
+    SettingsError: _settings_error,
+    StorageError: _storage_error,
+    HTTPException: _http_error,
+}
