@@ -127,7 +127,7 @@ class SQLiteStore(SQLStore):
             self._write = self._connect()
             self._migrate(self._write)
             self._read = self._connect()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open SQLite database {str(self.path)!r}: {exc}") from exc
 
     def close(self) -> None:
