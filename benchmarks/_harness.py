@@ -15,6 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
+# a benchmark measures the code, not the terminal: drop info logs
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)

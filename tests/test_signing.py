@@ -42,6 +42,6 @@ def test_known_vector_from_the_spec() -> None:
 def test_webhook_ids_are_unique_and_time_ordered() -> None:
     ids = [new_webhook_id() for _ in range(2000)]
     assert len(set(ids)) == 2000
-    assert all(re.fullmatch(r"msg_[0-9a-z]{26}", i) for i in ids)
+    assert all(re.fullmatch(r"msg_[0-9a-f]{32}", i) for i in ids)
     first, later = new_webhook_id(), (time.sleep(0.002), new_webhook_id())[1]
-    assert first[:14] <= later[:14]
+    assert first[:16] <= later[:16]

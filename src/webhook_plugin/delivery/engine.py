@@ -129,7 +129,7 @@ class DeliveryEngine:
             poll_interval=config.poll_interval,
             clock=clock,
         )
-        self._background_scope = anyio.CancelScope()
+        self._background_scope: anyio.CancelScope | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -139,6 +139,7 @@ class DeliveryEngine:
         await self._run_sync(self.store.open)
         try:
             self._settings = await self._run_sync(self.store.all_settings)
+            self._background_scope = anyio.CancelScope()
             async with AsyncExitStack() as stack:
                 tg = await stack.enter_async_context(anyio.create_task_group())
                 await tg.start(self.outbox.run)
@@ -169,6 +170,7 @@ class DeliveryEngine:
                 # the batchers' run() returns once everything queued is written
                 self.outbox.close()
                 self.recorder.close()
+                assert self._background_scope is not None
                 self._background_scope.cancel()
             await stack.__aexit__(exc_type, exc, tb)
         finally:
@@ -183,6 +185,7 @@ class DeliveryEngine:
 
     async def _background(self) -> None:
         """Loops that only stop when the engine does."""
+        assert self._background_scope is not None
         with self._background_scope:
             async with anyio.create_task_group() as tg:
                 if self.config.settings_refresh > 0:

@@ -17,17 +17,9 @@ from ..settings import secret_key
 
 __all__ = ["new_webhook_id", "sign", "verify"]
 
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-
-
 def new_webhook_id() -> str:
-    """A unique, time-ordered event id: ``msg_`` and a ULID (26 characters)."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10))
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "msg_" + "".join(reversed(chars))
+    """A unique, time-ordered event id: ``msg_``, 48 bits of milliseconds and 80 random bits, in hex."""
+    return "msg_%012x%020x" % (time.time_ns() // 1_000_000, int.from_bytes(os.urandom(10)))
 
 
 def sign(secret: str | bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
