@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -82,6 +83,8 @@ class Dispatcher:
         self._in_flight: dict[int, anyio.CancelScope] = {}
         self._wake_event: anyio.Event | None = None
         self._slot_event: anyio.Event | None = None
+        self._ready: deque[ClaimedDelivery] = deque()
+        self._woken = False
         self._idle_event: anyio.Event | None = None
         self._next_retry_at: float | None = None
         self._stopping = False
@@ -90,6 +93,7 @@ class Dispatcher:
 
     def wake(self) -> None:
         """New deliveries may be due: look now rather than at the next poll."""
+        self._woken = True
         if self._wake_event is not None:
             self._wake_event.set()
 
@@ -106,33 +110,52 @@ class Dispatcher:
     # the loop -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Claim and deliver until :meth:`stop`; returns with attempts still in flight
-        cancelled and their leases released."""
+        """Claim and deliver until :meth:`stop`.
+
+        Claimed deliveries wait in a small local queue (at most ``concurrency``
+        of them), so that a freed slot starts the next attempt at once and a
+        claim, one thread hop, fetches many: claiming one delivery per freed
+        slot measured at a third of the throughput.
+        """
+        ready = self._ready
         async with anyio.create_task_group() as tg:
             task_status.started()
             while not self._stopping:
-                free = self._concurrency - len(self._in_flight)
-                if free <= 0:
+                while ready and len(self._in_flight) < self._concurrency:
+                    delivery = ready.popleft()
+                    scope = anyio.CancelScope()
+                    self._in_flight[delivery.id] = scope
+                    tg.start_soon(self._deliver, delivery, scope)
+                room = 2 * self._concurrency - len(self._in_flight) - len(ready)
+                if ready and room < self._concurrency // 2:
+                    # enough work at hand: wait for a slot
                     self._slot_event = anyio.Event()
                     await self._slot_event.wait()
+                    self._slot_event = None
                     continue
+                if room <= 0:  # pragma: no cover - guarded by the branch above
+                    continue
+                self._woken = False
                 now = self._clock()
-                limit = min(free, self._claim_batch)
+                limit = min(room, self._claim_batch)
                 claimed = await anyio.to_thread.run_sync(
                     lambda: self._store.claim_due(
                         now=now, limit=limit, lease_until=now + self.lease_seconds, owner=self.owner
                     ),
                     limiter=self._limiter,
                 )
-                for delivery in claimed:
-                    scope = anyio.CancelScope()
-                    self._in_flight[delivery.id] = scope
-                    tg.start_soon(self._deliver, delivery, scope)
-                if len(claimed) < limit and not self._stopping:
+                ready.extend(claimed)
+                if not claimed and not ready and not self._stopping:
                     await self._sleep(now)
+                elif not claimed and ready:
+                    self._slot_event = anyio.Event()
+                    await self._slot_event.wait()
+                    self._slot_event = None
             # attempts still in flight finish here, or are cancelled by stop()
 
     async def _sleep(self, now: float) -> None:
+        if self._woken:  # something arrived while we were claiming
+            return
         delay = self._poll_interval
         if self._next_retry_at is not None:
             delay = max(0.0, min(delay, self._next_retry_at - now))
@@ -154,7 +177,8 @@ class Dispatcher:
             self._idle_event = anyio.Event()
             with anyio.move_on_after(grace):
                 await self._idle_event.wait()
-        left = list(self._in_flight)
+        left = list(self._in_flight) + [d.id for d in self._ready]
+        self._ready.clear()
         for scope in self._in_flight.values():
             scope.cancel()
         if left:
@@ -209,6 +233,7 @@ class Dispatcher:
             AttemptResult(
                 delivery_id=delivery.id,
                 agent_id=delivery.agent_id,
+                attempt=delivery.attempts,
                 started_at=self._clock(),
                 duration_ms=0.0,
                 status_code=None,
@@ -286,6 +311,7 @@ class Dispatcher:
         return AttemptResult(
             delivery_id=d.id,
             agent_id=d.agent_id,
+            attempt=attempt,
             started_at=started,
             duration_ms=duration_ms,
             status_code=status_code,

@@ -174,60 +174,82 @@ class SQLStore(ABC):
         return msgspec.structs.replace(settings, disabled=bool(row[1]), disabled_reason=row[2])
 
     def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+        # One statement per kind for the whole batch (executemany): on the
+        # delivery hot path, per-row statements cost more than the HTTP call.
+        failing_since: dict[str, float | None] = {}  # per agent, after this batch
+        disable: dict[str, str] = {}
+        for r in results:
+            if r.sent:
+                if r.status == "succeeded":
+                    failing_since[r.agent_id] = None
+                elif failing_since.get(r.agent_id) is None:
+                    failing_since[r.agent_id] = r.started_at
+            if r.disable_reason:
+                disable[r.agent_id] = r.disable_reason
         with self._tx() as conn:
-            for r in results:
-                error = r.error
-                (attempts,) = self._x(conn, 
-                    "UPDATE deliveries SET attempts = attempts + ?, status = ?,"
-                    " next_attempt_at = ?, lease_until = 0, lease_owner = NULL,"
-                    " last_status_code = COALESCE(?, last_status_code), last_error = ?,"
-                    " updated_at = ? WHERE id = ? RETURNING attempts",
+            self._xmany(
+                conn,
+                "UPDATE deliveries SET attempts = attempts + ?, status = ?,"
+                " next_attempt_at = ?, lease_until = 0, lease_owner = NULL,"
+                " last_status_code = COALESCE(?, last_status_code), last_error = ?,"
+                " updated_at = ? WHERE id = ?",
+                [
                     (
                         1 if r.sent else 0,
                         r.status,
                         r.next_attempt_at,
                         r.status_code,
-                        error,
+                        r.error,
                         r.started_at,
                         r.delivery_id,
-                    ),
-                ).fetchone()
-                if r.sent:
-                    self._x(conn, 
-                        "INSERT INTO attempts (delivery_id, attempt, started_at,"
-                        " duration_ms, status_code, error, response_excerpt)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt)"
-                        " DO UPDATE SET started_at = excluded.started_at,"
-                        " duration_ms = excluded.duration_ms, status_code = excluded.status_code,"
-                        " error = excluded.error, response_excerpt = excluded.response_excerpt",
-                        (
-                            r.delivery_id,
-                            attempts,
-                            r.started_at,
-                            r.duration_ms,
-                            r.status_code,
-                            r.error,
-                            r.response_excerpt,
-                        ),
                     )
-                    if r.status == "succeeded":
-                        self._x(conn, 
-                            "UPDATE webhook_settings SET failing_since = NULL"
-                            " WHERE agent_id = ? AND failing_since IS NOT NULL",
-                            (r.agent_id,),
-                        )
-                    else:
-                        self._x(conn, 
-                            "UPDATE webhook_settings SET failing_since = ?"
-                            " WHERE agent_id = ? AND failing_since IS NULL",
-                            (r.started_at, r.agent_id),
-                        )
-                if r.disable_reason:
-                    self._x(conn, 
-                        "UPDATE webhook_settings SET disabled = 1, disabled_reason = ?"
-                        " WHERE agent_id = ?",
-                        (r.disable_reason, r.agent_id),
+                    for r in results
+                ],
+            )
+            self._xmany(
+                conn,
+                "INSERT INTO attempts (delivery_id, attempt, started_at,"
+                " duration_ms, status_code, error, response_excerpt)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt)"
+                " DO UPDATE SET started_at = excluded.started_at,"
+                " duration_ms = excluded.duration_ms, status_code = excluded.status_code,"
+                " error = excluded.error, response_excerpt = excluded.response_excerpt",
+                [
+                    (
+                        r.delivery_id,
+                        r.attempt,
+                        r.started_at,
+                        r.duration_ms,
+                        r.status_code,
+                        r.error,
+                        r.response_excerpt,
                     )
+                    for r in results
+                    if r.sent
+                ],
+            )
+            for agent_id, since in failing_since.items():
+                if since is None:
+                    self._x(
+                        conn,
+                        "UPDATE webhook_settings SET failing_since = NULL"
+                        " WHERE agent_id = ? AND failing_since IS NOT NULL",
+                        (agent_id,),
+                    )
+                else:
+                    self._x(
+                        conn,
+                        "UPDATE webhook_settings SET failing_since = ?"
+                        " WHERE agent_id = ? AND failing_since IS NULL",
+                        (since, agent_id),
+                    )
+            for agent_id, reason in disable.items():
+                self._x(
+                    conn,
+                    "UPDATE webhook_settings SET disabled = 1, disabled_reason = ?"
+                    " WHERE agent_id = ?",
+                    (reason, agent_id),
+                )
 
     def release(self, delivery_ids: Sequence[int], owner: str) -> None:
         if not delivery_ids:
@@ -240,7 +262,7 @@ class SQLStore(ABC):
             )
 
     def next_due_at(self) -> float | None:
-        def q(conn: sqlite3.Connection) -> float | None:
+        def q(conn: Any) -> float | None:
             row = self._x(conn, 
                 f"SELECT MIN({self._GREATEST}(next_attempt_at, lease_until)) FROM deliveries"
                 " WHERE status = 'pending'"

@@ -66,6 +66,8 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
 
     delivery_id: int
     agent_id: str
+    #: the attempt's number over the delivery's whole life (1 for the first)
+    attempt: int
     started_at: float
     duration_ms: float
     status_code: int | None

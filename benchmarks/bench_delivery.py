@@ -1,0 +1,201 @@
+"""Delivery: events per second end to end, and hook-to-receiver latency.
+
+    python benchmarks/bench_delivery.py [--json] [--events N] [--concurrency C]
+
+The receiver is a raw asyncio server in another process (`_receiver.py`).
+In the same run, against the same receiver, with the same body and the same
+number in flight:
+
+- bare aiohttp: a ClientSession loop posting the bodies (asyncio only);
+- bare httpx: an AsyncClient loop (asyncio);
+- our HTTP client alone (`H11Client`, the network guard included), asyncio and trio;
+- webhook-plugin end to end: `pm.hook.on_agent_reply` for every event, the
+  SQLite outbox, the dispatcher, signing, the client, the delivery log;
+  timed from the first hook call until the receiver has every event.
+
+Latency: hook calls at half the measured end-to-end rate for a few seconds,
+each payload carrying its hook-call time; the receiver measures arrival - call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, stats
+from _harness import emit, environment, parser
+from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings
+from webhook_plugin.delivery.client import H11Client
+from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
+from webhook_plugin.delivery.netguard import NetworkGuard
+from webhook_plugin.events import WebhookEventType
+from webhook_plugin.payloads import build_payload, encode
+from webhook_plugin.storage.sqlite import SQLiteStore
+
+BODY = encode(
+    build_payload(
+        WebhookEventType.AGENT_USER_MESSAGE,
+        agent=AGENT, conversation=CONVERSATION, message=agent_message("y" * 600), user_message=USER,
+    )
+)
+HEADERS = [("content-type", "application/json"), ("webhook-id", "msg_bench")]
+
+
+def bare_aiohttp(url: str, n: int, c: int) -> float:
+    import aiohttp
+
+    async def main() -> float:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
+            async def worker(count: int) -> None:
+                for _ in range(count):
+                    async with session.post(f"{url}/hook", data=BODY, headers=dict(HEADERS)) as r:
+                        await r.read()
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker(n // c) for _ in range(c)))
+            return (n // c * c) / (time.perf_counter() - start)
+
+    return asyncio.run(main())
+
+
+def bare_httpx(url: str, n: int, c: int) -> float:
+    import httpx
+
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+        async with httpx.AsyncClient(limits=limits) as client:
+            async def worker(count: int) -> None:
+                for _ in range(count):
+                    (await client.post(f"{url}/hook", content=BODY, headers=dict(HEADERS))).read()
+
+            start = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(c):
+                    tg.start_soon(worker, n // c)
+            return (n // c * c) / (time.perf_counter() - start)
+
+    return anyio.run(main)
+
+
+def bare_h11(url: str, n: int, c: int, backend: str) -> float:
+    async def main() -> float:
+        client = H11Client(NetworkGuard(["127.0.0.1"]), user_agent="bench")
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                await client.post(f"{url}/hook", HEADERS, BODY, timeout=10)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(c):
+                tg.start_soon(worker, n // c)
+        elapsed = time.perf_counter() - start
+        await client.aclose()
+        return (n // c * c) / elapsed
+
+    return anyio.run(main, backend=backend)
+
+
+def _engine(tmp: str, c: int) -> DeliveryEngine:
+    config = DeliveryConfig(
+        allow_private_hosts=("127.0.0.1",), concurrency=c, per_endpoint_concurrency=c,
+        poll_interval=0.05, settings_refresh=0, retry_schedule=(0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+    )
+    return DeliveryEngine(SQLiteStore(Path(tmp) / f"bench-{time.monotonic_ns()}.db"), config)
+
+
+async def _wait_for(url: str, count: int, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while (await anyio.to_thread.run_sync(stats, url))["unique_ok"] < count:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"only {(await anyio.to_thread.run_sync(stats, url))} delivered")
+        await anyio.sleep(0.01)
+
+
+def end_to_end(url: str, n: int, c: int, backend: str, tmp: str) -> float:
+    async def main() -> float:
+        async with _engine(tmp, c) as engine:
+            await engine.save_settings("bench", WebhookSettings.validated(url=f"{url}/hook"))
+            pm = PluginManager()
+            pm.register(WebhookPlugin(engine))
+            message = agent_message("y" * 600)
+            await anyio.to_thread.run_sync(reset, url)
+            start = time.perf_counter()
+            for _ in range(n):
+                pm.hook.on_agent_reply(agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER)
+                if _ % 500 == 0:
+                    await anyio.sleep(0)  # a pipeline yields between chat turns
+            await _wait_for(url, n, 120)
+            return n / (time.perf_counter() - start)
+
+    return anyio.run(main, backend=backend)
+
+
+def latency(url: str, rate: float, seconds: float, c: int, backend: str, tmp: str) -> dict:
+    async def main() -> dict:
+        async with _engine(tmp, c) as engine:
+            await engine.save_settings("bench", WebhookSettings.validated(url=f"{url}/hook"))
+            pm = PluginManager()
+            pm.register(WebhookPlugin(engine))
+            await anyio.to_thread.run_sync(reset, url)
+            total = int(rate * seconds)
+            start = time.perf_counter()
+            for i in range(total):
+                target = start + i / rate
+                delay = target - time.perf_counter()
+                if delay > 0:
+                    await anyio.sleep(delay)
+                message = agent_message(f"t={time.time():.6f} " + "y" * 580)
+                pm.hook.on_agent_reply(agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER)
+            await _wait_for(url, total, 60)
+            return await anyio.to_thread.run_sync(stats, url)
+
+    return anyio.run(main, backend=backend)
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--events", type=int, default=10_000)
+    p.add_argument("--concurrency", type=int, default=64)
+    args = p.parse_args()
+    rounds = 1 if args.quick else min(args.rounds, 3)
+    n = 2_000 if args.quick else args.events
+    c = args.concurrency
+    results: dict[str, list[float]] = {}
+    with receiver() as url, tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            results.setdefault("bare aiohttp loop (asyncio)", []).append(bare_aiohttp(url, n, c))
+            results.setdefault("bare httpx loop (asyncio)", []).append(bare_httpx(url, max(n // 5, c), c))
+            for backend in ("asyncio", "trio"):
+                results.setdefault(f"H11Client alone ({backend})", []).append(bare_h11(url, n, c, backend))
+                results.setdefault(f"webhook-plugin end to end ({backend})", []).append(end_to_end(url, n, c, backend, tmp))
+        medians = {k: statistics.median(v) for k, v in results.items()}
+        base = medians["bare aiohttp loop (asyncio)"]
+        rows = [[k, f"{v:,.0f}", f"{v / base:.0%}"] for k, v in medians.items()]
+        lat_rows = []
+        for backend in ("asyncio", "trio"):
+            rate = medians[f"webhook-plugin end to end ({backend})"] / 2
+            s = latency(url, rate, 2 if args.quick else 4, c, backend, tmp)
+            lat_rows.append([backend, f"{rate:,.0f}", s["p50_ms"], s["p99_ms"]])
+    emit(
+        args,
+        f"bench_delivery: {n:,} events of {len(BODY)} bytes, {c} in flight, loopback receiver in another process ({environment()}), median of {rounds} round(s)",
+        ["sender", "requests/s", "vs bare aiohttp"],
+        rows,
+    )
+    emit(
+        args,
+        "\nhook-to-receiver latency at half the end-to-end rate",
+        ["backend", "events/s offered", "p50 ms", "p99 ms"],
+        lat_rows,
+        {"targets": "end to end >= 80% of bare aiohttp; p99 < 50 ms at half load"},
+    )
+
+
+if __name__ == "__main__":
+    main()
