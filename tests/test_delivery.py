@@ -327,3 +327,28 @@ async def test_settings_save_keeps_the_secret_when_none_is_given(make_store: Sto
             AGENT.id, msgspec.structs.replace(first, signing_secret=None)
         )
     assert first.signing_secret and first.signing_secret == again.signing_secret
+
+
+async def test_every_event_arrives_when_a_tenth_of_answers_fail(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    import random
+    from collections import Counter
+
+    rng = random.Random(7)
+    receiver.behaviour = lambda r: Reply(500) if rng.random() < 0.1 else Reply(200)
+    n = 300
+    async with DeliveryEngine(make_store(), config(retry_schedule=(0, 0.02, 0.02, 0.05, 0.1, 0.2))) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        tickets = reply(pipeline(engine), n)
+        for t in tickets:
+            await t
+        rows = await engine.list_deliveries(agent_id=AGENT.id, status="succeeded", limit=1000)
+        while len(rows) < n:
+            await anyio.sleep(0.05)
+            rows = await engine.list_deliveries(agent_id=AGENT.id, status="succeeded", limit=1000)
+    ok = Counter(
+        r.headers["webhook-id"] for r in receiver.requests
+    )  # every request, failed or not
+    assert set(ok) == {t.webhook_id for t in tickets}  # none lost
+    assert len(receiver.requests) > n  # some were retried
