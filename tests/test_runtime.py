@@ -17,6 +17,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from conftest import POSTGRES_URL, REQUIRE_POSTGRES, postgres_available
 from receiver import Receiver, Recorded, Reply
 
 TOKEN = "test-token-0123456789abcdef"
@@ -31,14 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(tmp: Path, receiver_url: str, **runtime: str) -> Path:
+def write_config(tmp: Path, receiver_url: str, database: str | None = None, **runtime: str) -> Path:
     runtime_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in runtime.items())
     path = tmp / "webhook-plugin.toml"
+    database = database or f"sqlite:///{tmp / 'runtime.db'}"
     path.write_text(
         f"""
 [runtime]
 plugins = ["webhook_plugin"]
-database = "sqlite:///{tmp / 'runtime.db'}"
+database = "{database}"
 api_token = "{TOKEN}"
 {runtime_lines}
 
@@ -65,13 +67,13 @@ user_info_header = "X-Api-Key: crm-key-value"
 
 
 class Server:
-    def __init__(self, config: Path, cwd: Path) -> None:
+    def __init__(self, config: Path, cwd: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"serve-{self.port}.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [*CLI, "serve", "--config", str(config), "--port", str(self.port)],
+                [*CLI, "serve", "--config", str(config), "--port", str(self.port), *extra],
                 cwd=cwd,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -105,17 +107,37 @@ def crm(r: Recorded) -> Reply:
     return Reply(204, body=b"")
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Receiver, Path]]:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Receiver, Path]]:
+    """One running server per backend; the tests below run against each."""
     tmp = tmp_path_factory.mktemp("runtime")
+    database = None
+    if request.param == "postgres":
+        database = postgres_database(f"rt_{os.getpid()}")
     with Receiver(crm) as rx:
-        server = Server(write_config(tmp, rx.url), tmp)
+        server = Server(write_config(tmp, rx.url, database), tmp)
         try:
             yield server, rx, tmp
         finally:
             log = server.stop()
+            if database:
+                from webhook_plugin.storage.postgres import drop_schema
+
+                drop_schema(POSTGRES_URL, database.rpartition("schema=")[2])
             assert "receiver-secret-value" not in log and "crm-key-value" not in log
             assert SECRET not in log and TOKEN not in log
+
+
+def postgres_database(schema: str) -> str:
+    """A database URL for a fresh schema, or skip (fail in CI) without a server."""
+    reason = postgres_available()
+    if reason is not None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required in CI: {reason}")
+        pytest.skip(reason)
+    return f"{POSTGRES_URL}?schema={schema}"
 
 
 @pytest.fixture

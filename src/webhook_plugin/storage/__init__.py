@@ -13,8 +13,10 @@ __all__ = ["Store", "open_store"]
 def open_store(database: str) -> Store:
     """Build (not yet open) the store a database URL names.
 
-    ``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite://:memory:``
-    is refused (an outbox must survive a restart), ``postgresql://...``.
+    ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (``:memory:`` is
+    refused: an outbox must survive a restart), or
+    ``postgresql://user@host:5432/db[?schema=NAME]`` (default schema
+    ``webhook_plugin``).
     """
     from ..exceptions import ConfigError
 
@@ -30,9 +32,16 @@ def open_store(database: str) -> Store:
             )
         return SQLiteStore(path)
     if database.startswith(("postgresql://", "postgres://")):
+        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
         from .postgres import PostgresStore
 
-        return PostgresStore(database)
+        # ?schema=NAME is ours (libpq does not know it): the schema for our tables
+        parts = urlsplit(database)
+        query = parse_qsl(parts.query)
+        schema = next((v for k, v in query if k == "schema"), "webhook_plugin")
+        rest = urlencode([(k, v) for k, v in query if k != "schema"])
+        return PostgresStore(urlunsplit(parts._replace(query=rest)), schema=schema)
     raise ConfigError(
         f"database {database!r}: use sqlite:///FILE or postgresql://USER@HOST/DBNAME"
     )
