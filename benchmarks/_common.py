@@ -17,8 +17,12 @@ from webhook_plugin import Agent, Contact, Conversation, Message
 HERE = Path(__file__).parent
 AGENT = Agent(id="bench", name="Bench Bot", organization_id="org_b")
 CONVERSATION = Conversation(
-    id="conv_bench", agent_id="bench", channel="whatsapp",
-    contact=Contact(id="u1", name="Ana Souza", email="ana@example.com", phone_number="+5511999990000"),
+    id="conv_bench",
+    agent_id="bench",
+    channel="whatsapp",
+    contact=Contact(
+        id="u1", name="Ana Souza", email="ana@example.com", phone_number="+5511999990000"
+    ),
 )
 USER = Message(id="m_user", text="Olá! " + "x" * 300, created_at=datetime.now(UTC))
 
@@ -38,7 +42,8 @@ def receiver(fail_rate: float = 0.0) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "_receiver.py"), str(port), str(fail_rate)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"

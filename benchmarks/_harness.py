@@ -56,19 +56,30 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = [title, ""]
     for i, row in enumerate(cells):
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
         if i == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
 
-def emit(args: argparse.Namespace, title: str, header: list[str], rows: list[list[Any]], extra: dict[str, Any] | None = None) -> None:
+def emit(
+    args: argparse.Namespace,
+    title: str,
+    header: list[str],
+    rows: list[list[Any]],
+    extra: dict[str, Any] | None = None,
+) -> None:
     print(table(title, header, rows))
     if extra:
         for k, v in extra.items():
             print(f"{k}: {v}")
     if args.json:
-        json.dump({"title": title, "header": header, "rows": rows, **(extra or {})}, sys.stdout, indent=2, default=str)
+        json.dump(
+            {"title": title, "header": header, "rows": rows, **(extra or {})},
+            sys.stdout,
+            indent=2,
+            default=str,
+        )
         print()
 
 

@@ -86,7 +86,9 @@ class Receiver(asyncio.Protocol):
                 payload = STATS.answer()
                 self.transport.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-                    + str(len(payload)).encode() + b"\r\n\r\n" + payload
+                    + str(len(payload)).encode()
+                    + b"\r\n\r\n"
+                    + payload
                 )
                 continue
             if head.startswith(b"GET /reset"):

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import anyio
-
 from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, stats
 from _harness import emit, environment, parser
+
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings
 from webhook_plugin.delivery.client import H11Client
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
@@ -40,7 +40,10 @@ from webhook_plugin.storage.sqlite import SQLiteStore
 BODY = encode(
     build_payload(
         WebhookEventType.AGENT_USER_MESSAGE,
-        agent=AGENT, conversation=CONVERSATION, message=agent_message("y" * 600), user_message=USER,
+        agent=AGENT,
+        conversation=CONVERSATION,
+        message=agent_message("y" * 600),
+        user_message=USER,
     )
 )
 HEADERS = [("content-type", "application/json"), ("webhook-id", "msg_bench")]
@@ -51,6 +54,7 @@ def bare_aiohttp(url: str, n: int, c: int) -> float:
 
     async def main() -> float:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
+
             async def worker(count: int) -> None:
                 for _ in range(count):
                     async with session.post(f"{url}/hook", data=BODY, headers=dict(HEADERS)) as r:
@@ -69,6 +73,7 @@ def bare_httpx(url: str, n: int, c: int) -> float:
     async def main() -> float:
         limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
         async with httpx.AsyncClient(limits=limits) as client:
+
             async def worker(count: int) -> None:
                 for _ in range(count):
                     (await client.post(f"{url}/hook", content=BODY, headers=dict(HEADERS))).read()
@@ -103,8 +108,12 @@ def bare_h11(url: str, n: int, c: int, backend: str) -> float:
 
 def _engine(tmp: str, c: int) -> DeliveryEngine:
     config = DeliveryConfig(
-        allow_private_hosts=("127.0.0.1",), concurrency=c, per_endpoint_concurrency=c,
-        poll_interval=0.05, settings_refresh=0, retry_schedule=(0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+        allow_private_hosts=("127.0.0.1",),
+        concurrency=c,
+        per_endpoint_concurrency=c,
+        poll_interval=0.05,
+        settings_refresh=0,
+        retry_schedule=(0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
     )
     return DeliveryEngine(SQLiteStore(Path(tmp) / f"bench-{time.monotonic_ns()}.db"), config)
 
@@ -127,7 +136,9 @@ def end_to_end(url: str, n: int, c: int, backend: str, tmp: str) -> float:
             await anyio.to_thread.run_sync(reset, url)
             start = time.perf_counter()
             for _ in range(n):
-                pm.hook.on_agent_reply(agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER)
+                pm.hook.on_agent_reply(
+                    agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER
+                )
                 if _ % 500 == 0:
                     await anyio.sleep(0)  # a pipeline yields between chat turns
             await _wait_for(url, n, 120)
@@ -151,7 +162,9 @@ def latency(url: str, rate: float, seconds: float, c: int, backend: str, tmp: st
                 if delay > 0:
                     await anyio.sleep(delay)
                 message = agent_message(f"t={time.time():.6f} " + "y" * 580)
-                pm.hook.on_agent_reply(agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER)
+                pm.hook.on_agent_reply(
+                    agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER
+                )
             await _wait_for(url, total, 60)
             return await anyio.to_thread.run_sync(stats, url)
 
@@ -170,10 +183,16 @@ def main() -> None:
     with receiver() as url, tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
             results.setdefault("bare aiohttp loop (asyncio)", []).append(bare_aiohttp(url, n, c))
-            results.setdefault("bare httpx loop (asyncio)", []).append(bare_httpx(url, max(n // 5, c), c))
+            results.setdefault("bare httpx loop (asyncio)", []).append(
+                bare_httpx(url, max(n // 5, c), c)
+            )
             for backend in ("asyncio", "trio"):
-                results.setdefault(f"H11Client alone ({backend})", []).append(bare_h11(url, n, c, backend))
-                results.setdefault(f"webhook-plugin end to end ({backend})", []).append(end_to_end(url, n, c, backend, tmp))
+                results.setdefault(f"H11Client alone ({backend})", []).append(
+                    bare_h11(url, n, c, backend)
+                )
+                results.setdefault(f"webhook-plugin end to end ({backend})", []).append(
+                    end_to_end(url, n, c, backend, tmp)
+                )
         medians = {k: statistics.median(v) for k, v in results.items()}
         base = medians["bare aiohttp loop (asyncio)"]
         rows = [[k, f"{v:,.0f}", f"{v / base:.0%}"] for k, v in medians.items()]

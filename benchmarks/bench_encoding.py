@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 import orjson
+from _harness import emit, environment, parser, per_op_ns
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from _harness import emit, environment, parser, per_op_ns
 from webhook_plugin import Agent, Contact, Conversation, Message, WebhookEventType
 from webhook_plugin.payloads import build_payload, encode
 
@@ -26,24 +26,42 @@ CONVERSATION = Conversation(
     agent_id=AGENT.id,
     channel="whatsapp",
     ai_enabled=True,
-    contact=Contact(id="contact_8812", name="João Conceição", email="joao.conceicao@example.com.br", phone_number="+5511987654321"),
+    contact=Contact(
+        id="contact_8812",
+        name="João Conceição",
+        email="joao.conceicao@example.com.br",
+        phone_number="+5511987654321",
+    ),
 )
-USER_TEXT = ("Olá! Comprei um tênis na semana passada e ainda não recebi. O código de rastreio não atualiza há três dias. "
-             "Vocês podem verificar o que aconteceu com o meu pedido nº 48213? Obrigado pela atenção, é urgente 🙏 ")[:300]
-ANSWER = (("Olá, João! Sinto muito pelo atraso. Verifiquei o pedido nº 48213: ele saiu do nosso centro de distribuição "
-           "em Cajamar na terça-feira e está com a transportadora. Houve um atraso na triagem regional, mas a previsão "
-           "de entrega foi atualizada para sexta-feira. Vou acompanhar de perto e, se não chegar até lá, reenviamos ou "
-           "fazemos o estorno — você escolhe. Posso ajudar em mais alguma coisa? ✨ ") * 2)[:600]
+USER_TEXT = (
+    "Olá! Comprei um tênis na semana passada e ainda não recebi. O código de rastreio não atualiza há três dias. "
+    "Vocês podem verificar o que aconteceu com o meu pedido nº 48213? Obrigado pela atenção, é urgente 🙏 "
+)[:300]
+ANSWER = (
+    (
+        "Olá, João! Sinto muito pelo atraso. Verifiquei o pedido nº 48213: ele saiu do nosso centro de distribuição "
+        "em Cajamar na terça-feira e está com a transportadora. Houve um atraso na triagem regional, mas a previsão "
+        "de entrega foi atualizada para sexta-feira. Vou acompanhar de perto e, se não chegar até lá, reenviamos ou "
+        "fazemos o estorno — você escolhe. Posso ajudar em mais alguma coisa? ✨ "
+    )
+    * 2
+)[:600]
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 USER_MSG = Message(id="wamid.HBgLNTUxMTk4NzY1NDMyMRUCABIYFjNFQjA", text=USER_TEXT, created_at=NOW)
 AGENT_MSG = Message(id="msg_01J9ZK4B2N7Q", text=ANSWER, created_at=NOW)
 
 
 def ours() -> bytes:
-    return encode(build_payload(E, agent=AGENT, conversation=CONVERSATION, message=AGENT_MSG, user_message=USER_MSG))
+    return encode(
+        build_payload(
+            E, agent=AGENT, conversation=CONVERSATION, message=AGENT_MSG, user_message=USER_MSG
+        )
+    )
 
 
-PREBUILT = build_payload(E, agent=AGENT, conversation=CONVERSATION, message=AGENT_MSG, user_message=USER_MSG)
+PREBUILT = build_payload(
+    E, agent=AGENT, conversation=CONVERSATION, message=AGENT_MSG, user_message=USER_MSG
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -102,13 +120,27 @@ class PydanticPayload(BaseModel):
 
 def pydantic_v2() -> bytes:
     c = CONVERSATION.contact
-    return PydanticPayload(
-        event_type=E.value, message_id=AGENT_MSG.id, user_message_id=USER_MSG.id, user_message=USER_MSG.text,
-        agent_response=AGENT_MSG.text, agent_id=AGENT.id, conversation_id=CONVERSATION.id,
-        channel=CONVERSATION.channel, created_at=AGENT_MSG.created_at, is_ai_enabled=CONVERSATION.ai_enabled,
-        agent_name=AGENT.name, organization_id=AGENT.organization_id, user_name=c.name, user_email=c.email,
-        user_phone_number=c.phone_number,
-    ).model_dump_json(by_alias=True, exclude_none=True).encode()
+    return (
+        PydanticPayload(
+            event_type=E.value,
+            message_id=AGENT_MSG.id,
+            user_message_id=USER_MSG.id,
+            user_message=USER_MSG.text,
+            agent_response=AGENT_MSG.text,
+            agent_id=AGENT.id,
+            conversation_id=CONVERSATION.id,
+            channel=CONVERSATION.channel,
+            created_at=AGENT_MSG.created_at,
+            is_ai_enabled=CONVERSATION.ai_enabled,
+            agent_name=AGENT.name,
+            organization_id=AGENT.organization_id,
+            user_name=c.name,
+            user_email=c.email,
+            user_phone_number=c.phone_number,
+        )
+        .model_dump_json(by_alias=True, exclude_none=True)
+        .encode()
+    )
 
 
 def main() -> None:
@@ -116,7 +148,12 @@ def main() -> None:
     rounds = 3 if args.quick else args.rounds
     min_time = 0.05 if args.quick else 0.3
     # same content from every contender
-    assert json.loads(ours()) == json.loads(stdlib_json()) == json.loads(orjson_dict()) == json.loads(pydantic_v2())
+    assert (
+        json.loads(ours())
+        == json.loads(stdlib_json())
+        == json.loads(orjson_dict())
+        == json.loads(pydantic_v2())
+    )
     contenders = [
         ("floor: msgspec encodes a prebuilt Struct", floor),
         ("webhook-plugin: build Struct + encode", ours),
@@ -128,7 +165,13 @@ def main() -> None:
     ours_ns = results["webhook-plugin: build Struct + encode"]
     floor_ns = results["floor: msgspec encodes a prebuilt Struct"]
     rows = [
-        [name, f"{ns / 1000:.2f}", f"{1e9 / ns:,.0f}", f"{ns / floor_ns:.2f}x", f"{ns / ours_ns:.2f}x"]
+        [
+            name,
+            f"{ns / 1000:.2f}",
+            f"{1e9 / ns:,.0f}",
+            f"{ns / floor_ns:.2f}x",
+            f"{ns / ours_ns:.2f}x",
+        ]
         for name, ns in results.items()
     ]
     emit(

@@ -20,6 +20,7 @@ from typing import Any
 
 from _harness import emit, environment, parser, per_op_ns
 from bench_encoding import AGENT, AGENT_MSG, CONVERSATION, USER_MSG
+
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings, hookimpl
 from webhook_plugin.delivery.engine import DeliveryEngine
 from webhook_plugin.events import WebhookEventType
@@ -99,7 +100,9 @@ def main() -> None:
         f"bench_hooks: pm.hook.on_agent_reply, one AGENT_USER_MESSAGE ({environment()}), median of {rounds} rounds",
         ["path", "us/event", "events/s (one core)", "vs floor"],
         rows,
-        {"stand-in path vs floor (target <= 2x)": f"{results['webhook-plugin, stand-in outbox'] / floor_ns:.2f}x"},
+        {
+            "stand-in path vs floor (target <= 2x)": f"{results['webhook-plugin, stand-in outbox'] / floor_ns:.2f}x"
+        },
     )
 
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import anyio
-
 from _harness import emit, environment, parser
+
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
 from webhook_plugin.events import WebhookEventType
 from webhook_plugin.storage.sqlite import SQLiteStore
@@ -90,14 +90,23 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         for r in range(rounds):
-            def fresh(name: str) -> Path:
+
+            def fresh(name: str, r: int = r) -> Path:
                 return Path(tmp) / f"{name}-{r}.db"
 
-            results.setdefault("raw sqlite3, 1000 rows per transaction", []).append(raw_sqlite(fresh("raw"), rows, 1000))
-            results.setdefault("raw sqlite3, 1 row per transaction", []).append(raw_sqlite(fresh("raw1"), rows // 10, 1))
+            results.setdefault("raw sqlite3, 1000 rows per transaction", []).append(
+                raw_sqlite(fresh("raw"), rows, 1000)
+            )
+            results.setdefault("raw sqlite3, 1 row per transaction", []).append(
+                raw_sqlite(fresh("raw1"), rows // 10, 1)
+            )
             for producers in (1, 10, 100):
-                value = anyio.run(ours, fresh(f"p{producers}"), producers, seconds, backend=args.backend)
-                results.setdefault(f"outbox, {producers} producer(s) awaiting each event", []).append(value)
+                value = anyio.run(
+                    ours, fresh(f"p{producers}"), producers, seconds, backend=args.backend
+                )
+                results.setdefault(
+                    f"outbox, {producers} producer(s) awaiting each event", []
+                ).append(value)
             value = anyio.run(lambda: ours(fresh("burst"), 1, 0, burst=rows), backend=args.backend)
             results.setdefault("outbox, burst (hook path, then await all)", []).append(value)
     medians = {k: statistics.median(v) for k, v in results.items()}

@@ -24,15 +24,17 @@ import time
 from pathlib import Path
 
 import anyio
-
 from _common import receiver, reset, stats
 from _harness import emit, environment, parser
 from bench_outbox import BODY, E, ours
+
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
 from webhook_plugin.settings import WebhookSettings
 from webhook_plugin.storage.postgres import PostgresStore, drop_schema
 
-DEFAULT_URL = os.environ.get("WEBHOOK_PLUGIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DEFAULT_URL = os.environ.get(
+    "WEBHOOK_PLUGIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def raw_psycopg(url: str, schema: str, rows: int) -> float:
@@ -79,7 +81,9 @@ def queue(url: str, schema: str, target: str, n: int) -> None:
     anyio.run(main)
 
 
-def deliver_with(url: str, schema: str, target: str, n: int, workers: int, tmp: str) -> tuple[float, int]:
+def deliver_with(
+    url: str, schema: str, target: str, n: int, workers: int, tmp: str
+) -> tuple[float, int]:
     config = Path(tmp) / f"workers-{workers}.toml"
     config.write_text(
         f'[runtime]\ndatabase = "{url}?schema={schema}"\n'
@@ -90,7 +94,16 @@ def deliver_with(url: str, schema: str, target: str, n: int, workers: int, tmp: 
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "webhook_plugin.cli", "--log-level", "warning", "worker", "--config", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "webhook_plugin.cli",
+                "--log-level",
+                "warning",
+                "worker",
+                "--config",
+                str(config),
+            ],
             stdout=subprocess.DEVNULL,
         )
         for _ in range(workers)
@@ -121,10 +134,20 @@ def main() -> None:
     out: dict[str, list[float]] = {}
     try:
         for r in range(rounds):
-            out.setdefault("raw psycopg, 1000 rows per transaction", []).append(raw_psycopg(args.url, f"{schema}_raw{r}", n))
+            out.setdefault("raw psycopg, 1000 rows per transaction", []).append(
+                raw_psycopg(args.url, f"{schema}_raw{r}", n)
+            )
             for producers in (1, 10, 100):
-                value = anyio.run(outbox_pg, args.url, f"{schema}_p{producers}_{r}", producers, 1.0 if not args.quick else 0.5)
-                out.setdefault(f"outbox, {producers} producer(s) awaiting each event", []).append(value)
+                value = anyio.run(
+                    outbox_pg,
+                    args.url,
+                    f"{schema}_p{producers}_{r}",
+                    producers,
+                    1.0 if not args.quick else 0.5,
+                )
+                out.setdefault(f"outbox, {producers} producer(s) awaiting each event", []).append(
+                    value
+                )
         medians = {k: statistics.median(v) for k, v in out.items()}
         base = medians["raw psycopg, 1000 rows per transaction"]
         emit(
@@ -150,7 +173,11 @@ def main() -> None:
             rows,
         )
     finally:
-        for suffix in [f"_raw{r}" for r in range(rounds)] + [f"_p{p}_{r}" for p in (1, 10, 100) for r in range(rounds)] + [f"_w{w}" for w in (1, 2, 4)]:
+        for suffix in (
+            [f"_raw{r}" for r in range(rounds)]
+            + [f"_p{p}_{r}" for p in (1, 10, 100) for r in range(rounds)]
+            + [f"_w{w}" for w in (1, 2, 4)]
+        ):
             drop_schema(args.url, schema + suffix)
 
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import anyio
-
 from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, stats
 from _harness import emit, environment, parser
+
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
 from webhook_plugin.storage.sqlite import SQLiteStore
@@ -82,11 +82,33 @@ def main() -> None:
     with receiver(args.fail_rate) as url, tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             r = run(url, n, backend, tmp)
-            rows.append([backend, r["events"], r["requests"], r["answered_500"], r["delivered"], r["lost"], r["duplicates"], r["failed_in_log"], r["elapsed_s"]])
+            rows.append(
+                [
+                    backend,
+                    r["events"],
+                    r["requests"],
+                    r["answered_500"],
+                    r["delivered"],
+                    r["lost"],
+                    r["duplicates"],
+                    r["failed_in_log"],
+                    r["elapsed_s"],
+                ]
+            )
     emit(
         args,
         f"bench_reliability: {n:,} events, receiver fails {args.fail_rate:.0%} at random ({environment()})",
-        ["backend", "events", "requests", "answered 500", "delivered", "lost", "duplicates", "failed (log)", "seconds"],
+        [
+            "backend",
+            "events",
+            "requests",
+            "answered 500",
+            "delivered",
+            "lost",
+            "duplicates",
+            "failed (log)",
+            "seconds",
+        ],
         rows,
     )
     if any(row[5] for row in rows):

@@ -1,6 +1,6 @@
 """Enable webhook-plugin in a FastAPI chat app with one add_middleware call.
 
-    WEBHOOK_PLUGIN_CONFIG=webhook-plugin.toml uvicorn examples.fastapi_app:app
+WEBHOOK_PLUGIN_CONFIG=webhook-plugin.toml uvicorn examples.fastapi_app:app
 """
 
 import os

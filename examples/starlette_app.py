@@ -1,6 +1,6 @@
 """Enable webhook-plugin in an existing Starlette chat app: wrap it, call the pipeline.
 
-    WEBHOOK_PLUGIN_CONFIG=webhook-plugin.toml uvicorn examples.starlette_app:app
+WEBHOOK_PLUGIN_CONFIG=webhook-plugin.toml uvicorn examples.starlette_app:app
 """
 
 import os

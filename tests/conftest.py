@@ -13,7 +13,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from receiver import Receiver  # noqa: E402
-
 from webhook_plugin import (  # noqa: E402
     Agent,
     Contact,

@@ -21,7 +21,12 @@ from conftest import config, pipeline, reply  # noqa: E402
 from webhook_plugin import DeliveryEngine, WebhookSettings  # noqa: E402
 from webhook_plugin.storage.sqlite import SQLiteStore  # noqa: E402
 
-CFG = dict(timeout=0.5, per_endpoint_concurrency=4, concurrency=4, retry_schedule=(0, 0.05, 0.05, 0.05, 0.05))
+CFG = dict(
+    timeout=0.5,
+    per_endpoint_concurrency=4,
+    concurrency=4,
+    retry_schedule=(0, 0.05, 0.05, 0.05, 0.05),
+)
 
 
 async def produce(db: str, url: str, n: int, ids_file: str) -> None:

@@ -75,15 +75,17 @@ class Receiver:
                         receiver.requests.append(rec)
                         receiver._arrived.notify_all()
                     return
+                # recorded before answering: once a client has its answer, the
+                # test sees the request
+                with receiver._arrived:
+                    receiver.requests.append(rec)
+                    receiver._arrived.notify_all()
                 self.send_response(reply.status)
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
                 self.send_header("content-length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
-                with receiver._arrived:
-                    receiver.requests.append(rec)
-                    receiver._arrived.notify_all()
 
             do_GET = do_POST
 
@@ -116,8 +118,6 @@ class Receiver:
             while len(self.requests) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(
-                        f"expected {count} requests, got {len(self.requests)}"
-                    )
+                    raise AssertionError(f"expected {count} requests, got {len(self.requests)}")
                 self._arrived.wait(left)
             return list(self.requests)

@@ -10,10 +10,10 @@ from collections.abc import Callable
 import anyio
 import msgspec
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
-from conftest import AGENT, AGENT_MSG, CONVERSATION, config, pipeline, reply, wait_until
+from conftest import AGENT, AGENT_MSG, CONVERSATION, config, pipeline, reply
 from receiver import Receiver, Recorded, Reply
 from webhook_plugin import DeliveryEngine, WebhookEventType, WebhookSettings
 from webhook_plugin.storage.base import Store
@@ -300,7 +300,9 @@ async def test_logs_name_the_event_but_never_a_secret_or_header_value(
     names = [e["event"] for e in logs]
     assert "delivery.retry_scheduled" in names and "delivery.succeeded" in names
     succeeded = next(e for e in logs if e["event"] == "delivery.succeeded")
-    assert {"agent_id", "event_type", "webhook_id", "attempt", "status", "duration_ms"} <= set(succeeded)
+    assert {"agent_id", "event_type", "webhook_id", "attempt", "status", "duration_ms"} <= set(
+        succeeded
+    )
     dump = json.dumps(logs, default=str)
     for secret in ("s3cr3t-token-value", SECRET, SECRET.removeprefix("whsec_")):
         assert secret not in dump
@@ -316,7 +318,7 @@ async def test_rotated_secret_signs_later_attempts(
         [got] = await anyio.to_thread.run_sync(receiver.wait_for, 1)
     assert new_secret.startswith("whsec_") and new_secret != SECRET
     Webhook(new_secret).verify(got.body, got.headers)
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(SECRET).verify(got.body, got.headers)
 
 
@@ -338,7 +340,9 @@ async def test_every_event_arrives_when_a_tenth_of_answers_fail(
     rng = random.Random(7)
     receiver.behaviour = lambda r: Reply(500) if rng.random() < 0.1 else Reply(200)
     n = 300
-    async with DeliveryEngine(make_store(), config(retry_schedule=(0, 0.02, 0.02, 0.05, 0.1, 0.2))) as engine:
+    async with DeliveryEngine(
+        make_store(), config(retry_schedule=(0, 0.02, 0.02, 0.05, 0.1, 0.2))
+    ) as engine:
         await engine.save_settings(AGENT.id, settings(receiver.url))
         tickets = reply(pipeline(engine), n)
         for t in tickets:
@@ -347,7 +351,9 @@ async def test_every_event_arrives_when_a_tenth_of_answers_fail(
             rows = await engine.list_deliveries(agent_id=AGENT.id, status="succeeded", limit=1000)
             while len(rows) < n:  # each one answered 2xx at last
                 await anyio.sleep(0.05)
-                rows = await engine.list_deliveries(agent_id=AGENT.id, status="succeeded", limit=1000)
+                rows = await engine.list_deliveries(
+                    agent_id=AGENT.id, status="succeeded", limit=1000
+                )
     sent = Counter(r.headers["webhook-id"] for r in receiver.requests)
     assert set(sent) == {t.webhook_id for t in tickets}
     assert {r.webhook_id for r in rows} == {t.webhook_id for t in tickets}  # none lost

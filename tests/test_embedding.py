@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +29,12 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
     from_app_send, from_app_receive = anyio.create_memory_object_stream[dict](4)
     with to_app_send, to_app_receive, from_app_send, from_app_receive:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(app, {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, to_app_receive.receive, from_app_send.send)
+            tg.start_soon(
+                app,
+                {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                to_app_receive.receive,
+                from_app_send.send,
+            )
             await to_app_send.send({"type": "lifespan.startup"})
             message = await from_app_receive.receive()
             assert message["type"] == "lifespan.startup.complete", message
@@ -46,7 +50,7 @@ def load_example(name: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, rx: Rece
     config.write_text(
         f"""
 [runtime]
-database = "sqlite:///{tmp / 'embed.db'}"
+database = "sqlite:///{tmp / "embed.db"}"
 [webhook]
 allow_private_hosts = ["127.0.0.1"]
 poll_interval = 0.05
@@ -102,7 +106,12 @@ async def test_startup_failure_is_reported_to_the_server(tmp_path: Path) -> None
     from_app_send, from_app_receive = anyio.create_memory_object_stream[dict](4)
     with to_app_send, to_app_receive, from_app_send, from_app_receive:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(app, {"type": "lifespan", "asgi": {"version": "3.0"}}, to_app_receive.receive, from_app_send.send)
+            tg.start_soon(
+                app,
+                {"type": "lifespan", "asgi": {"version": "3.0"}},
+                to_app_receive.receive,
+                from_app_send.send,
+            )
             await to_app_send.send({"type": "lifespan.startup"})
             message = await from_app_receive.receive()
     assert message["type"] == "lifespan.startup.failed"

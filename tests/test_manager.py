@@ -34,7 +34,9 @@ def test_third_party_plugin_loaded_by_dotted_path_receives_every_stage() -> None
     from plugins import audit_log
 
     pm.hook.on_user_message(agent=AGENT, conversation=CONVERSATION, message=USER_MSG)
-    pm.hook.on_agent_reply(agent=AGENT, conversation=CONVERSATION, message=AGENT_MSG, in_reply_to=USER_MSG)
+    pm.hook.on_agent_reply(
+        agent=AGENT, conversation=CONVERSATION, message=AGENT_MSG, in_reply_to=USER_MSG
+    )
     pm.hook.on_group_message(
         agent=AGENT, conversation=CONVERSATION, message=USER_MSG, group=Group(id="g1", name="G")
     )

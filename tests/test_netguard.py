@@ -134,7 +134,9 @@ async def test_hostile_url_is_refused_without_connecting(
     assert "allow_private_hosts" in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "file:///etc/passwd", "gopher://127.0.0.1:70/"])
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/", "file:///etc/passwd", "gopher://127.0.0.1:70/"]
+)
 async def test_other_schemes_are_refused(url: str, connects: list[tuple]) -> None:
     with pytest.raises(TransportError, match="http"):
         await H11Client(NetworkGuard(), user_agent="t").post(url, [], b"", timeout=1)

@@ -11,8 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import AGENT, AGENT_MSG, CONVERSATION, NOW, USER_MSG
-from webhook_plugin import Agent, Attachment, Contact, Conversation, Group, Message, WebhookEventType
+from conftest import AGENT, AGENT_MSG, CONVERSATION, USER_MSG
+from webhook_plugin import (
+    Agent,
+    Attachment,
+    Contact,
+    Conversation,
+    Group,
+    Message,
+    WebhookEventType,
+)
 from webhook_plugin.payloads import PAYLOAD_TYPES, build_payload, encode, json_schemas
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -39,11 +47,18 @@ def example(event_type: E) -> bytes:
         message = msgspec.structs.replace(
             USER_MSG,
             attachments=(
-                Attachment(url="https://cdn.example.com/a.jpg", mime_type="image/jpeg", name="a.jpg", size=2048),
+                Attachment(
+                    url="https://cdn.example.com/a.jpg",
+                    mime_type="image/jpeg",
+                    name="a.jpg",
+                    size=2048,
+                ),
             ),
         )
         kwargs["group"] = GROUP
-    return encode(build_payload(event_type, agent=AGENT, conversation=conversation, message=message, **kwargs))
+    return encode(
+        build_payload(event_type, agent=AGENT, conversation=conversation, message=message, **kwargs)
+    )
 
 
 @pytest.mark.parametrize("event_type", list(E))
@@ -62,9 +77,15 @@ def test_required_fields_per_event(event_type: E) -> None:
     assert ("groupId" in body) == ("groupName" in body) == (event_type is E.GROUP_MESSAGE_RECEIVED)
     assert ("userMessageId" in body) == (event_type is E.AGENT_USER_MESSAGE)
     assert ("reason" in body) == (event_type in (E.AGENT_MESSAGE_BLOCKED, E.AGENT_MESSAGE_NOTED))
-    has_user = event_type in (E.USER_MESSAGE_RECEIVED, E.AGENT_USER_MESSAGE, E.GROUP_MESSAGE_RECEIVED)
+    has_user = event_type in (
+        E.USER_MESSAGE_RECEIVED,
+        E.AGENT_USER_MESSAGE,
+        E.GROUP_MESSAGE_RECEIVED,
+    )
     assert ("userMessage" in body) == has_user
-    assert ("agentResponse" in body) == (event_type not in (E.USER_MESSAGE_RECEIVED, E.GROUP_MESSAGE_RECEIVED))
+    assert ("agentResponse" in body) == (
+        event_type not in (E.USER_MESSAGE_RECEIVED, E.GROUP_MESSAGE_RECEIVED)
+    )
 
 
 def test_message_id_is_the_agents_or_the_users_as_the_contract_says() -> None:
@@ -74,16 +95,30 @@ def test_message_id_is_the_agents_or_the_users_as_the_contract_says() -> None:
 
 
 def test_created_at_is_rfc3339_utc_whatever_the_input_zone() -> None:
-    local = Message(id="m", text="x", created_at=datetime(2026, 1, 1, 9, 0, tzinfo=timezone(timedelta(hours=-3))))
-    body = json.loads(encode(build_payload(E.AGENT_MESSAGE_SENDED, agent=AGENT, conversation=CONVERSATION, message=local)))
+    local = Message(
+        id="m",
+        text="x",
+        created_at=datetime(2026, 1, 1, 9, 0, tzinfo=timezone(timedelta(hours=-3))),
+    )
+    body = json.loads(
+        encode(
+            build_payload(
+                E.AGENT_MESSAGE_SENDED, agent=AGENT, conversation=CONVERSATION, message=local
+            )
+        )
+    )
     assert body["createdAt"] == "2026-01-01T12:00:00Z"
 
 
 def test_missing_parts_are_refused_with_a_clear_error() -> None:
     with pytest.raises(ValueError, match="needs the group"):
-        build_payload(E.GROUP_MESSAGE_RECEIVED, agent=AGENT, conversation=CONVERSATION, message=USER_MSG)
+        build_payload(
+            E.GROUP_MESSAGE_RECEIVED, agent=AGENT, conversation=CONVERSATION, message=USER_MSG
+        )
     with pytest.raises(ValueError, match="needs a reason"):
-        build_payload(E.AGENT_MESSAGE_BLOCKED, agent=AGENT, conversation=CONVERSATION, message=AGENT_MSG)
+        build_payload(
+            E.AGENT_MESSAGE_BLOCKED, agent=AGENT, conversation=CONVERSATION, message=AGENT_MSG
+        )
 
 
 def test_json_schema_for_every_event_type() -> None:
@@ -99,7 +134,11 @@ def test_json_schema_for_every_event_type() -> None:
 
 text = st.text(max_size=40)
 maybe = st.none() | text
-moments = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 1, 1), timezones=st.just(UTC) | st.just(timezone(timedelta(hours=5))))
+moments = st.datetimes(
+    min_value=datetime(1970, 1, 2),
+    max_value=datetime(9999, 1, 1),
+    timezones=st.just(UTC) | st.just(timezone(timedelta(hours=5))),
+)
 
 
 @st.composite
@@ -108,17 +147,29 @@ def events(draw: st.DrawFn) -> tuple[E, bytes]:
     agent = Agent(id=draw(text), name=draw(maybe), organization_id=draw(maybe))
     contact = Contact(id=draw(maybe), name=draw(maybe), email=draw(maybe), phone_number=draw(maybe))
     conversation = Conversation(
-        id=draw(text), agent_id=agent.id, channel=draw(text), ai_enabled=draw(st.booleans()), contact=contact
+        id=draw(text),
+        agent_id=agent.id,
+        channel=draw(text),
+        ai_enabled=draw(st.booleans()),
+        contact=contact,
     )
     attachments = tuple(
         draw(
             st.lists(
-                st.builds(Attachment, url=text, mime_type=maybe, name=maybe, size=st.none() | st.integers(0, 2**40)),
+                st.builds(
+                    Attachment,
+                    url=text,
+                    mime_type=maybe,
+                    name=maybe,
+                    size=st.none() | st.integers(0, 2**40),
+                ),
                 max_size=2,
             )
         )
     )
-    message = Message(id=draw(text), text=draw(text), created_at=draw(moments), attachments=attachments)
+    message = Message(
+        id=draw(text), text=draw(text), created_at=draw(moments), attachments=attachments
+    )
     payload = build_payload(
         event_type,
         agent=agent,

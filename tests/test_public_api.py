@@ -75,7 +75,9 @@ def test_core_does_not_import_the_runtime() -> None:
         if rel.parts[0] in ("runtime",) or rel.name == "cli.py":
             continue
         text = path.read_text()
-        if "runtime" in text and ("from .runtime" in text or "from ..runtime" in text or "webhook_plugin.runtime" in text):
+        if "runtime" in text and (
+            "from .runtime" in text or "from ..runtime" in text or "webhook_plugin.runtime" in text
+        ):
             offenders.append(str(rel))
     assert offenders == []
 
@@ -94,6 +96,10 @@ def test_pure_modules_import_only_each_other() -> None:
             if isinstance(node, ast.ImportFrom) and node.level:
                 assert node.level == 1 and node.module in pure, f"{name}.py imports .{node.module}"
             elif isinstance(node, ast.ImportFrom | ast.Import):
-                modules = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                modules = (
+                    [node.module]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                )
                 for module in modules:
                     assert module.split(".")[0] not in io_modules, f"{name}.py imports {module}"

@@ -107,7 +107,9 @@ def crm(r: Recorded) -> Reply:
     return Reply(204, body=b"")
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def env(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, Receiver, Path]]:
@@ -157,7 +159,12 @@ def hooks_for(rx: Receiver, webhook_id: str, timeout: float = 10) -> list[Record
 
 
 def post_message(api: httpx.Client, conversation: str, **body: object) -> dict:
-    payload = {"conversationId": conversation, "channel": "whatsapp", "text": "Olá, tudo bem?", **body}
+    payload = {
+        "conversationId": conversation,
+        "channel": "whatsapp",
+        "text": "Olá, tudo bem?",
+        **body,
+    }
     response = api.post("/v1/agents/support/messages", json=payload)
     assert response.status_code == 201, response.text
     return response.json()
@@ -181,9 +188,21 @@ def test_every_v1_call_needs_the_token(env: tuple[Server, Receiver, Path]) -> No
     [
         ("POST", "/v1/agents/support/messages", b"{not json", 400, "invalid_body"),
         ("POST", "/v1/agents/support/messages", b'{"conversationId": 5}', 400, "invalid_body"),
-        ("POST", "/v1/agents/support/messages", b'{"channel": "api", "text": "x"}', 400, "invalid_body"),
+        (
+            "POST",
+            "/v1/agents/support/messages",
+            b'{"channel": "api", "text": "x"}',
+            400,
+            "invalid_body",
+        ),
         ("POST", "/v1/agents/support/messages", b"", 400, "invalid_body"),
-        ("POST", "/v1/agents/support/messages", b'{"conversationId":"c","channel":"api","text":"x","extra":1}', 400, "invalid_body"),
+        (
+            "POST",
+            "/v1/agents/support/messages",
+            b'{"conversationId":"c","channel":"api","text":"x","extra":1}',
+            400,
+            "invalid_body",
+        ),
         ("PATCH", "/v1/conversations/nope", b'{"aiEnabled": true}', 404, "not_found"),
         ("PATCH", "/v1/conversations/nope", b'{"aiEnabled": "yes"}', 400, "invalid_body"),
         ("POST", "/v1/conversations/nope/inbox-messages", b'{"text": "hi"}', 404, "not_found"),
@@ -193,8 +212,28 @@ def test_every_v1_call_needs_the_token(env: tuple[Server, Receiver, Path]) -> No
         ("GET", "/v1/agents/support/webhook/deliveries/999999", None, 404, "not_found"),
         ("POST", "/v1/agents/support/webhook/deliveries/abc/redeliver", None, 404, "not_found"),
         ("PUT", "/v1/agents/support/webhook", b'{"url": "ftp://x"}', 400, "invalid_settings"),
-        ("PUT", "/v1/agents/support/webhook", b'{"header": "X-A: b\\r\\nX-B: c"}', 400, "invalid_settings"),
+        (
+            "PUT",
+            "/v1/agents/support/webhook",
+            b'{"header": "X-A: b\\r\\nX-B: c"}',
+            400,
+            "invalid_settings",
+        ),
         ("PUT", "/v1/agents/support/webhook", b'{"events": ["NOPE"]}', 400, "invalid_settings"),
+        (
+            "PUT",
+            "/v1/agents/support/webhook",
+            b'{"url": "http://169.254.169.254/latest"}',
+            400,
+            "invalid_settings",
+        ),
+        (
+            "PUT",
+            "/v1/agents/support/webhook",
+            b'{"userInfoUrl": "http://[::ffff:10.0.0.1]/"}',
+            400,
+            "invalid_settings",
+        ),
         ("GET", "/v1/no/such/route", None, 404, "not_found"),
         ("DELETE", "/v1/agents/support/webhook", None, 405, "method_not_allowed"),
     ],
@@ -225,9 +264,13 @@ def test_settings_errors_keep_what_was_saved(api: httpx.Client) -> None:
 # -- the chat stages and their events ----------------------------------------------------------------
 
 
-def test_ai_reply_sends_agent_user_message_signed(env: tuple[Server, Receiver, Path], api: httpx.Client) -> None:
+def test_ai_reply_sends_agent_user_message_signed(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
     _, rx, _ = env
-    out = post_message(api, "conv-ai", contact={"id": "u1", "name": "Ana", "email": "ana@example.com"})
+    out = post_message(
+        api, "conv-ai", contact={"id": "u1", "name": "Ana", "email": "ana@example.com"}
+    )
     assert out["conversationId"] == "conv-ai" and out["reply"]["text"]
     [event] = out["events"]
     assert event["eventType"] == "AGENT_USER_MESSAGE"
@@ -242,7 +285,9 @@ def test_ai_reply_sends_agent_user_message_signed(env: tuple[Server, Receiver, P
     assert payload["userName"] == "Ana" and "groupId" not in payload
 
 
-def test_ai_disabled_sends_user_message_received(env: tuple[Server, Receiver, Path], api: httpx.Client) -> None:
+def test_ai_disabled_sends_user_message_received(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
     post_message(api, "conv-human")
     r = api.patch("/v1/conversations/conv-human", json={"aiEnabled": False})
     assert r.json() == {"conversationId": "conv-human", "aiEnabled": False}
@@ -258,7 +303,9 @@ def test_inbox_messages_are_sent_blocked_or_noted_by_channel(
     env: tuple[Server, Receiver, Path], api: httpx.Client
 ) -> None:
     post_message(api, "wa-fresh")
-    sent = api.post("/v1/conversations/wa-fresh/inbox-messages", json={"text": "Operator here"}).json()
+    sent = api.post(
+        "/v1/conversations/wa-fresh/inbox-messages", json={"text": "Operator here"}
+    ).json()
     assert sent["status"] == "sent"
     assert [e["eventType"] for e in sent["events"]] == ["AGENT_MESSAGE_SENDED"]
 
@@ -275,7 +322,9 @@ def test_inbox_messages_are_sent_blocked_or_noted_by_channel(
     assert [e["eventType"] for e in noted["events"]] == ["AGENT_MESSAGE_NOTED"]
 
 
-def test_group_message_without_mention(env: tuple[Server, Receiver, Path], api: httpx.Client) -> None:
+def test_group_message_without_mention(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
     out = post_message(
         api, "group-1", channel="zapi", group={"id": "g-1", "name": "Team", "mentioned": False}
     )
@@ -288,7 +337,10 @@ def test_group_message_without_mention(env: tuple[Server, Receiver, Path], api: 
 
 def test_conversation_of_another_agent_is_a_conflict(api: httpx.Client) -> None:
     post_message(api, "owned")
-    r = api.post("/v1/agents/other/messages", json={"conversationId": "owned", "channel": "whatsapp", "text": "x"})
+    r = api.post(
+        "/v1/agents/other/messages",
+        json={"conversationId": "owned", "channel": "whatsapp", "text": "x"},
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
 
 
@@ -323,24 +375,38 @@ def test_put_replaces_settings_and_a_masked_header_round_trips(
     assert current.status_code == 404
     put = api.put(
         "/v1/agents/new-agent/webhook",
-        json={"url": rx.url + "/hook", "header": "X-Token: abc123", "events": ["AGENT_USER_MESSAGE"]},
+        json={
+            "url": rx.url + "/hook",
+            "header": "X-Token: abc123",
+            "events": ["AGENT_USER_MESSAGE"],
+        },
     )
     assert put.status_code == 200 and put.json()["header"] == "X-Token: ****"
     # GET + PUT back, as a settings form would: the stored header value is kept
-    again = api.put("/v1/agents/new-agent/webhook", json={k: put.json()[k] for k in ("url", "header", "events")})
+    again = api.put(
+        "/v1/agents/new-agent/webhook", json={k: put.json()[k] for k in ("url", "header", "events")}
+    )
     assert again.status_code == 200
-    r = api.post("/v1/agents/new-agent/messages", json={"conversationId": "na-1", "channel": "web", "text": "hi"})
+    r = api.post(
+        "/v1/agents/new-agent/messages",
+        json={"conversationId": "na-1", "channel": "web", "text": "hi"},
+    )
     [hook] = hooks_for(rx, r.json()["events"][0]["webhookId"])
     assert hook.headers["x-token"] == "abc123"
 
 
-def test_rotate_secret_then_later_events_use_it(env: tuple[Server, Receiver, Path], api: httpx.Client) -> None:
+def test_rotate_secret_then_later_events_use_it(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
     api.put("/v1/agents/rotator/webhook", json={"url": env[1].url + "/hook"})
     r = api.post("/v1/agents/rotator/webhook/rotate-secret")
     secret = r.json()["signingSecret"]
     assert secret.startswith("whsec_")
     assert "whsec_" not in api.get("/v1/agents/rotator/webhook").text
-    out = api.post("/v1/agents/rotator/messages", json={"conversationId": "rot-1", "channel": "web", "text": "hi"})
+    out = api.post(
+        "/v1/agents/rotator/messages",
+        json={"conversationId": "rot-1", "channel": "web", "text": "hi"},
+    )
     [hook] = hooks_for(env[1], out.json()["events"][0]["webhookId"])
     Webhook(secret).verify(hook.body, hook.headers)
 
@@ -352,13 +418,25 @@ def test_delivery_log_and_redelivery(env: tuple[Server, Receiver, Path], api: ht
     hooks_for(rx, webhook_id)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        rows = api.get("/v1/agents/support/webhook/deliveries", params={"status": "succeeded"}).json()
+        rows = api.get(
+            "/v1/agents/support/webhook/deliveries", params={"status": "succeeded"}
+        ).json()
         row = next((d for d in rows if d["webhookId"] == webhook_id), None)
         if row:
             break
         time.sleep(0.05)
     assert row is not None
-    assert set(row) == {"id", "webhookId", "eventType", "status", "attempts", "lastStatusCode", "lastError", "createdAt", "nextAttemptAt"}
+    assert set(row) == {
+        "id",
+        "webhookId",
+        "eventType",
+        "status",
+        "attempts",
+        "lastStatusCode",
+        "lastError",
+        "createdAt",
+        "nextAttemptAt",
+    }
     assert row["attempts"] == 1 and row["lastStatusCode"] == 204 and row["nextAttemptAt"] is None
     r = api.post(f"/v1/agents/support/webhook/deliveries/{row['id']}/redeliver")
     assert r.status_code == 202 and r.json()["webhookId"] == webhook_id
@@ -370,19 +448,36 @@ def test_delivery_log_and_redelivery(env: tuple[Server, Receiver, Path], api: ht
     assert [a["statusCode"] for a in detail["attemptLog"]] == [204, 204]
 
 
-def test_cli_deliveries_and_redeliver(env: tuple[Server, Receiver, Path], api: httpx.Client) -> None:
+def test_cli_deliveries_and_redeliver(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
     server, rx, tmp = env
     post_message(api, "cli-1")
     config = str(tmp / "webhook-plugin.toml")
-    out = subprocess.run([*CLI, "deliveries", "--config", config, "--agent", "support"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*CLI, "deliveries", "--config", config, "--agent", "support"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = out.stdout.splitlines()
     assert lines[0].split()[:4] == ["ID", "AGENT", "EVENT", "STATUS"]
     assert any("AGENT_USER_MESSAGE" in line for line in lines[1:])
     as_json = json.loads(
-        subprocess.run([*CLI, "deliveries", "--config", config, "--json", "--limit", "1"], capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [*CLI, "deliveries", "--config", config, "--json", "--limit", "1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     )
     [latest] = as_json
-    red = subprocess.run([*CLI, "redeliver", str(latest["id"]), "--config", config], capture_output=True, text=True, check=True)
+    red = subprocess.run(
+        [*CLI, "redeliver", str(latest["id"]), "--config", config],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"delivery {latest['id']}" in red.stdout
     hooks = None
     deadline = time.monotonic() + 10
@@ -403,7 +498,12 @@ def test_saved_settings_win_over_the_config_and_survive_restart(tmp_path: Path) 
         server = Server(config, tmp_path)
         try:
             with httpx.Client(base_url=server.url, headers=AUTH) as api:
-                assert api.put("/v1/agents/support/webhook", json={"url": other.url + "/moved"}).status_code == 200
+                assert (
+                    api.put(
+                        "/v1/agents/support/webhook", json={"url": other.url + "/moved"}
+                    ).status_code
+                    == 200
+                )
         finally:
             server.stop()
         server = Server(config, tmp_path)
@@ -419,7 +519,13 @@ def test_saved_settings_win_over_the_config_and_survive_restart(tmp_path: Path) 
 
 
 def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
-    r = subprocess.run([*CLI, "serve", "--host", "0.0.0.0", "--port", str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [*CLI, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     assert "api_token" in r.stderr
 
@@ -431,7 +537,10 @@ def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
         ("[webhook]\ntimeout = -1\n", "webhook.timeout"),
         ("[webhok]\n", "unknown field `webhok`"),
         ("[runtime]\napi_token = 'short'\n", "runtime.api_token"),
-        ("[[agents]]\nid = 'a'\n[agents.webhook]\nheader = \"X-A: b\\nc\"\n", "agents[0].webhook.header"),
+        (
+            "[[agents]]\nid = 'a'\n[agents.webhook]\nheader = \"X-A: b\\nc\"\n",
+            "agents[0].webhook.header",
+        ),
         ("[[agents]]\nid = 'a'\n[agents.webhook]\nevents = ['SENT']\n", "unknown event type"),
         ("[[agents]]\nid = 'a'\n[[agents]]\nid = 'a'\n", "appears twice"),
         ("[runtime]\ndatabase = 'mysql://x'\n", "sqlite:///FILE or postgresql://"),
@@ -441,7 +550,13 @@ def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
 def test_config_errors_say_where_and_what(tmp_path: Path, toml: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(toml)
-    r = subprocess.run([*CLI, "serve", "--config", str(path), "--port", str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [*CLI, "serve", "--config", str(path), "--port", str(free_port())],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode != 0
     assert message in r.stderr, r.stderr[-1500:]
 
@@ -454,9 +569,28 @@ def test_schema_command_prints_every_payload_schema() -> None:
 
 @pytest.mark.slow
 def test_demo_shows_all_six_events_with_valid_signatures(tmp_path: Path) -> None:
-    r = subprocess.run([*CLI, "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=90, env={**os.environ})
+    r = subprocess.run(
+        [*CLI, "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=90, env={**os.environ}
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "all 6 event types arrived, every signature valid." in r.stdout
     assert "INVALID" not in r.stdout
     assert r.stdout.count("signature valid") >= 6
     assert list(tmp_path.iterdir()) == []  # the demo leaves nothing behind
+
+
+def test_worker_needs_postgresql(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[runtime]\ndatabase = "sqlite:///{tmp_path / "x.db"}"\n')
+    r = subprocess.run(
+        [*CLI, "worker", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2 and "PostgreSQL" in r.stderr
+
+
+def test_cli_on_a_missing_database_says_so(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [*CLI, "deliveries"], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2 and "no database at webhook-plugin.db" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # and does not create one

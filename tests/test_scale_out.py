@@ -29,7 +29,12 @@ def test_two_servers_three_workers_one_killed_loses_nothing(tmp_path: Path) -> N
         servers = [Server(config, tmp_path, "--no-workers") for _ in range(2)]
         logs = [(tmp_path / f"worker-{i}.log").open("w") for i in range(3)]
         workers = [
-            subprocess.Popen([*CLI, "worker", "--config", str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log)
+            subprocess.Popen(
+                [*CLI, "worker", "--config", str(config)],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
             for log in logs
         ]
         try:
@@ -38,7 +43,11 @@ def test_two_servers_three_workers_one_killed_loses_nothing(tmp_path: Path) -> N
             def post(i: int) -> str:
                 r = clients[i % 2].post(
                     "/v1/agents/support/messages",
-                    json={"conversationId": f"conv-{i // 25}", "channel": "web", "text": f"message {i}"},
+                    json={
+                        "conversationId": f"conv-{i // 25}",
+                        "channel": "web",
+                        "text": f"message {i}",
+                    },
                 )
                 assert r.status_code == 201, r.text
                 return r.json()["events"][0]["webhookId"]
@@ -80,4 +89,6 @@ def test_two_servers_three_workers_one_killed_loses_nothing(tmp_path: Path) -> N
     assert set(received) == set(ids)  # nothing lost, nothing invented
     # only the killed worker's attempts in flight may repeat (16 per endpoint)
     assert duplicates <= 16, duplicates
-    print(f"\n{n} events, worker killed after {killed_at} deliveries: lost 0, duplicates {duplicates}")
+    print(
+        f"\n{n} events, worker killed after {killed_at} deliveries: lost 0, duplicates {duplicates}"
+    )

@@ -27,7 +27,11 @@ def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
 
 
 def test_good_urls_pass() -> None:
-    for url in ("https://hooks.example.com/chat", "http://127.0.0.1:8080/x?y=1", "https://[2001:db8::1]/"):
+    for url in (
+        "https://hooks.example.com/chat",
+        "http://127.0.0.1:8080/x?y=1",
+        "https://[2001:db8::1]/",
+    ):
         assert validate_url(url) == url
 
 
@@ -86,7 +90,9 @@ def test_wants() -> None:
 
 def test_public_view_masks_headers_and_hides_the_secret() -> None:
     s = WebhookSettings.validated(
-        url="https://x.example/", header="Authorization: Bearer abc", user_info_url="https://crm.example/",
+        url="https://x.example/",
+        header="Authorization: Bearer abc",
+        user_info_url="https://crm.example/",
         user_info_header="X-Api-Key: k123",
     )
     public = s.public()

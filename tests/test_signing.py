@@ -14,7 +14,11 @@ def test_signature_verifies_with_the_standard_webhooks_library() -> None:
     secret = generate_secret()
     body = b'{"eventType":"AGENT_USER_MESSAGE","text":"ol\xc3\xa1"}'
     ts = int(time.time())
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(ts), "webhook-signature": sign(secret, "msg_1", ts, body)}
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(secret, "msg_1", ts, body),
+    }
     assert Webhook(secret).verify(body, headers)["text"] == "olá"
     assert verify(secret, "msg_1", str(ts), body, headers["webhook-signature"])
 
@@ -27,7 +31,9 @@ def test_tampering_fails_verification() -> None:
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(b"{}", headers)
     assert not verify(secret, "msg_1", str(ts), b'{"x":1}', sig)
-    assert not verify(secret, "msg_1", str(ts - 3600), b"{}", sign(secret, "msg_1", ts - 3600, b"{}"))
+    assert not verify(
+        secret, "msg_1", str(ts - 3600), b"{}", sign(secret, "msg_1", ts - 3600, b"{}")
+    )
 
 
 def test_known_vector_from_the_spec() -> None:

@@ -11,7 +11,14 @@ from structlog.testing import capture_logs
 
 from conftest import AGENT, CONVERSATION
 from receiver import Receiver, Reply
-from webhook_plugin import Contact, Conversation, PluginManager, UserInfo, WebhookPlugin, WebhookSettings
+from webhook_plugin import (
+    Contact,
+    Conversation,
+    PluginManager,
+    UserInfo,
+    WebhookPlugin,
+    WebhookSettings,
+)
 from webhook_plugin.delivery.client import H11Client
 from webhook_plugin.delivery.netguard import NetworkGuard
 from webhook_plugin.userinfo import UserInfoFetcher
@@ -49,7 +56,9 @@ def settings(url: str) -> WebhookSettings:
     return WebhookSettings.validated(user_info_url=url, user_info_header="X-Api-Key: k-42-secret")
 
 
-async def test_posts_the_contract_body_and_returns_the_object(fetcher: Callable[..., UserInfoFetcher], receiver: Receiver) -> None:
+async def test_posts_the_contract_body_and_returns_the_object(
+    fetcher: Callable[..., UserInfoFetcher], receiver: Receiver
+) -> None:
     receiver.behaviour = lambda r: Reply(200, body=b'{"plan": "gold", "orders": 3}')
     info = await fetcher().fetch(AGENT, CONVERSATION, settings(receiver.url + "/lookup"))
     assert info == UserInfo(status="ok", data={"plan": "gold", "orders": 3})
@@ -60,13 +69,22 @@ async def test_posts_the_contract_body_and_returns_the_object(fetcher: Callable[
         "agentId": "support",
         "conversationId": "conv_1",
         "channel": "whatsapp",
-        "contact": {"id": "u1", "name": "Ana Souza", "email": "ana@example.com", "phoneNumber": "+5511999990000"},
+        "contact": {
+            "id": "u1",
+            "name": "Ana Souza",
+            "email": "ana@example.com",
+            "phoneNumber": "+5511999990000",
+        },
     }
 
 
-async def test_unknown_contact_fields_are_left_out(fetcher: Callable[..., UserInfoFetcher], receiver: Receiver) -> None:
+async def test_unknown_contact_fields_are_left_out(
+    fetcher: Callable[..., UserInfoFetcher], receiver: Receiver
+) -> None:
     receiver.behaviour = lambda r: Reply(200, body=b"{}")
-    conversation = Conversation(id="c", agent_id="support", channel="api", contact=Contact(email="a@b.c"))
+    conversation = Conversation(
+        id="c", agent_id="support", channel="api", contact=Contact(email="a@b.c")
+    )
     await fetcher().fetch(AGENT, conversation, settings(receiver.url))
     assert json.loads(receiver.requests[0].body)["contact"] == {"email": "a@b.c"}
 
@@ -83,8 +101,12 @@ async def test_unknown_contact_fields_are_left_out(fetcher: Callable[..., UserIn
         (Reply(reset=True), "error", "connect_error"),
     ],
 )
-async def test_a_broken_endpoint_never_raises(fetcher: Callable[..., UserInfoFetcher], 
-    receiver: Receiver, reply: Reply, status: str, error: str
+async def test_a_broken_endpoint_never_raises(
+    fetcher: Callable[..., UserInfoFetcher],
+    receiver: Receiver,
+    reply: Reply,
+    status: str,
+    error: str,
 ) -> None:
     receiver.behaviour = lambda r: reply
     with capture_logs() as logs:
@@ -96,13 +118,17 @@ async def test_a_broken_endpoint_never_raises(fetcher: Callable[..., UserInfoFet
     assert "k-42-secret" not in repr(logs)
 
 
-async def test_refused_address_is_an_error_without_a_connection(fetcher: Callable[..., UserInfoFetcher], receiver: Receiver) -> None:
+async def test_refused_address_is_an_error_without_a_connection(
+    fetcher: Callable[..., UserInfoFetcher], receiver: Receiver
+) -> None:
     info = await fetcher(allow=()).fetch(AGENT, CONVERSATION, settings(receiver.url))
     assert info.status == "error" and "network guard" in (info.error or "")
     assert receiver.connections == 0
 
 
-async def test_answers_are_cached_per_contact(fetcher: Callable[..., UserInfoFetcher], receiver: Receiver) -> None:
+async def test_answers_are_cached_per_contact(
+    fetcher: Callable[..., UserInfoFetcher], receiver: Receiver
+) -> None:
     receiver.behaviour = lambda r: Reply(200, body=b'{"n": 1}')
     f = fetcher(ttl=60)
     s = settings(receiver.url)
@@ -113,7 +139,9 @@ async def test_answers_are_cached_per_contact(fetcher: Callable[..., UserInfoFet
     assert len(receiver.requests) == 2
 
 
-async def test_expired_cache_asks_again(fetcher: Callable[..., UserInfoFetcher], receiver: Receiver) -> None:
+async def test_expired_cache_asks_again(
+    fetcher: Callable[..., UserInfoFetcher], receiver: Receiver
+) -> None:
     now = [0.0]
     receiver.behaviour = lambda r: Reply(200, body=b"{}")
     f = fetcher(ttl=10)
@@ -125,7 +153,9 @@ async def test_expired_cache_asks_again(fetcher: Callable[..., UserInfoFetcher],
     assert len(receiver.requests) == 2
 
 
-async def test_concurrent_renders_share_one_request(fetcher: Callable[..., UserInfoFetcher], receiver: Receiver) -> None:
+async def test_concurrent_renders_share_one_request(
+    fetcher: Callable[..., UserInfoFetcher], receiver: Receiver
+) -> None:
     receiver.behaviour = lambda r: Reply(200, delay=0.2, body=b'{"ok": true}')
     f = fetcher()
     s = settings(receiver.url)
@@ -141,7 +171,9 @@ async def test_concurrent_renders_share_one_request(fetcher: Callable[..., UserI
     assert len(receiver.requests) == 1
 
 
-async def test_plugin_answers_only_for_configured_agents(fetcher: Callable[..., UserInfoFetcher], receiver: Receiver) -> None:
+async def test_plugin_answers_only_for_configured_agents(
+    fetcher: Callable[..., UserInfoFetcher], receiver: Receiver
+) -> None:
     receiver.behaviour = lambda r: Reply(200, body=b'{"vip": true}')
     pm = PluginManager()
     plugin_settings = Settings(settings(receiver.url))

@@ -167,7 +167,17 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     if not rows:
         print("no deliveries" + (f" with status {args.status}" if args.status else ""))
         return 0
-    header = ("ID", "AGENT", "EVENT", "STATUS", "TRIES", "LAST", "CREATED (UTC)", "NEXT (UTC)", "ERROR")
+    header = (
+        "ID",
+        "AGENT",
+        "EVENT",
+        "STATUS",
+        "TRIES",
+        "LAST",
+        "CREATED (UTC)",
+        "NEXT (UTC)",
+        "ERROR",
+    )
     table = [
         (
             str(r.id),
@@ -213,7 +223,9 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
             record = store.redeliver(args.delivery_id, now=time.time())
             print(f"delivery {record.id} ({record.webhook_id}) queued again")
         else:
-            count = store.redeliver_failed(agent_id=args.agent, since=args.failed_since, now=time.time())
+            count = store.redeliver_failed(
+                agent_id=args.agent, since=args.failed_since, now=time.time()
+            )
             print(f"{count} failed deliveries queued again")
     finally:
         store.close()
@@ -245,14 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-format", choices=["console", "json"], default="console")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve the reference chat runtime")
     serve.add_argument("--config", help="TOML config file (default: embedded SQLite, no agents)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--no-workers", action="store_true", help="serve the API without delivery workers")
+    serve.add_argument(
+        "--no-workers", action="store_true", help="serve the API without delivery workers"
+    )
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run delivery workers only (PostgreSQL)")

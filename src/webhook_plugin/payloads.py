@@ -10,15 +10,15 @@ Pure: no I/O. The encoder is built once, at import.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from .events import WebhookEventType
-from .models import Agent, Attachment, Contact, Conversation, Group, Message
+from .models import Agent, Conversation, Group, Message
 
 __all__ = [
     "AgentMessageBlocked",
@@ -231,7 +231,11 @@ def build_payload(
     if event_type in (WebhookEventType.AGENT_MESSAGE_BLOCKED, WebhookEventType.AGENT_MESSAGE_NOTED):
         if reason is None:
             raise ValueError(f"{event_type} needs a reason")
-        cls = AgentMessageBlocked if event_type is WebhookEventType.AGENT_MESSAGE_BLOCKED else AgentMessageNoted
+        cls = (
+            AgentMessageBlocked
+            if event_type is WebhookEventType.AGENT_MESSAGE_BLOCKED
+            else AgentMessageNoted
+        )
         return cls(
             agent_id=agent_id, conversation_id=conversation_id, channel=channel,
             created_at=created_at, is_ai_enabled=ai, agent_name=agent_name,
@@ -244,7 +248,4 @@ def build_payload(
 
 def json_schemas() -> dict[str, Any]:
     """The JSON Schema of every event's payload, keyed by event type."""
-    return {
-        str(event_type): msgspec.json.schema(cls) for event_type, cls in PAYLOAD_TYPES.items()
-    }
-
+    return {str(event_type): msgspec.json.schema(cls) for event_type, cls in PAYLOAD_TYPES.items()}

@@ -69,18 +69,14 @@ class WebhookPlugin:
         self, agent: Agent, conversation: Conversation, message: Message, reason: str
     ) -> Ticket | None:
         event = event_for_stage(Stage.BLOCKED)
-        return self._queue(
-            event, agent, conversation=conversation, message=message, reason=reason
-        )
+        return self._queue(event, agent, conversation=conversation, message=message, reason=reason)
 
     @hookimpl
     def on_noted(
         self, agent: Agent, conversation: Conversation, message: Message, reason: str
     ) -> Ticket | None:
         event = event_for_stage(Stage.NOTED)
-        return self._queue(
-            event, agent, conversation=conversation, message=message, reason=reason
-        )
+        return self._queue(event, agent, conversation=conversation, message=message, reason=reason)
 
     @hookimpl
     def on_group_message(

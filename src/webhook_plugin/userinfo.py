@@ -137,9 +137,7 @@ class UserInfoFetcher:
         while len(self._cache) > 10_000:
             self._cache.pop(next(iter(self._cache)))
 
-    async def _request(
-        self, agent_id: str, url: str, header: str | None, body: bytes
-    ) -> UserInfo:
+    async def _request(self, agent_id: str, url: str, header: str | None, body: bytes) -> UserInfo:
         headers = [("content-type", "application/json"), ("accept", "application/json")]
         if header:
             headers.append(parse_header(header, "userInfoHeader"))

@@ -201,9 +201,7 @@ class H11Client:
                 received_any = True
                 if isinstance(event, h11.Response):
                     status = event.status_code
-                    headers = {
-                        k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers
-                    }
+                    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
                 elif isinstance(event, h11.InformationalResponse):
                     continue
                 elif isinstance(event, h11.Data):
@@ -221,7 +219,7 @@ class H11Client:
             await _close(conn)
             if reused:
                 raise
-            raise ConnectError(f"{origin.host!r} closed the connection without answering")
+            raise ConnectError(f"{origin.host!r} closed the connection without answering") from None
         except h11.RemoteProtocolError as exc:
             await _close(conn)
             raise ProtocolError(f"invalid HTTP answer: {exc}") from exc

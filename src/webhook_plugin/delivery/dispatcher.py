@@ -13,6 +13,7 @@ never send the same delivery at once.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections import deque
@@ -109,7 +110,9 @@ class Dispatcher:
 
     # the loop -------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Claim and deliver until :meth:`stop`.
 
         Claimed deliveries wait in a small local queue (at most ``concurrency``
@@ -139,8 +142,12 @@ class Dispatcher:
                 now = self._clock()
                 limit = min(room, self._claim_batch)
                 claimed = await anyio.to_thread.run_sync(
-                    lambda: self._store.claim_due(
-                        now=now, limit=limit, lease_until=now + self.lease_seconds, owner=self.owner
+                    functools.partial(
+                        self._store.claim_due,
+                        now=now,
+                        limit=limit,
+                        lease_until=now + self.lease_seconds,
+                        owner=self.owner,
                     ),
                     limiter=self._limiter,
                 )
@@ -253,7 +260,10 @@ class Dispatcher:
             ("content-type", "application/json"),
             ("webhook-id", d.webhook_id),
             ("webhook-timestamp", str(timestamp)),
-            ("webhook-signature", sign(secret_key(settings.signing_secret), d.webhook_id, timestamp, d.body)),
+            (
+                "webhook-signature",
+                sign(secret_key(settings.signing_secret), d.webhook_id, timestamp, d.body),
+            ),
         ]
         if settings.header:
             headers.append(parse_header(settings.header))
@@ -303,7 +313,9 @@ class Dispatcher:
                 status = "pending"
                 next_attempt_at = started + delay
                 self.retry_scheduled(next_attempt_at)
-                log.info("delivery.retry_scheduled", error=error, retry_in=round(delay, 3), **fields)
+                log.info(
+                    "delivery.retry_scheduled", error=error, retry_in=round(delay, 3), **fields
+                )
         if status == "failed":
             log.warning("delivery.failed", error=error, **fields)
         if disable_reason:

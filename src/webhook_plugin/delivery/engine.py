@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -30,7 +30,14 @@ from .._version import __version__
 from ..events import WebhookEventType
 from ..exceptions import NotFound
 from ..settings import WebhookSettings, generate_secret
-from ..storage.base import AttemptRecord, AttemptResult, DeliveryRecord, DeliveryStatus, NewDelivery, Store
+from ..storage.base import (
+    AttemptRecord,
+    AttemptResult,
+    DeliveryRecord,
+    DeliveryStatus,
+    NewDelivery,
+    Store,
+)
 from .client import H11Client, HttpClient
 from .dispatcher import Dispatcher
 from .netguard import NetworkGuard
@@ -76,7 +83,6 @@ class DeliveryConfig:
     user_info_timeout: float = 3.0
     user_info_ttl: float = 300.0
     user_info_max_bytes: int = 64 * 1024
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -306,9 +312,7 @@ class DeliveryEngine:
     async def redeliver(self, delivery_id: int, agent_id: str | None = None) -> DeliveryRecord:
         """Queue a delivery again, with its original ``webhook-id``."""
         await self.get_delivery(delivery_id, agent_id)
-        record = await self._run_sync(
-            lambda: self.store.redeliver(delivery_id, now=self.clock())
-        )
+        record = await self._run_sync(lambda: self.store.redeliver(delivery_id, now=self.clock()))
         self.dispatcher.wake()
         return record
 

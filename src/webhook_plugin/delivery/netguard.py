@@ -22,6 +22,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from typing import Final
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -108,6 +109,23 @@ class NetworkGuard:
             f"refusing to connect to {host!r}: it resolves to a {reason} ({ip}); "
             "list it in allow_private_hosts to permit it"
         )
+
+    def refuses(self, url: str) -> str | None:
+        """Why ``url`` would be refused, when its host is an address literal.
+
+        Host names are only judged at connect time (they need a DNS lookup);
+        this lets settings be refused at save time when the answer is certain.
+        """
+        host = urlsplit(url).hostname or ""
+        try:
+            ip = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return None
+        try:
+            self.check(host, ip)
+        except BlockedAddress as exc:
+            return str(exc)
+        return None
 
     async def resolve(self, host: str, port: int) -> list[str]:
         """Every address ``host`` resolves to, each checked; the ones to connect to.

@@ -125,7 +125,9 @@ class Batcher(Generic[T]):
             self._wake.set()
         return batch
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Write batches until :meth:`close` is called and everything is written."""
         self._running = True
         task_status.started()

@@ -17,9 +17,10 @@ from ..settings import secret_key
 
 __all__ = ["new_webhook_id", "sign", "verify"]
 
+
 def new_webhook_id() -> str:
     """A unique, time-ordered event id: ``msg_``, 48 bits of milliseconds and 80 random bits, in hex."""
-    return "msg_%012x%020x" % (time.time_ns() // 1_000_000, int.from_bytes(os.urandom(10)))
+    return f"msg_{time.time_ns() // 1_000_000:012x}{int.from_bytes(os.urandom(10)):020x}"
 
 
 def sign(secret: str | bytes, webhook_id: str, timestamp: int, body: bytes) -> str:

@@ -15,7 +15,9 @@ WINDOW_SECONDS: Final = 24 * 3600.0
 Verdict = Literal["sent", "blocked", "noted"]
 
 
-def decide(channel: str, last_user_message_at: float | None, now: float) -> tuple[Verdict, str | None]:
+def decide(
+    channel: str, last_user_message_at: float | None, now: float
+) -> tuple[Verdict, str | None]:
     """Whether an agent message on ``channel`` is sent, blocked or noted, and why."""
     if channel in NOTE_CHANNELS:
         return "noted", f"the {channel} channel cannot carry agent messages; kept as a note"

@@ -36,8 +36,8 @@ class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class WebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_private_hosts: list[str] = msgspec.field(default_factory=list)
     timeout: PositiveFloat = 15.0
-    retry_schedule: Annotated[list[NonNegative], Meta(min_length=1, max_length=50)] = (
-        msgspec.field(default_factory=lambda: list(DEFAULT_SCHEDULE))
+    retry_schedule: Annotated[list[NonNegative], Meta(min_length=1, max_length=50)] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_SCHEDULE)
     )
     jitter: Annotated[float, Meta(ge=0, lt=1)] = 0.2
     disable_after: PositiveFloat = 5 * 86400.0

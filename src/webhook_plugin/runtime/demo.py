@@ -92,32 +92,68 @@ async def _play(api: str, arrived: list[dict[str, Any]], out: Any) -> int:
 
         contact = {"id": "u-1", "name": "Ana Souza", "email": "ana@example.com"}
         # 1. AI on: the agent answers -> AGENT_USER_MESSAGE
-        await call("POST", "/v1/agents/demo/messages", {
-            "conversationId": "wa-ana", "channel": "whatsapp", "text": "Olá!", "contact": contact,
-        })
+        await call(
+            "POST",
+            "/v1/agents/demo/messages",
+            {
+                "conversationId": "wa-ana",
+                "channel": "whatsapp",
+                "text": "Olá!",
+                "contact": contact,
+            },
+        )
         # 2. an operator writes from the Inbox within 24 h -> AGENT_MESSAGE_SENDED
-        await call("POST", "/v1/conversations/wa-ana/inbox-messages", {"text": "Hi Ana, Bruno here."})
+        await call(
+            "POST", "/v1/conversations/wa-ana/inbox-messages", {"text": "Hi Ana, Bruno here."}
+        )
         # 3. AI off: the user's message alone -> USER_MESSAGE_RECEIVED
         await call("PATCH", "/v1/conversations/wa-ana", {"aiEnabled": False})
-        await call("POST", "/v1/agents/demo/messages", {
-            "conversationId": "wa-ana", "channel": "whatsapp", "text": "Can I change my plan?",
-        })
+        await call(
+            "POST",
+            "/v1/agents/demo/messages",
+            {
+                "conversationId": "wa-ana",
+                "channel": "whatsapp",
+                "text": "Can I change my plan?",
+            },
+        )
         # 4. WhatsApp, last user message two days ago: blocked -> AGENT_MESSAGE_BLOCKED
         old = (datetime.now(UTC) - timedelta(days=2)).isoformat()
-        await call("POST", "/v1/agents/demo/messages", {
-            "conversationId": "wa-old", "channel": "whatsapp", "text": "hello?", "createdAt": old,
-        })
-        await call("POST", "/v1/conversations/wa-old/inbox-messages", {"text": "Sorry for the delay!"})
+        await call(
+            "POST",
+            "/v1/agents/demo/messages",
+            {
+                "conversationId": "wa-old",
+                "channel": "whatsapp",
+                "text": "hello?",
+                "createdAt": old,
+            },
+        )
+        await call(
+            "POST", "/v1/conversations/wa-old/inbox-messages", {"text": "Sorry for the delay!"}
+        )
         # 5. the API channel cannot carry it: noted -> AGENT_MESSAGE_NOTED
-        await call("POST", "/v1/agents/demo/messages", {
-            "conversationId": "api-1", "channel": "api", "text": "status of order 42?",
-        })
+        await call(
+            "POST",
+            "/v1/agents/demo/messages",
+            {
+                "conversationId": "api-1",
+                "channel": "api",
+                "text": "status of order 42?",
+            },
+        )
         await call("POST", "/v1/conversations/api-1/inbox-messages", {"text": "Shipped today."})
         # 6. a group message that does not mention the agent -> GROUP_MESSAGE_RECEIVED
-        await call("POST", "/v1/agents/demo/messages", {
-            "conversationId": "grp-1", "channel": "zapi", "text": "who is coming on Friday?",
-            "group": {"id": "120363@g.us", "name": "Clientes VIP", "mentioned": False},
-        })
+        await call(
+            "POST",
+            "/v1/agents/demo/messages",
+            {
+                "conversationId": "grp-1",
+                "channel": "zapi",
+                "text": "who is coming on Friday?",
+                "group": {"id": "120363@g.us", "name": "Clientes VIP", "mentioned": False},
+            },
+        )
         # the Inbox, enriched by the user-info endpoint
         inbox = (await client.get("/v1/inbox/conversations/wa-ana")).json()
         print(
@@ -133,7 +169,9 @@ async def _play(api: str, arrived: list[dict[str, Any]], out: Any) -> int:
         if missing:
             print(f"\nmissing events: {', '.join(missing)}", file=out)
             return 1
-        print(f"\nall {len(WebhookEventType)} event types arrived, every signature valid.", file=out)
+        print(
+            f"\nall {len(WebhookEventType)} event types arrived, every signature valid.", file=out
+        )
         print("Next: `webhook-plugin serve`, then see README.md for the HTTP API.", file=out)
         return 0
 

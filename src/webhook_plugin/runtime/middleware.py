@@ -86,7 +86,9 @@ class WebhookMiddleware:
     async def running(self) -> AsyncIterator[ChatPipeline]:
         """Start the engine and the plugins; stop and drain on exit."""
         config = self.config
-        engine = DeliveryEngine(open_store(config.runtime.database), config.delivery(workers=self.workers))
+        engine = DeliveryEngine(
+            open_store(config.runtime.database), config.delivery(workers=self.workers)
+        )
         pm = PluginManager(runtime_hookspecs)
         fetcher = UserInfoFetcher(
             engine.client,

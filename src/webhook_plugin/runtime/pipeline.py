@@ -99,7 +99,9 @@ class ChatPipeline:
             org = configured.organization_id if configured else None
             ai = configured.ai_enabled if configured else True
             await self._db(
-                lambda: self.store.put_agent(agent_id, name=name, organization_id=org, ai_enabled=ai)
+                lambda: self.store.put_agent(
+                    agent_id, name=name, organization_id=org, ai_enabled=ai
+                )
             )
             row = {"id": agent_id, "name": name, "organization_id": org, "ai_enabled": ai}
         agent = Agent(id=agent_id, name=row["name"], organization_id=row["organization_id"])  # type: ignore[arg-type]
@@ -117,7 +119,10 @@ class ChatPipeline:
             if existing is None:
                 await self._db(
                     lambda c=configured: self.store.put_agent(
-                        c.id, name=c.name, organization_id=c.organization_id, ai_enabled=c.ai_enabled
+                        c.id,
+                        name=c.name,
+                        organization_id=c.organization_id,
+                        ai_enabled=c.ai_enabled,
                     )
                 )
             settings = configured.settings()
@@ -231,7 +236,9 @@ class ChatPipeline:
         else:
             results += hook.on_user_message(agent=agent, conversation=conversation, message=message)
             if conversation.ai_enabled:
-                answer = hook.generate_reply(agent=agent, conversation=conversation, message=message)
+                answer = hook.generate_reply(
+                    agent=agent, conversation=conversation, message=message
+                )
                 if inspect.isawaitable(answer):
                     answer = await answer
                 if answer:
@@ -339,7 +346,9 @@ class ChatPipeline:
                 result = await pending
                 if isinstance(result, UserInfo):
                     return result
-                return UserInfo(status="error", error="a plugin answered something else than UserInfo")
+                return UserInfo(
+                    status="error", error="a plugin answered something else than UserInfo"
+                )
             return UserInfo(status="timeout", error=f"no answer within {box:g} s")
         except Exception as exc:  # a third-party plugin must not break the Inbox
             log.warning("user_info.plugin_failed", error=type(exc).__name__)

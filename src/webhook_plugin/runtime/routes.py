@@ -220,6 +220,10 @@ async def put_webhook(request: Request) -> Response:
         user_info_url=body.user_info_url,
         user_info_header=_unmask(body.user_info_header, current.user_info_header),
     )
+    for field, url in (("url", settings.url), ("userInfoUrl", settings.user_info_url)):
+        reason = pipeline.engine.guard.refuses(url) if url else None
+        if reason:
+            raise SettingsError(field, reason)
     saved = await pipeline.save_settings(agent_id, settings)
     return json({"agentId": agent_id, **saved.public()})
 
@@ -244,7 +248,10 @@ async def list_deliveries(request: Request) -> Response:
     if not 1 <= limit <= 1000:
         raise ApiError(400, "invalid_query", "limit must be between 1 and 1000")
     rows = await pipeline_from(request).engine.list_deliveries(
-        agent_id=agent_id, status=status, limit=limit, before_id=before_id  # type: ignore[arg-type]
+        agent_id=agent_id,
+        status=status,
+        limit=limit,
+        before_id=before_id,  # type: ignore[arg-type]
     )
     return json([delivery_json(r) for r in rows])
 

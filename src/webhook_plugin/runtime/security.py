@@ -12,7 +12,13 @@ __all__ = ["BodyLimitMiddleware", "TokenAuthMiddleware", "error_response"]
 _encode = msgspec.json.Encoder().encode
 
 
-async def error_response(send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def error_response(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = _encode({"error": {"code": code, "message": message}})
     await send(
         {

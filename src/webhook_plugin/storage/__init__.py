@@ -42,6 +42,4 @@ def open_store(database: str) -> Store:
         schema = next((v for k, v in query if k == "schema"), "webhook_plugin")
         rest = urlencode([(k, v) for k, v in query if k != "schema"])
         return PostgresStore(urlunsplit(parts._replace(query=rest)), schema=schema)
-    raise ConfigError(
-        f"database {database!r}: use sqlite:///FILE or postgresql://USER@HOST/DBNAME"
-    )
+    raise ConfigError(f"database {database!r}: use sqlite:///FILE or postgresql://USER@HOST/DBNAME")

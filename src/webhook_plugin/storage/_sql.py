@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, TypeVar
 
@@ -99,7 +99,7 @@ class SQLStore(ABC):
     ) -> tuple[Any, ...]:
         return (lease_until, owner, now, now, limit)
 
-    def _after_insert(self, conn: Any) -> None:
+    def _after_insert(self, conn: Any) -> None:  # noqa: B027 - optional hook, empty by default
         """Called in the transaction that queued new deliveries."""
 
     def wait_for_new(self, timeout: float) -> bool:
@@ -110,7 +110,8 @@ class SQLStore(ABC):
 
     def insert_deliveries(self, items: Sequence[NewDelivery]) -> None:
         with self._tx() as conn:
-            self._xmany(conn, 
+            self._xmany(
+                conn,
                 "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
                 " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -156,12 +157,13 @@ class SQLStore(ABC):
         return claimed
 
     def _endpoints(
-        self, conn: sqlite3.Connection, agent_ids: set[str]
+        self, conn: Any, agent_ids: set[str]
     ) -> dict[str, tuple[WebhookSettings, float | None]]:
         if not agent_ids:
             return {}
         marks = ",".join("?" * len(agent_ids))
-        rows = self._x(conn, 
+        rows = self._x(
+            conn,
             "SELECT agent_id, data, disabled, disabled_reason, failing_since"
             f" FROM webhook_settings WHERE agent_id IN ({marks})",
             tuple(agent_ids),
@@ -255,7 +257,8 @@ class SQLStore(ABC):
         if not delivery_ids:
             return
         with self._tx() as conn:
-            self._xmany(conn, 
+            self._xmany(
+                conn,
                 "UPDATE deliveries SET lease_until = 0, lease_owner = NULL"
                 " WHERE id = ? AND lease_owner = ? AND status = 'pending'",
                 [(i, owner) for i in delivery_ids],
@@ -263,9 +266,10 @@ class SQLStore(ABC):
 
     def next_due_at(self) -> float | None:
         def q(conn: Any) -> float | None:
-            row = self._x(conn, 
+            row = self._x(
+                conn,
                 f"SELECT MIN({self._GREATEST}(next_attempt_at, lease_until)) FROM deliveries"
-                " WHERE status = 'pending'"
+                " WHERE status = 'pending'",
             ).fetchone()
             return row[0]
 
@@ -298,8 +302,8 @@ class SQLStore(ABC):
 
     def get_delivery(self, delivery_id: int) -> DeliveryRecord:
         row = self._query(
-            lambda c: self._x(c, 
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+            lambda c: self._x(
+                c, f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
         )
         if row is None:
@@ -308,7 +312,8 @@ class SQLStore(ABC):
 
     def list_attempts(self, delivery_id: int) -> list[AttemptRecord]:
         rows = self._query(
-            lambda c: self._x(c, 
+            lambda c: self._x(
+                c,
                 "SELECT attempt, started_at, duration_ms, status_code, error, response_excerpt"
                 " FROM attempts WHERE delivery_id = ? ORDER BY attempt",
                 (delivery_id,),
@@ -328,7 +333,8 @@ class SQLStore(ABC):
 
     def redeliver(self, delivery_id: int, *, now: float) -> DeliveryRecord:
         with self._tx() as conn:
-            row = self._x(conn, 
+            row = self._x(
+                conn,
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
                 " round_start = attempts, updated_at = ? WHERE id = ?"
                 f" RETURNING {_DELIVERY_COLUMNS}",
@@ -352,7 +358,9 @@ class SQLStore(ABC):
 
     def count_deliveries(self) -> dict[str, int]:
         rows = self._query(
-            lambda c: self._x(c, "SELECT status, COUNT(*) FROM deliveries GROUP BY status").fetchall()
+            lambda c: self._x(
+                c, "SELECT status, COUNT(*) FROM deliveries GROUP BY status"
+            ).fetchall()
         )
         counts = {"pending": 0, "succeeded": 0, "failed": 0}
         counts.update(dict(rows))
@@ -362,7 +370,8 @@ class SQLStore(ABC):
 
     def get_settings(self, agent_id: str) -> WebhookSettings | None:
         row = self._query(
-            lambda c: self._x(c, 
+            lambda c: self._x(
+                c,
                 "SELECT data, disabled, disabled_reason FROM webhook_settings WHERE agent_id = ?",
                 (agent_id,),
             ).fetchone()
@@ -370,11 +379,10 @@ class SQLStore(ABC):
         return None if row is None else self._settings(row)
 
     def put_settings(self, agent_id: str, settings: WebhookSettings) -> None:
-        data = _json_encode(
-            msgspec.structs.replace(settings, disabled=False, disabled_reason=None)
-        )
+        data = _json_encode(msgspec.structs.replace(settings, disabled=False, disabled_reason=None))
         with self._tx() as conn:
-            self._x(conn, 
+            self._x(
+                conn,
                 "INSERT INTO webhook_settings (agent_id, data, disabled, disabled_reason,"
                 " failing_since, updated_at) VALUES (?, ?, ?, ?, NULL, ?)"
                 " ON CONFLICT (agent_id) DO UPDATE SET data = excluded.data,"
@@ -385,8 +393,8 @@ class SQLStore(ABC):
 
     def all_settings(self) -> dict[str, WebhookSettings]:
         rows = self._query(
-            lambda c: self._x(c, 
-                "SELECT agent_id, data, disabled, disabled_reason FROM webhook_settings"
+            lambda c: self._x(
+                c, "SELECT agent_id, data, disabled, disabled_reason FROM webhook_settings"
             ).fetchall()
         )
         return {row[0]: self._settings(row[1:]) for row in rows}
@@ -395,7 +403,8 @@ class SQLStore(ABC):
 
     def get_agent(self, agent_id: str) -> dict[str, object] | None:
         row = self._query(
-            lambda c: self._x(c, 
+            lambda c: self._x(
+                c,
                 "SELECT id, name, organization_id, ai_enabled FROM agents WHERE id = ?",
                 (agent_id,),
             ).fetchone()
@@ -408,7 +417,8 @@ class SQLStore(ABC):
         self, agent_id: str, *, name: str | None, organization_id: str | None, ai_enabled: bool
     ) -> None:
         with self._tx() as conn:
-            self._x(conn, 
+            self._x(
+                conn,
                 "INSERT INTO agents (id, name, organization_id, ai_enabled, created_at)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
                 " organization_id = excluded.organization_id, ai_enabled = excluded.ai_enabled",
@@ -417,7 +427,8 @@ class SQLStore(ABC):
 
     def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
         row = self._query(
-            lambda c: self._x(c, 
+            lambda c: self._x(
+                c,
                 "SELECT id, agent_id, channel, ai_enabled, contact, created_at,"
                 " last_user_message_at FROM conversations WHERE id = ?",
                 (conversation_id,),
@@ -438,7 +449,8 @@ class SQLStore(ABC):
     def put_conversation(self, conversation: ConversationRecord) -> None:
         c = conversation
         with self._tx() as conn:
-            self._x(conn, 
+            self._x(
+                conn,
                 "INSERT INTO conversations (id, agent_id, channel, ai_enabled, contact,"
                 " created_at, last_user_message_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET ai_enabled = excluded.ai_enabled,"
@@ -456,7 +468,8 @@ class SQLStore(ABC):
 
     def add_messages(self, messages: Sequence[MessageRecord]) -> None:
         with self._tx() as conn:
-            self._xmany(conn, 
+            self._xmany(
+                conn,
                 "INSERT INTO messages (id, conversation_id, author, text, created_at, status,"
                 " attachments) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -475,7 +488,8 @@ class SQLStore(ABC):
 
     def list_messages(self, conversation_id: str) -> list[MessageRecord]:
         rows = self._query(
-            lambda c: self._x(c, 
+            lambda c: self._x(
+                c,
                 "SELECT id, conversation_id, author, text, created_at, status, attachments"
                 " FROM messages WHERE conversation_id = ? ORDER BY seq",
                 (conversation_id,),

@@ -94,6 +94,7 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 
+
 class SQLiteStore(SQLStore):
     """A :class:`~webhook_plugin.storage.base.Store` on one SQLite file."""
 
