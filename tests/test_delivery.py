@@ -358,3 +358,27 @@ async def test_every_event_arrives_when_a_tenth_of_answers_fail(
     assert set(sent) == {t.webhook_id for t in tickets}
     assert {r.webhook_id for r in rows} == {t.webhook_id for t in tickets}  # none lost
     assert len(receiver.requests) > n  # some were retried
+
+
+async def test_a_failed_result_write_is_retried_not_dropped(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    from webhook_plugin.exceptions import StorageError
+
+    store = make_store()
+    real = store.record_attempts
+    failures = [StorageError("database is locked"), StorageError("connection reset")]
+
+    def flaky(results):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        real(results)
+
+    store.record_attempts = flaky  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        async with DeliveryEngine(store, config()) as engine:
+            await engine.save_settings(AGENT.id, settings(receiver.url))
+            reply(pipeline(engine))
+            [done] = await wait_until_status(engine, "succeeded")
+    assert done.attempts == 1 and len(receiver.requests) == 1  # recorded, not re-sent
+    assert [e["attempt"] for e in logs if e["event"] == "batch.write_retry"] == [1, 2]

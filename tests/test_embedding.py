@@ -116,3 +116,27 @@ async def test_startup_failure_is_reported_to_the_server(tmp_path: Path) -> None
             message = await from_app_receive.receive()
     assert message["type"] == "lifespan.startup.failed"
     assert "cannot open SQLite database" in message["message"]
+
+
+async def test_a_plugin_replaces_the_built_in_responder(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+
+    from webhook_plugin import hookimpl
+    from webhook_plugin.runtime import WebhookMiddleware
+    from webhook_plugin.runtime.config import parse_config
+
+    class FakeLLM:
+        @hookimpl
+        def generate_reply(self, agent, conversation, message):  # type: ignore[no-untyped-def]
+            async def answer() -> str:
+                await anyio.sleep(0)
+                return f"LLM says: {message.text[::-1]}"
+
+            return answer()
+
+    config = parse_config({"runtime": {"database": f"sqlite:///{tmp_path / 'x.db'}"}})
+    middleware = WebhookMiddleware(Starlette(), config, plugins=[FakeLLM()])
+    async with middleware.running() as pipeline:
+        out = await pipeline.user_message("a", conversation_id="c", channel="web", text="olá")
+    assert out["reply"]["text"] == "LLM says: álo"
+    assert out["events"] == []  # agent "a" has no webhook URL

@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from ..exceptions import TransportError
+from ..exceptions import StorageError, TransportError
 from ..settings import WebhookSettings, parse_header, secret_key
 from ..storage.base import AttemptResult, ClaimedDelivery, Store
 from .client import HttpClient
@@ -141,16 +141,21 @@ class Dispatcher:
                 self._woken = False
                 now = self._clock()
                 limit = min(room, self._claim_batch)
-                claimed = await anyio.to_thread.run_sync(
-                    functools.partial(
-                        self._store.claim_due,
-                        now=now,
-                        limit=limit,
-                        lease_until=now + self.lease_seconds,
-                        owner=self.owner,
-                    ),
-                    limiter=self._limiter,
-                )
+                try:
+                    claimed = await anyio.to_thread.run_sync(
+                        functools.partial(
+                            self._store.claim_due,
+                            now=now,
+                            limit=limit,
+                            lease_until=now + self.lease_seconds,
+                            owner=self.owner,
+                        ),
+                        limiter=self._limiter,
+                    )
+                except StorageError as exc:  # the database hiccuped: try again later
+                    log.warning("dispatcher.claim_failed", error=str(exc))
+                    await anyio.sleep(self._poll_interval)
+                    continue
                 ready.extend(claimed)
                 if not claimed and not ready and not self._stopping:
                     await self._sleep(now)

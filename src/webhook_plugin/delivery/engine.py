@@ -121,8 +121,11 @@ class DeliveryEngine:
         self.outbox: Batcher[NewDelivery] = Batcher(
             store.insert_deliveries, on_written=self._stored
         )
+        # Nobody awaits attempt results: a failed write is retried, since a
+        # result that is never written leaves its delivery leased (and sent
+        # again) until the lease runs out.
         self.recorder: Batcher[AttemptResult] = Batcher(
-            store.record_attempts, on_written=self._recorded
+            store.record_attempts, on_written=self._recorded, retries=8
         )
         self.dispatcher = Dispatcher(
             store,

@@ -13,12 +13,15 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
+import structlog
 
 from ..events import WebhookEventType
 from ..exceptions import StorageError
 from ..settings import WebhookSettings
 
 __all__ = ["Batcher", "Outbox", "Ticket"]
+
+log = structlog.get_logger("webhook_plugin.delivery")
 
 T = TypeVar("T")
 
@@ -93,6 +96,8 @@ class Batcher(Generic[T]):
     :param limiter: bounds the worker threads this batcher may occupy.
     :param on_written: called on the event loop after each successful batch.
     :param max_batch: the most items written in one transaction.
+    :param retries: how often a failed write is tried again (with backoff)
+        before the batch's waiters get the error.
     """
 
     def __init__(
@@ -102,11 +107,13 @@ class Batcher(Generic[T]):
         limiter: anyio.CapacityLimiter | None = None,
         on_written: Callable[[Sequence[T]], None] | None = None,
         max_batch: int = 5000,
+        retries: int = 0,
     ) -> None:
         self._write = write
         self._limiter = limiter or anyio.CapacityLimiter(1)
         self._on_written = on_written
         self._max_batch = max_batch
+        self._retries = retries
         self._current = _Batch()
         self._wake: anyio.Event | None = None
         self._closing = False
@@ -150,11 +157,19 @@ class Batcher(Generic[T]):
 
     async def _flush(self, batch: _Batch) -> None:
         items = batch.items
-        try:
-            await anyio.to_thread.run_sync(self._write_chunks, items, limiter=self._limiter)
-        except Exception as exc:
-            batch.finish(exc)
-            return
+        for attempt in range(self._retries + 1):
+            try:
+                await anyio.to_thread.run_sync(self._write_chunks, items, limiter=self._limiter)
+                break
+            except Exception as exc:
+                if attempt == self._retries:
+                    log.error("batch.write_failed", items=len(items), error=str(exc))
+                    batch.finish(exc)
+                    return
+                log.warning(
+                    "batch.write_retry", items=len(items), attempt=attempt + 1, error=str(exc)
+                )
+                await anyio.sleep(min(0.05 * 2**attempt, 2.0))
         batch.finish()
         if self._on_written is not None:
             self._on_written(items)
