@@ -157,9 +157,15 @@ class Dispatcher:
                     await anyio.sleep(self._poll_interval)
                     continue
                 ready.extend(claimed)
-                if not claimed and not ready and not self._stopping:
-                    await self._sleep(now)
-                elif not claimed and ready:
+                if claimed or self._stopping:
+                    continue
+                if not ready:
+                    await self._sleep(now)  # nothing due: wait for new work or a retry
+                elif len(self._in_flight) >= self._concurrency:
+                    # Work at hand but every slot busy. Only wait for a slot when
+                    # attempts are in flight to free one: they may all have ended
+                    # during the claim (a worker once hung here, its deliveries
+                    # leased until the lease ran out).
                     self._slot_event = anyio.Event()
                     await self._slot_event.wait()
                     self._slot_event = None
