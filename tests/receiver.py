@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -36,7 +37,11 @@ class Reply:
 class Receiver:
     """Start with ``with Receiver() as rx:``; ``rx.url`` is its base URL."""
 
-    def __init__(self, behaviour: Callable[[Recorded], Reply] | None = None) -> None:
+    def __init__(
+        self,
+        behaviour: Callable[[Recorded], Reply] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.behaviour = behaviour or (lambda r: Reply())
         self.requests: list[Recorded] = []
         self.connections = 0
@@ -93,12 +98,18 @@ class Receiver:
             daemon_threads = True
             request_queue_size = 128
 
-            def handle_error(self, request: object, client_address: object) -> None:
+            def handle_error(self, request: object, client_address: object) -> None:  # noqa: ARG002
                 pass  # a client that vanished (the crash test kills one) is not news
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}"
+        if ssl_context is not None:
+            # the handshake happens in the handler's thread, not in accept(),
+            # so a client that gives up mid-handshake cannot block the server
+            self._server.socket = ssl_context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )

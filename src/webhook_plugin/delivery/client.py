@@ -160,6 +160,8 @@ class H11Client:
                         standard_compatible=False,
                     )
                 except (OSError, ssl.SSLError, anyio.BrokenResourceError) as exc:
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
                     raise ConnectError(f"TLS with {origin.host!r} failed: {exc}") from exc
             return _Connection(stream)
         raise ConnectError(f"cannot connect to {origin.host!r} port {origin.port}: {last}")
