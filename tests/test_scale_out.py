@@ -87,8 +87,9 @@ def test_two_servers_three_workers_one_killed_loses_nothing(tmp_path: Path) -> N
     duplicates = sum(c - 1 for c in received.values())
     assert len(ids) == len(set(ids)) == n
     assert set(received) == set(ids)  # nothing lost, nothing invented
-    # only the killed worker's attempts in flight may repeat (16 per endpoint)
-    assert duplicates <= 16, duplicates
+    # only the killed worker's unrecorded attempts may repeat: 16 in flight
+    # (per endpoint) and those answered during its last results commit
+    assert duplicates <= 32, duplicates
     print(
         f"\n{n} events, worker killed after {killed_at} deliveries: lost 0, duplicates {duplicates}"
     )
