@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 
+import anyio
 import pytest
 import trustme
 
@@ -84,3 +85,15 @@ async def test_a_connection_the_server_closed_is_replaced(receiver: Receiver) ->
     finally:
         await c.aclose()
     assert len(receiver.requests) == 2 and receiver.connections == 2
+
+
+async def test_idle_connections_expire_and_are_capped(receiver: Receiver) -> None:
+    c = H11Client(NetworkGuard(["127.0.0.1"]), user_agent="t", keepalive_expiry=0.1, max_idle=1)
+    try:
+        await c.post(receiver.url, [], b"{}", timeout=5)
+        await anyio.sleep(0.3)
+        await c.post(receiver.url, [], b"{}", timeout=5)  # the expired one is swept...
+        await c.post(receiver.url, [], b"{}", timeout=5)  # ...and this one reuses the second
+    finally:
+        await c.aclose()
+    assert receiver.connections == 2

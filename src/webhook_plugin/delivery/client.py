@@ -11,6 +11,7 @@ network guard checks the very address it connects to. See
 from __future__ import annotations
 
 import ssl
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Final, NamedTuple, Protocol
@@ -67,11 +68,12 @@ class _Origin(NamedTuple):
 
 
 class _Connection:
-    __slots__ = ("stream", "h11")
+    __slots__ = ("h11", "idle_since", "stream")
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        self.idle_since = 0.0
 
 
 class H11Client:
@@ -80,6 +82,10 @@ class H11Client:
     :param guard: vets every address before connecting.
     :param user_agent: sent on every request.
     :param max_idle_per_origin: idle connections kept per scheme, host and port.
+    :param max_idle: idle connections kept in all (thousands of agents must not
+        hold thousands of sockets open).
+    :param keepalive_expiry: seconds an idle connection is kept; servers close
+        theirs after a while, and a connection closed under us costs a retry.
     :param ssl_context: for ``https`` (default: the system's trust store).
     """
 
@@ -89,13 +95,19 @@ class H11Client:
         *,
         user_agent: str,
         max_idle_per_origin: int = 64,
+        max_idle: int = 512,
+        keepalive_expiry: float = 15.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._guard = guard
         self._user_agent = user_agent.encode()
-        self._max_idle = max_idle_per_origin
+        self._max_idle_per_origin = max_idle_per_origin
+        self._max_idle = max_idle
+        self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
         self._idle: defaultdict[_Origin, list[_Connection]] = defaultdict(list)
+        self._idle_count = 0
+        self._last_sweep = time.monotonic()
         self._closed = False
 
     async def post(
@@ -120,7 +132,7 @@ class H11Client:
         )
         try:
             with anyio.fail_after(timeout):
-                conn = self._take_idle(origin)
+                conn = await self._take_idle(origin)
                 if conn is not None:
                     try:
                         return await self._exchange(origin, conn, request, body, max_body)
@@ -134,13 +146,25 @@ class H11Client:
         except TimeoutError:
             raise RequestTimeout(f"no complete answer within {timeout:g} s") from None
 
-    def _take_idle(self, origin: _Origin) -> _Connection | None:
+    async def _take_idle(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get(origin)
-        while idle:
-            conn = idle.pop()
-            if conn.h11.our_state is h11.IDLE and conn.h11.their_state is h11.IDLE:
-                return conn
-        return None
+        if not idle:
+            return None
+        conn = idle.pop()  # the most recently used: the least likely to be closed
+        self._idle_count -= 1
+        if not idle:
+            del self._idle[origin]
+        if time.monotonic() - conn.idle_since > self._keepalive_expiry:
+            await self._sweep(time.monotonic())  # this one and any other as old
+            await _close(conn)
+            return None
+        return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # built once: loading the system trust store costs milliseconds
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
 
     async def _connect(self, origin: _Origin) -> _Connection:
         addresses = await self._guard.resolve(origin.host, origin.port)
@@ -156,7 +180,7 @@ class H11Client:
                     stream = await TLSStream.wrap(
                         stream,
                         hostname=origin.host,
-                        ssl_context=self._ssl_context or ssl.create_default_context(),
+                        ssl_context=self._tls_context(),
                         standard_compatible=False,
                     )
                 except (OSError, ssl.SSLError, anyio.BrokenResourceError) as exc:
@@ -244,15 +268,36 @@ class H11Client:
             and conn.h11.their_state is h11.DONE
         ):
             conn.h11.start_next_cycle()
+            now = time.monotonic()
+            if now - self._last_sweep > self._keepalive_expiry:
+                await self._sweep(now)
             idle = self._idle[origin]
-            if len(idle) < self._max_idle:
+            if len(idle) < self._max_idle_per_origin and self._idle_count < self._max_idle:
+                conn.idle_since = now
                 idle.append(conn)
+                self._idle_count += 1
                 return
         await _close(conn)
+
+    async def _sweep(self, now: float) -> None:
+        """Close connections idle for longer than the keep-alive expiry."""
+        self._last_sweep = now
+        for origin in list(self._idle):
+            conns = self._idle[origin]
+            fresh = [c for c in conns if now - c.idle_since <= self._keepalive_expiry]
+            for conn in conns:
+                if now - conn.idle_since > self._keepalive_expiry:
+                    await _close(conn)
+            self._idle_count -= len(conns) - len(fresh)
+            if fresh:
+                self._idle[origin] = fresh
+            else:
+                del self._idle[origin]
 
     async def aclose(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, defaultdict(list)
+        self._idle_count = 0
         for conns in idle.values():
             for conn in conns:
                 await _close(conn)
