@@ -343,7 +343,7 @@ async def _settings_error(request: Request, exc: Exception) -> Response:
 
 
 async def _storage_error(request: Request, exc: Exception) -> Response:
-    return _error(503, "storage_unavailable", "the database is unavailable; nothing was saved")
+    return _error(503, "storage_unavailable", "the database is unavailable; try again shortly")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
