@@ -49,7 +49,7 @@ def test_two_servers_three_workers_one_killed_loses_nothing(tmp_path: Path) -> N
                         "text": f"message {i}",
                     },
                 )
-                assert r.status_code == 201, r.text
+                assert r.status_code == 200, r.text
                 return r.json()["events"][0]["webhookId"]
 
             with ThreadPoolExecutor(16) as pool:

@@ -156,7 +156,7 @@ async def post_message(request: Request) -> Response:
             for a in body.attachments
         ),
     )
-    return json(outcome, 201)
+    return json(outcome)
 
 
 async def patch_conversation(request: Request) -> Response:
@@ -173,7 +173,7 @@ async def post_inbox_message(request: Request) -> Response:
     outcome = await pipeline_from(request).inbox_message(
         request.path_params["conversation_id"], body.text
     )
-    return json(outcome, 201)
+    return json(outcome)
 
 
 async def get_inbox_conversation(request: Request) -> Response:
@@ -290,7 +290,7 @@ async def get_delivery(request: Request) -> Response:
 async def redeliver(request: Request) -> Response:
     agent_id, _ = await _settings_or_404(request)
     record = await pipeline_from(request).engine.redeliver(_delivery_id(request), agent_id)
-    return json(delivery_json(record), 202)
+    return json(delivery_json(record))
 
 
 async def healthz(request: Request) -> Response:
