@@ -536,7 +536,7 @@ def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
         ("[webhook]\ntimeout = 'fast'\n", "Expected `float`, got `str` - at `webhook.timeout`"),
         ("[webhook]\ntimeout = -1\n", "webhook.timeout"),
         ("[webhok]\n", "unknown field `webhok`"),
-        ("[runtime]\napi_token = 'short'\n", "runtime.api_token"),
+        ("[runtime]\napi_token = ''\n", "runtime.api_token"),
         (
             "[[agents]]\nid = 'a'\n[agents.webhook]\nheader = \"X-A: b\\nc\"\n",
             "agents[0].webhook.header",

@@ -83,6 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"refusing to listen on {args.host} without an API token: set [runtime] api_token"
             " in the config, or bind 127.0.0.1"
         )
+    if config.runtime.api_token and len(config.runtime.api_token) < 16:
+        structlog.get_logger("webhook_plugin.cli").warning(
+            "serve.weak_api_token", hint="use 16 or more random characters"
+        )
     if args.no_workers and config.runtime.database.startswith("sqlite"):
         structlog.get_logger("webhook_plugin.cli").warning(
             "serve.no_workers_on_sqlite",

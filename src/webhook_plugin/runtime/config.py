@@ -29,7 +29,7 @@ NonNegative = Annotated[float, Meta(ge=0)]
 class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     plugins: list[str] = msgspec.field(default_factory=lambda: ["webhook_plugin"])
     database: str = "sqlite:///webhook-plugin.db"
-    api_token: Annotated[str, Meta(min_length=16)] | None = None
+    api_token: Annotated[str, Meta(min_length=1)] | None = None
     load_entry_points: bool = True
 
 
