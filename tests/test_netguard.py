@@ -7,16 +7,19 @@ A counting listener on 127.0.0.1 shows that the loopback forms never reach it.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 from collections.abc import Iterator
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from webhook_plugin.delivery import client as client_module
 from webhook_plugin.delivery.client import H11Client
-from webhook_plugin.delivery.netguard import NetworkGuard
+from webhook_plugin.delivery.netguard import NetworkGuard, blocked_reason
 from webhook_plugin.exceptions import BlockedAddress, ConfigError, TransportError
 
 pytestmark = pytest.mark.anyio
@@ -180,3 +183,32 @@ async def test_public_addresses_pass_the_check() -> None:
 
     for ip in ("93.184.216.34", "2606:4700:4700::1111", "8.8.8.8"):
         guard.check("example.com", ipaddress.ip_address(ip))  # does not raise
+
+
+# -- properties over every address ---------------------------------------------------------
+
+ipv4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
+ipv6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
+
+
+@given(ipv4)
+def test_an_ipv4_address_passes_only_when_globally_routable(ip: ipaddress.IPv4Address) -> None:
+    assert (blocked_reason(ip) is None) == (ip.is_global and not ip.is_multicast)
+
+
+@given(ipv4)
+def test_no_ipv6_wrapper_of_an_ipv4_address_passes(ip: ipaddress.IPv4Address) -> None:
+    n = int(ip)
+    for wrapped in (
+        (0xFFFF << 32) | n,  # ::ffff:a.b.c.d, IPv4-mapped
+        (0x64FF9B << 96) | n,  # 64:ff9b::a.b.c.d, NAT64
+        (0x2002 << 112) | (n << 80),  # 2002:aabb:ccdd::, 6to4
+    ):
+        assert blocked_reason(ipaddress.IPv6Address(wrapped)) is not None
+
+
+@given(ipv6)
+def test_an_ipv6_address_passes_only_when_globally_routable(ip: ipaddress.IPv6Address) -> None:
+    if blocked_reason(ip) is None:
+        assert ip.is_global and not ip.is_multicast
+        assert ip.ipv4_mapped is None and ip.sixtofour is None and ip.teredo is None
