@@ -382,3 +382,21 @@ async def test_a_failed_result_write_is_retried_not_dropped(
             [done] = await wait_until_status(engine, "succeeded")
     assert done.attempts == 1 and len(receiver.requests) == 1  # recorded, not re-sent
     assert [e["attempt"] for e in logs if e["event"] == "batch.write_retry"] == [1, 2]
+
+
+async def test_finished_deliveries_are_purged_after_the_retention(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    async with DeliveryEngine(make_store(), config(retry_schedule=(0, 60))) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        reply(pipeline(engine), 3)
+        done = await wait_until_status(engine, "succeeded", 3)
+        receiver.behaviour = lambda r: Reply(500)
+        reply(pipeline(engine))
+        [pending] = await wait_until_status(engine, "pending")
+        assert pending.attempts == 1
+        assert await engine.purge_log(older_than=3600) == 0  # all younger than an hour
+        assert await engine.purge_log(older_than=-1) == 3  # everything finished goes
+        left = await engine.list_deliveries(agent_id=AGENT.id)
+        assert [d.id for d in left] == [pending.id]  # pending deliveries are never purged
+        assert await engine.list_attempts(done[0].id) == []

@@ -67,6 +67,8 @@ class DeliveryConfig:
     :param settings_refresh: seconds between reloads of the settings cache
         (other processes may change them).
     :param workers: whether this process delivers (False: it only queues).
+    :param retention: seconds a finished delivery (and its attempts) stays in
+        the log before delivery processes purge it; 0 keeps everything.
     """
 
     allow_private_hosts: tuple[str, ...] = ()
@@ -80,6 +82,8 @@ class DeliveryConfig:
     shutdown_grace: float = 10.0
     settings_refresh: float = 5.0
     workers: bool = True
+    retention: float = 30 * 86400.0
+    purge_interval: float = 3600.0
     user_info_timeout: float = 3.0
     user_info_ttl: float = 300.0
     user_info_max_bytes: int = 64 * 1024
@@ -201,6 +205,8 @@ class DeliveryEngine:
                     tg.start_soon(self._refresh_loop)
                 if self.config.workers and self.store.supports_notify:
                     tg.start_soon(self._listen_loop)
+                if self.config.workers and self.config.retention > 0:
+                    tg.start_soon(self._purge_loop)
 
     async def _listen_loop(self) -> None:
         """Wake the dispatcher when another process queues deliveries."""
@@ -213,6 +219,23 @@ class DeliveryEngine:
                 continue
             if woken:
                 self.dispatcher.wake()
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge_log()
+            except Exception as exc:  # the next round tries again
+                log.warning("log.purge_failed", error=str(exc))
+            await anyio.sleep(self.config.purge_interval)
+
+    async def purge_log(self, older_than: float | None = None) -> int:
+        """Delete finished deliveries older than ``older_than`` seconds
+        (default: the configured retention). Pending ones are kept."""
+        age = self.config.retention if older_than is None else older_than
+        removed = await self._run_sync(lambda: self.store.purge(before=self.clock() - age))
+        if removed:
+            log.info("log.purged", deliveries=removed)
+        return removed
 
     async def _refresh_loop(self) -> None:
         while True:

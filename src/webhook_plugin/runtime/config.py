@@ -47,6 +47,7 @@ class WebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     shutdown_grace: NonNegative = 10.0
     user_info_timeout: PositiveFloat = 3.0
     user_info_ttl: NonNegative = 300.0
+    retention: NonNegative = 30 * 86400.0
 
 
 class AgentWebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -113,6 +114,7 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             workers=workers,
             user_info_timeout=w.user_info_timeout,
             user_info_ttl=w.user_info_ttl,
+            retention=w.retention,
         )
 
     def agent(self, agent_id: str) -> AgentConfig | None:

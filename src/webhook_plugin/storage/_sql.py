@@ -356,6 +356,30 @@ class SQLStore(ABC):
         with self._tx() as conn:
             return self._x(conn, sql, args).rowcount
 
+    def purge(self, *, before: float, batch: int = 1000) -> int:
+        """Delete finished deliveries (and their attempts) created before ``before``.
+
+        Pending deliveries are never purged. Works in small transactions so
+        that writers are not held up.
+        """
+        removed = 0
+        while True:
+            with self._tx() as conn:
+                ids = [
+                    row[0]
+                    for row in self._x(
+                        conn,
+                        "SELECT id FROM deliveries WHERE status <> 'pending' AND created_at < ?"
+                        " ORDER BY id LIMIT ?",
+                        (before, batch),
+                    ).fetchall()
+                ]
+                if not ids:
+                    return removed
+                self._xmany(conn, "DELETE FROM attempts WHERE delivery_id = ?", [(i,) for i in ids])
+                self._xmany(conn, "DELETE FROM deliveries WHERE id = ?", [(i,) for i in ids])
+            removed += len(ids)
+
     def count_deliveries(self) -> dict[str, int]:
         rows = self._query(
             lambda c: self._x(
