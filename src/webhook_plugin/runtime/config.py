@@ -15,7 +15,6 @@ import msgspec
 from msgspec import Meta
 
 from ..delivery.engine import DeliveryConfig
-from ..delivery.retry import DEFAULT_SCHEDULE
 from ..exceptions import ConfigError, SettingsError
 from ..settings import WebhookSettings
 
@@ -33,21 +32,26 @@ class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     load_entry_points: bool = True
 
 
+_DEFAULT = DeliveryConfig()  # the one place the delivery defaults are written
+
+
 class WebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The ``[webhook]`` table: :class:`DeliveryConfig`'s knobs, with bounds."""
+
     allow_private_hosts: list[str] = msgspec.field(default_factory=list)
-    timeout: PositiveFloat = 15.0
+    timeout: PositiveFloat = _DEFAULT.timeout
     retry_schedule: Annotated[list[NonNegative], Meta(min_length=1, max_length=50)] = msgspec.field(
-        default_factory=lambda: list(DEFAULT_SCHEDULE)
+        default_factory=lambda: list(_DEFAULT.retry_schedule)
     )
-    jitter: Annotated[float, Meta(ge=0, lt=1)] = 0.2
-    disable_after: PositiveFloat = 5 * 86400.0
-    concurrency: PositiveInt = 64
-    per_endpoint_concurrency: PositiveInt = 16
-    poll_interval: PositiveFloat = 1.0
-    shutdown_grace: NonNegative = 10.0
-    user_info_timeout: PositiveFloat = 3.0
-    user_info_ttl: NonNegative = 300.0
-    retention: NonNegative = 30 * 86400.0
+    jitter: Annotated[float, Meta(ge=0, lt=1)] = _DEFAULT.jitter
+    disable_after: PositiveFloat = _DEFAULT.disable_after
+    concurrency: PositiveInt = _DEFAULT.concurrency
+    per_endpoint_concurrency: PositiveInt = _DEFAULT.per_endpoint_concurrency
+    poll_interval: PositiveFloat = _DEFAULT.poll_interval
+    shutdown_grace: NonNegative = _DEFAULT.shutdown_grace
+    user_info_timeout: PositiveFloat = _DEFAULT.user_info_timeout
+    user_info_ttl: NonNegative = _DEFAULT.user_info_ttl
+    retention: NonNegative = _DEFAULT.retention
 
 
 class AgentWebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
