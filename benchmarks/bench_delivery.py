@@ -8,7 +8,8 @@ number in flight:
 
 - bare aiohttp: a ClientSession loop posting the bodies (asyncio only);
 - bare httpx: an AsyncClient loop (asyncio);
-- our HTTP client alone (`H11Client`, the network guard included), asyncio and trio;
+- a bare h11 loop over anyio streams (asyncio and trio);
+- our HTTP client alone (`Http11Client`, the network guard included), asyncio and trio;
 - webhook-plugin end to end: `pm.hook.on_agent_reply` for every event, the
   SQLite outbox, the dispatcher, signing, the client, the delivery log;
   timed from the first hook call until the receiver has every event.
@@ -30,7 +31,7 @@ from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, s
 from _harness import emit, environment, parser
 
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings
-from webhook_plugin.delivery.client import H11Client
+from webhook_plugin.delivery.client import Http11Client
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
 from webhook_plugin.delivery.netguard import NetworkGuard
 from webhook_plugin.events import WebhookEventType
@@ -87,9 +88,45 @@ def bare_httpx(url: str, n: int, c: int) -> float:
     return anyio.run(main)
 
 
-def bare_h11(url: str, n: int, c: int, backend: str) -> float:
+def bare_h11_loop(url: str, n: int, c: int, backend: str) -> float:
+    """h11 over anyio TCP streams, one kept-alive connection per worker (h11
+    comes with httpx)."""
+    import h11
+
+    port = int(url.rsplit(":", 1)[1])
+
     async def main() -> float:
-        client = H11Client(NetworkGuard(["127.0.0.1"]), user_agent="bench")
+        async def worker(count: int) -> None:
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+            conn = h11.Connection(h11.CLIENT)
+            for _ in range(count):
+                headers = [("host", "127.0.0.1"), ("content-length", str(len(BODY))), *HEADERS]
+                await stream.send(
+                    conn.send(h11.Request(method="POST", target="/hook", headers=headers))
+                    + conn.send(h11.Data(data=BODY))
+                    + conn.send(h11.EndOfMessage())
+                )
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await stream.receive(65536))
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                conn.start_next_cycle()
+            await stream.aclose()
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(c):
+                tg.start_soon(worker, n // c)
+        return (n // c * c) / (time.perf_counter() - start)
+
+    return anyio.run(main, backend=backend)
+
+
+def bare_client(url: str, n: int, c: int, backend: str) -> float:
+    async def main() -> float:
+        client = Http11Client(NetworkGuard(["127.0.0.1"]), user_agent="bench")
 
         async def worker(count: int) -> None:
             for _ in range(count):
@@ -187,8 +224,11 @@ def main() -> None:
                 bare_httpx(url, max(n // 5, c), c)
             )
             for backend in ("asyncio", "trio"):
-                results.setdefault(f"H11Client alone ({backend})", []).append(
-                    bare_h11(url, n, c, backend)
+                results.setdefault(f"bare h11 loop ({backend})", []).append(
+                    bare_h11_loop(url, n, c, backend)
+                )
+                results.setdefault(f"Http11Client alone ({backend})", []).append(
+                    bare_client(url, n, c, backend)
                 )
                 results.setdefault(f"webhook-plugin end to end ({backend})", []).append(
                     end_to_end(url, n, c, backend, tmp)

@@ -10,7 +10,7 @@ import pytest
 import trustme
 
 from receiver import Receiver, Reply
-from webhook_plugin.delivery.client import H11Client
+from webhook_plugin.delivery.client import Http11Client
 from webhook_plugin.delivery.netguard import NetworkGuard
 from webhook_plugin.exceptions import ConnectError
 
@@ -30,8 +30,8 @@ def tls_receiver(ca: trustme.CA) -> Iterator[Receiver]:
         yield rx
 
 
-def client(ctx: ssl.SSLContext | None = None) -> H11Client:
-    return H11Client(NetworkGuard(["127.0.0.1", "localhost"]), user_agent="t", ssl_context=ctx)
+def client(ctx: ssl.SSLContext | None = None) -> Http11Client:
+    return Http11Client(NetworkGuard(["127.0.0.1", "localhost"]), user_agent="t", ssl_context=ctx)
 
 
 async def test_https_with_a_trusted_certificate(ca: trustme.CA, tls_receiver: Receiver) -> None:
@@ -88,7 +88,7 @@ async def test_a_connection_the_server_closed_is_replaced(receiver: Receiver) ->
 
 
 async def test_idle_connections_expire_and_are_capped(receiver: Receiver) -> None:
-    c = H11Client(NetworkGuard(["127.0.0.1"]), user_agent="t", keepalive_expiry=0.1, max_idle=1)
+    c = Http11Client(NetworkGuard(["127.0.0.1"]), user_agent="t", keepalive_expiry=0.1, max_idle=1)
     try:
         await c.post(receiver.url, [], b"{}", timeout=5)
         await anyio.sleep(0.3)

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from webhook_plugin.delivery import client as client_module
-from webhook_plugin.delivery.client import H11Client
+from webhook_plugin.delivery.client import Http11Client
 from webhook_plugin.delivery.netguard import NetworkGuard, blocked_reason
 from webhook_plugin.exceptions import BlockedAddress, ConfigError, TransportError
 
@@ -128,7 +128,7 @@ async def test_hostile_url_is_refused_without_connecting(
     template: str, listener: CountingListener, connects: list[tuple]
 ) -> None:
     url = template.replace("{P}", str(listener.port))
-    client = H11Client(NetworkGuard(), user_agent="test")
+    client = Http11Client(NetworkGuard(), user_agent="test")
     before = listener.accepted
     with pytest.raises(BlockedAddress) as info:
         await client.post(url, [], b"{}", timeout=2)
@@ -142,7 +142,7 @@ async def test_hostile_url_is_refused_without_connecting(
 )
 async def test_other_schemes_are_refused(url: str, connects: list[tuple]) -> None:
     with pytest.raises(TransportError, match="http"):
-        await H11Client(NetworkGuard(), user_agent="t").post(url, [], b"", timeout=1)
+        await Http11Client(NetworkGuard(), user_agent="t").post(url, [], b"", timeout=1)
     assert connects == []
 
 
@@ -153,7 +153,7 @@ async def test_allow_list_opens_chosen_hosts_and_connects_to_the_checked_address
     from receiver import Receiver
 
     with Receiver() as rx:
-        client = H11Client(NetworkGuard([allow]), user_agent="t")
+        client = Http11Client(NetworkGuard([allow]), user_agent="t")
         host = "localhost" if allow == "localhost" else "127.0.0.1"
         url = f"http://{host}:{rx.port}/"
         try:
@@ -168,7 +168,7 @@ async def test_allow_list_opens_chosen_hosts_and_connects_to_the_checked_address
 async def test_allow_list_is_not_a_wildcard(connects: list[tuple]) -> None:
     guard = NetworkGuard(["127.0.0.1"])
     with pytest.raises(BlockedAddress):
-        await H11Client(guard, user_agent="t").post("http://10.0.0.1/", [], b"", timeout=1)
+        await Http11Client(guard, user_agent="t").post("http://10.0.0.1/", [], b"", timeout=1)
     assert connects == []
 
 

@@ -19,7 +19,7 @@ from webhook_plugin import (
     WebhookPlugin,
     WebhookSettings,
 )
-from webhook_plugin.delivery.client import H11Client
+from webhook_plugin.delivery.client import Http11Client
 from webhook_plugin.delivery.netguard import NetworkGuard
 from webhook_plugin.userinfo import UserInfoFetcher
 
@@ -41,10 +41,10 @@ class Settings:
 
 @pytest.fixture
 async def fetcher() -> AsyncIterator[Callable[..., UserInfoFetcher]]:
-    clients: list[H11Client] = []
+    clients: list[Http11Client] = []
 
     def make(allow: tuple[str, ...] = ("127.0.0.1",), **kw: float) -> UserInfoFetcher:
-        clients.append(H11Client(NetworkGuard(allow), user_agent="t"))
+        clients.append(Http11Client(NetworkGuard(allow), user_agent="t"))
         return UserInfoFetcher(clients[-1], **kw)
 
     yield make

@@ -3,7 +3,7 @@
 Nothing here imports the plugin, the reference runtime or the CLI.
 """
 
-from .client import H11Client, HttpClient, Response
+from .client import Http11Client, HttpClient, Response
 from .engine import DeliveryConfig, DeliveryEngine
 from .netguard import NetworkGuard
 from .outbox import Outbox, Ticket
@@ -14,7 +14,7 @@ __all__ = [
     "DEFAULT_SCHEDULE",
     "DeliveryConfig",
     "DeliveryEngine",
-    "H11Client",
+    "Http11Client",
     "HttpClient",
     "NetworkGuard",
     "Outbox",

@@ -1,11 +1,11 @@
 """The HTTP client seam: one ``POST``, answered or failed, never a redirect followed.
 
 :class:`HttpClient` is the interface the dispatcher and the user-info fetcher
-use. :class:`H11Client`, the default, speaks HTTP/1.1 with ``h11`` over anyio
-streams (so it runs on asyncio and trio), keeps connections alive in a plain
-list of idle connections per origin, and owns the connect step, so that the
-network guard checks the very address it connects to. See
-``benchmarks/README.md`` for why it is not httpx's default transport.
+use. :class:`Http11Client`, the default, speaks HTTP/1.1 (the small codec in
+:mod:`.http11`) over anyio streams, so it runs on asyncio and trio; it keeps
+connections alive in a plain list of idle connections per origin, and owns the
+connect step, so that the network guard checks the very address it connects
+to. See ``benchmarks/README.md`` for why it is not httpx's default transport.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ import ssl
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import h11
 from anyio.streams.tls import TLSStream
 
 from ..exceptions import ConnectError, ProtocolError, RequestTimeout, TransportError
+from .http11 import ChunkedDecoder, build_request, parse_head
 from .netguard import NetworkGuard
 
-__all__ = ["H11Client", "HttpClient", "Response"]
+__all__ = ["Http11Client", "HttpClient", "Response"]
 
 _READ_SIZE: Final = 65536
 
@@ -68,15 +68,17 @@ class _Origin(NamedTuple):
 
 
 class _Connection:
-    __slots__ = ("h11", "idle_since", "stream")
+    __slots__ = ("idle_since", "stream", "used")
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
         self.idle_since = 0.0
+        #: whether it already carried a request (a reused connection may have
+        #: been closed by the server meanwhile)
+        self.used = False
 
 
-class H11Client:
+class Http11Client:
     """HTTP/1.1 keep-alive client on anyio streams, guarded at connect time.
 
     :param guard: vets every address before connecting.
@@ -100,7 +102,7 @@ class H11Client:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._guard = guard
-        self._user_agent = user_agent.encode()
+        self._user_agent = user_agent
         self._max_idle_per_origin = max_idle_per_origin
         self._max_idle = max_idle
         self._keepalive_expiry = keepalive_expiry
@@ -120,27 +122,20 @@ class H11Client:
         max_body: int = 1024,
     ) -> Response:
         origin, target = _parse(url)
-        request = h11.Request(
-            method="POST",
-            target=target,
-            headers=[
-                ("host", _host_header(origin)),
-                ("user-agent", self._user_agent),
-                ("content-length", str(len(body))),
-                *headers,
-            ],
+        request = build_request(
+            target, _host_header(origin), [("user-agent", self._user_agent), *headers], body
         )
         try:
             with anyio.fail_after(timeout):
                 conn = await self._take_idle(origin)
                 if conn is not None:
                     try:
-                        return await self._exchange(origin, conn, request, body, max_body)
+                        return await self._exchange(origin, conn, request, max_body)
                     except _StaleConnection:
                         pass  # the server closed a kept-alive connection: use a new one
                 conn = await self._connect(origin)
                 try:
-                    return await self._exchange(origin, conn, request, body, max_body)
+                    return await self._exchange(origin, conn, request, max_body)
                 except _StaleConnection as exc:
                     raise ConnectError(f"connection to {origin.host!r} closed early") from exc
         except TimeoutError:
@@ -191,64 +186,45 @@ class H11Client:
         raise ConnectError(f"cannot connect to {origin.host!r} port {origin.port}: {last}")
 
     async def _exchange(
-        self,
-        origin: _Origin,
-        conn: _Connection,
-        request: h11.Request,
-        body: bytes,
-        max_body: int,
+        self, origin: _Origin, conn: _Connection, request: bytes, max_body: int
     ) -> Response:
-        reused = conn.h11.their_state is h11.IDLE and conn.h11.our_state is h11.IDLE
+        reused, conn.used = conn.used, True
         received_any = False
-        try:
-            data = (
-                conn.h11.send(request)
-                + conn.h11.send(h11.Data(data=body))
-                + conn.h11.send(h11.EndOfMessage())
-            )
-            await conn.stream.send(data)
-            status = 0
-            headers: dict[str, str] = {}
-            chunks: list[bytes] = []
-            size = 0
-            truncated = False
-            while True:
-                event = conn.h11.next_event()
-                if event is h11.NEED_DATA:
-                    try:
-                        chunk = await conn.stream.receive(_READ_SIZE)
-                    except anyio.EndOfStream:
-                        chunk = b""
-                    if not chunk and not received_any:
-                        raise _StaleConnection
-                    received_any = True
-                    conn.h11.receive_data(chunk)
-                    continue
+        stream = conn.stream
+
+        async def receive() -> bytes:
+            nonlocal received_any
+            try:
+                chunk = await stream.receive(_READ_SIZE)
+            except anyio.EndOfStream:
+                chunk = b""
+            if chunk:
                 received_any = True
-                if isinstance(event, h11.Response):
-                    status = event.status_code
-                    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
-                elif isinstance(event, h11.InformationalResponse):
+            return chunk
+
+        try:
+            await stream.send(request)
+            buf = bytearray()
+            while True:
+                parsed = parse_head(buf)
+                if parsed is None:
+                    chunk = await receive()
+                    if not chunk:
+                        if not received_any:
+                            raise _StaleConnection
+                        raise ProtocolError("the server closed the connection mid-answer")
+                    buf += chunk
                     continue
-                elif isinstance(event, h11.Data):
-                    if size < max_body:
-                        chunks.append(event.data[: max_body - size])
-                    size += len(event.data)
-                    if size > max_body:
-                        truncated = True
-                        break  # no need to read the rest: this connection is dropped
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise ProtocolError("the server closed the connection mid-answer")
+                head, used = parsed
+                del buf[:used]
+                if head.status >= 200:
+                    break  # 1xx answers are informational: the real one follows
+            body, truncated, clean = await self._read_body(head, buf, receive, max_body)
         except _StaleConnection:
             await _close(conn)
             if reused:
                 raise
             raise ConnectError(f"{origin.host!r} closed the connection without answering") from None
-        except h11.RemoteProtocolError as exc:
-            await _close(conn)
-            raise ProtocolError(f"invalid HTTP answer: {exc}") from exc
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             await _close(conn)
             if reused and not received_any:
@@ -257,26 +233,74 @@ class H11Client:
         except BaseException:
             await _close(conn)
             raise
-        await self._keep_or_close(origin, conn, truncated)
-        return Response(status, headers, b"".join(chunks), truncated)
+        if clean and head.keep_alive and not self._closed:
+            await self._keep(origin, conn)
+        else:
+            await _close(conn)
+        return Response(head.status, head.headers, body, truncated)
 
-    async def _keep_or_close(self, origin: _Origin, conn: _Connection, truncated: bool) -> None:
-        if (
-            not truncated
-            and not self._closed
-            and conn.h11.our_state is h11.DONE
-            and conn.h11.their_state is h11.DONE
-        ):
-            conn.h11.start_next_cycle()
-            now = time.monotonic()
-            if now - self._last_sweep > self._keepalive_expiry:
-                await self._sweep(now)
-            idle = self._idle[origin]
-            if len(idle) < self._max_idle_per_origin and self._idle_count < self._max_idle:
-                conn.idle_since = now
-                idle.append(conn)
-                self._idle_count += 1
-                return
+    @staticmethod
+    async def _read_body(
+        head: Any, buf: bytearray, receive: Any, max_body: int
+    ) -> tuple[bytes, bool, bool]:
+        """The body up to ``max_body`` bytes, whether it was cut, and whether the
+        connection ended cleanly at the end of the answer (so it can be reused)."""
+        kept = bytearray()
+        if head.framing == "none":
+            return b"", False, not buf
+        if head.framing == "length":
+            left = head.length
+            data = bytes(buf)
+            while True:
+                take = data[:left]
+                if len(kept) < max_body:
+                    kept += take[: max_body - len(kept)]
+                left -= len(take)
+                if left == 0:
+                    return bytes(kept), head.length > max_body, len(data) == len(take)
+                if len(kept) >= max_body:
+                    # more is coming than we keep: not worth reading the rest
+                    return bytes(kept), True, False
+                data = await receive()
+                if not data:
+                    raise ProtocolError("the server closed the connection mid-body")
+        if head.framing == "chunked":
+            decoder = ChunkedDecoder()
+            data = bytes(buf)
+            size = 0
+            while True:
+                piece = decoder.feed(data)
+                size += len(piece)
+                if len(kept) < max_body:
+                    kept += piece[: max_body - len(kept)]
+                if decoder.done:
+                    return bytes(kept), size > max_body, not decoder.leftover
+                if size > max_body:
+                    return bytes(kept), True, False
+                data = await receive()
+                if not data:
+                    raise ProtocolError("the server closed the connection mid-body")
+        # "close": the body ends with the connection
+        data = bytes(buf)
+        size = 0
+        while data:
+            size += len(data)
+            kept += data[: max(0, max_body - len(kept))]
+            if size > max_body:
+                return bytes(kept), True, False
+            data = await receive()
+        return bytes(kept), False, False
+
+    async def _keep(self, origin: _Origin, conn: _Connection) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep > self._keepalive_expiry:
+            await self._sweep(now)
+        idle = self._idle[origin]
+        if len(idle) < self._max_idle_per_origin and self._idle_count < self._max_idle:
+            conn.idle_since = now
+            idle.append(conn)
+            self._idle_count += 1
+            return
         await _close(conn)
 
     async def _sweep(self, now: float) -> None:

@@ -38,7 +38,7 @@ from ..storage.base import (
     NewDelivery,
     Store,
 )
-from .client import H11Client, HttpClient
+from .client import Http11Client, HttpClient
 from .dispatcher import Dispatcher
 from .netguard import NetworkGuard
 from .outbox import Batcher, Ticket
@@ -99,7 +99,7 @@ class DeliveryEngine:
 
     :param store: an unopened store; the engine opens and closes it.
     :param config: tuning.
-    :param client: the HTTP client seam (default: :class:`H11Client` with the
+    :param client: the HTTP client seam (default: :class:`Http11Client` with the
         config's network guard).
     :param clock: Unix time, injectable for tests.
     """
@@ -115,7 +115,7 @@ class DeliveryEngine:
         self.store = store
         self.config = config = config or DeliveryConfig()
         self.guard = NetworkGuard(config.allow_private_hosts)
-        self.client: HttpClient = client or H11Client(
+        self.client: HttpClient = client or Http11Client(
             self.guard, user_agent=f"webhook-plugin/{__version__}"
         )
         self.clock = clock

@@ -1,0 +1,256 @@
+"""The HTTP/1.1 codec: pure parsing, then scripted servers on 127.0.0.1 that answer
+with byte-exact responses (chunked, close-delimited, 1xx, malformed, split)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from webhook_plugin.delivery.client import Http11Client
+from webhook_plugin.delivery.http11 import ChunkedDecoder, build_request, parse_head
+from webhook_plugin.delivery.netguard import NetworkGuard
+from webhook_plugin.exceptions import ProtocolError
+
+# -- pure --------------------------------------------------------------------------------------
+
+
+def test_request_bytes() -> None:
+    raw = build_request(b"/hook?x=1", b"example.com", [("webhook-id", "msg_1")], b'{"a":1}')
+    assert raw == (
+        b"POST /hook?x=1 HTTP/1.1\r\nhost: example.com\r\nwebhook-id: msg_1\r\n"
+        b'content-length: 7\r\n\r\n{"a":1}'
+    )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [("X-A", "b\r\nX-Injected: 1"), ("X-A", "b\nc"), ("X A", "b"), ("", "b"), ("X-A", "\x00")],
+)
+def test_request_refuses_headers_that_would_break_it(header: tuple[str, str]) -> None:
+    with pytest.raises(ProtocolError, match="cannot be sent"):
+        build_request(b"/", b"h", [header], b"")
+
+
+def test_head_parsing_and_framing() -> None:
+    head, used = parse_head(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello"
+    )
+    assert (head.status, head.framing, head.length, head.keep_alive) == (200, "length", 5, True)
+    assert head.headers["x-a"] == "1, 2" and used == len(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
+    )
+    assert parse_head(b"HTTP/1.1 200 OK\r\nContent-Le") is None
+    chunked, _ = parse_head(b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+    assert chunked.framing == "chunked"
+    closing, _ = parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert not closing.keep_alive
+    old, _ = parse_head(b"HTTP/1.0 200 OK\r\n\r\n")
+    assert old.framing == "close" and not old.keep_alive
+    assert parse_head(b"HTTP/1.1 204 No Content\r\n\r\n")[0].framing == "none"
+    assert parse_head(b"HTTP/1.1 200\r\n\r\n")[0].status == 200  # reason phrase is optional
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"ICY 200 OK\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+    ],
+)
+def test_malformed_heads_are_protocol_errors(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_head(raw)
+
+
+def test_oversized_head_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="larger than"):
+        parse_head(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000)
+
+
+def test_chunked_decoding_byte_by_byte() -> None:
+    wire = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n"
+    decoder = ChunkedDecoder()
+    out = b"".join(decoder.feed(bytes([b])) for b in wire)
+    assert out == b"Wikipedia in\r\n\r\nchunks." and decoder.done and decoder.leftover == b""
+
+
+@pytest.mark.parametrize("wire", [b"zz\r\n", b"4\r\nWikiXX", b"-1\r\n"])
+def test_bad_chunks_are_protocol_errors(wire: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ChunkedDecoder().feed(wire)
+
+
+# -- against scripted servers ---------------------------------------------------------------
+
+
+class Scripted:
+    """Answers each connection's requests with the next scripted replies (lists of
+    byte pieces, sent separately); closes the connection after ``close_after``."""
+
+    def __init__(self, replies: list[list[bytes]], close: bool = False) -> None:
+        self.replies = list(replies)
+        self.close = close
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.replies:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            try:
+                self._answer(conn)
+            except OSError:
+                pass  # the client hung up first, as it should on a broken answer
+            finally:
+                conn.close()
+
+    def _answer(self, conn: socket.socket) -> None:
+        while self.replies:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            if not data:
+                break
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += conn.recv(65536)
+            for piece in self.replies.pop(0):
+                conn.sendall(piece)
+            if self.close:
+                break
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[type[Scripted]]:
+    servers: list[Scripted] = []
+
+    class Tracked(Scripted):
+        def __init__(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(*a, **kw)
+            servers.append(self)
+
+    yield Tracked
+    for s in servers:
+        s.stop()
+
+
+def client() -> Http11Client:
+    return Http11Client(NetworkGuard(["127.0.0.1"]), user_agent="t")
+
+
+@pytest.mark.anyio
+async def test_chunked_answer_split_across_packets_keeps_the_connection(
+    scripted: type[Scripted],
+) -> None:
+    server = scripted(
+        [
+            [
+                b"HTTP/1.1 200 OK\r\nTransfer-",
+                b"Encoding: chunked\r\n\r\n3\r\nab",
+                b"c\r\n0\r\n\r\n",
+            ],
+            [b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"],
+        ]
+    )
+    c = client()
+    try:
+        first = await c.post(server.url, [], b"{}", timeout=5)
+        second = await c.post(server.url, [], b"{}", timeout=5)
+    finally:
+        await c.aclose()
+    assert (first.status_code, first.body) == (200, b"abc")
+    assert (second.status_code, second.body) == (201, b"ok")
+    assert server.connections == 1
+
+
+@pytest.mark.anyio
+async def test_informational_answers_are_skipped(scripted: type[Scripted]) -> None:
+    server = scripted(
+        [
+            [
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n",
+                b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+            ]
+        ]
+    )
+    c = client()
+    try:
+        r = await c.post(server.url, [], b"{}", timeout=5)
+    finally:
+        await c.aclose()
+    assert r.status_code == 202
+
+
+@pytest.mark.anyio
+async def test_close_delimited_body_and_connection_close(scripted: type[Scripted]) -> None:
+    server = scripted([[b"HTTP/1.0 500 Oops\r\n\r\nsomething broke"]], close=True)
+    c = client()
+    try:
+        r = await c.post(server.url, [], b"{}", timeout=5)
+    finally:
+        await c.aclose()
+    assert (r.status_code, r.body, r.truncated) == (500, b"something broke", False)
+
+
+@pytest.mark.anyio
+async def test_body_is_capped_and_the_connection_dropped(scripted: type[Scripted]) -> None:
+    server = scripted(
+        [
+            [b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"x" * 100000],
+            [b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+        ]
+    )
+    c = client()
+    try:
+        r = await c.post(server.url, [], b"{}", timeout=5, max_body=10)
+        assert (r.body, r.truncated) == (b"x" * 10, True)
+    finally:
+        await c.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"],  # then closed
+        [b"garbage\r\n\r\n"],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"],
+    ],
+)
+async def test_broken_answers_are_transport_errors(
+    scripted: type[Scripted], answer: list[bytes]
+) -> None:
+    from webhook_plugin.exceptions import TransportError
+
+    server = scripted([answer], close=True)
+    c = client()
+    try:
+        with pytest.raises(TransportError):
+            await c.post(server.url, [], b"{}", timeout=5)
+    finally:
+        await c.aclose()
