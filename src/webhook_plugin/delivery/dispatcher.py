@@ -1,8 +1,10 @@
 """The dispatcher: claims due deliveries, POSTs them, records every attempt.
 
-One claim loop leases due deliveries in batches (as many as there are free
-slots), and starts one task per delivery in its task group. Concurrency is
-capped overall and per endpoint. Results go to a :class:`Batcher`, so that
+A fixed pool of worker tasks (``concurrency`` of them) takes deliveries from
+a local queue; one claim loop keeps that queue filled, leasing due deliveries
+in batches (one thread hop fetches many), so a worker never waits for a claim
+to start its next attempt. Concurrency is capped overall (the pool) and per
+endpoint (a semaphore each). Results go to a :class:`Batcher`, so that
 recording thousands of attempts costs a handful of transactions.
 
 A lease is always longer than an attempt can take (``2 x timeout + 5 s``) and a
@@ -81,12 +83,16 @@ class Dispatcher:
         self.owner = uuid.uuid4().hex
         self.lease_seconds = 2 * timeout + 5.0
         self._endpoint_limits: dict[str, anyio.Semaphore] = {}
-        self._in_flight: dict[int, anyio.CancelScope] = {}
-        self._wake_event: anyio.Event | None = None
-        self._slot_event: anyio.Event | None = None
+        #: deliveries claimed and not yet taken by a worker
         self._ready: deque[ClaimedDelivery] = deque()
-        self._woken = False
+        #: deliveries a worker is attempting
+        self._in_flight: set[int] = set()
+        self._work: anyio.Event | None = None  # made in run(): it needs a running loop
+        self._wake_event: anyio.Event | None = None
+        self._low_event: anyio.Event | None = None
         self._idle_event: anyio.Event | None = None
+        self._workers_scope: anyio.CancelScope | None = None
+        self._woken = False
         self._next_retry_at: float | None = None
         self._stopping = False
 
@@ -113,63 +119,75 @@ class Dispatcher:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Claim and deliver until :meth:`stop`.
-
-        Claimed deliveries wait in a small local queue (at most ``concurrency``
-        of them), so that a freed slot starts the next attempt at once and a
-        claim, one thread hop, fetches many: claiming one delivery per freed
-        slot measured at a third of the throughput.
-        """
-        ready = self._ready
+        """Claim and deliver until :meth:`stop`."""
+        self._work = anyio.Event()
         async with anyio.create_task_group() as tg:
+            self._workers_scope = tg.cancel_scope
+            for _ in range(self._concurrency):
+                tg.start_soon(self._worker)
             task_status.started()
-            while not self._stopping:
-                while ready and len(self._in_flight) < self._concurrency:
-                    delivery = ready.popleft()
-                    scope = anyio.CancelScope()
-                    self._in_flight[delivery.id] = scope
-                    tg.start_soon(self._deliver, delivery, scope)
-                room = 2 * self._concurrency - len(self._in_flight) - len(ready)
-                if ready and room < self._concurrency // 2:
-                    # enough work at hand: wait for a slot
-                    self._slot_event = anyio.Event()
-                    await self._slot_event.wait()
-                    self._slot_event = None
-                    continue
-                if room <= 0:  # pragma: no cover - guarded by the branch above
-                    continue
-                self._woken = False
-                now = self._clock()
-                limit = min(room, self._claim_batch)
-                try:
-                    claimed = await anyio.to_thread.run_sync(
-                        functools.partial(
-                            self._store.claim_due,
-                            now=now,
-                            limit=limit,
-                            lease_until=now + self.lease_seconds,
-                            owner=self.owner,
-                        ),
-                        limiter=self._limiter,
-                    )
-                except StorageError as exc:  # the database hiccuped: try again later
-                    log.warning("dispatcher.claim_failed", error=str(exc))
-                    await anyio.sleep(self._poll_interval)
-                    continue
+            await self._claim_loop()
+            # the workers finish their attempts, or stop() cancels them
+
+    async def _claim_loop(self) -> None:
+        ready = self._ready
+        # keep up to two rounds of work at hand; claim again below one round
+        target, low = 2 * self._concurrency, self._concurrency
+        while not self._stopping:
+            if len(ready) >= low:
+                self._low_event = anyio.Event()
+                await self._low_event.wait()
+                self._low_event = None
+                continue
+            self._woken = False
+            now = self._clock()
+            limit = min(target - len(ready), self._claim_batch)
+            try:
+                claimed = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        self._store.claim_due,
+                        now=now,
+                        limit=limit,
+                        lease_until=now + self.lease_seconds,
+                        owner=self.owner,
+                    ),
+                    limiter=self._limiter,
+                )
+            except StorageError as exc:  # the database hiccuped: try again later
+                log.warning("dispatcher.claim_failed", error=str(exc))
+                await anyio.sleep(self._poll_interval)
+                continue
+            if claimed:
                 ready.extend(claimed)
-                if claimed or self._stopping:
-                    continue
-                if not ready:
-                    await self._sleep(now)  # nothing due: wait for new work or a retry
-                elif len(self._in_flight) >= self._concurrency:
-                    # Work at hand but every slot busy. Only wait for a slot when
-                    # attempts are in flight to free one: they may all have ended
-                    # during the claim (a worker once hung here, its deliveries
-                    # leased until the lease ran out).
-                    self._slot_event = anyio.Event()
-                    await self._slot_event.wait()
-                    self._slot_event = None
-            # attempts still in flight finish here, or are cancelled by stop()
+                self._work_arrived()
+            elif not self._stopping:
+                await self._sleep(now)  # nothing due: wait for new work or a retry
+
+    def _work_arrived(self) -> None:
+        work, self._work = self._work, anyio.Event()
+        if work is not None:
+            work.set()
+
+    async def _worker(self) -> None:
+        ready = self._ready
+        while True:
+            if not ready:
+                if self._stopping:
+                    return
+                work = self._work
+                assert work is not None
+                await work.wait()
+                continue
+            delivery = ready.popleft()
+            if len(ready) < self._concurrency and self._low_event is not None:
+                self._low_event.set()
+            self._in_flight.add(delivery.id)
+            try:
+                await self._deliver(delivery)
+            finally:
+                self._in_flight.discard(delivery.id)
+                if self._idle_event is not None and not self._in_flight:
+                    self._idle_event.set()
 
     async def _sleep(self, now: float) -> None:
         if self._woken:  # something arrived while we were claiming
@@ -186,19 +204,21 @@ class Dispatcher:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming; give attempts in flight ``grace`` seconds, then cancel them
-        and release their leases for the next start."""
+        and release their leases (and those of work not started) for the next start."""
         self._stopping = True
         self.wake()
-        if self._slot_event is not None:
-            self._slot_event.set()
+        if self._low_event is not None:
+            self._low_event.set()
+        left = [d.id for d in self._ready]
+        self._ready.clear()
+        self._work_arrived()  # idle workers see the stop and return
         if self._in_flight:
             self._idle_event = anyio.Event()
             with anyio.move_on_after(grace):
                 await self._idle_event.wait()
-        left = list(self._in_flight) + [d.id for d in self._ready]
-        self._ready.clear()
-        for scope in self._in_flight.values():
-            scope.cancel()
+        left += self._in_flight
+        if self._in_flight and self._workers_scope is not None:
+            self._workers_scope.cancel()
         if left:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(
@@ -208,36 +228,24 @@ class Dispatcher:
 
     # one delivery ---------------------------------------------------------------------------
 
-    async def _deliver(self, delivery: ClaimedDelivery, scope: anyio.CancelScope) -> None:
-        try:
-            with scope:
-                settings = delivery.settings
-                if settings is None or settings.url is None:
-                    self._give_up(delivery, "endpoint_removed: the agent has no webhook URL")
-                    return
-                if settings.disabled:
-                    self._give_up(
-                        delivery, f"endpoint_disabled: {settings.disabled_reason or 'disabled'}"
-                    )
-                    return
-                gate = self._endpoint_limits.get(delivery.agent_id)
-                if gate is None:
-                    gate = self._endpoint_limits[delivery.agent_id] = anyio.Semaphore(
-                        self._per_endpoint
-                    )
-                async with gate:
-                    if self._clock() + self._timeout > delivery.lease_until:
-                        # Waited too long for the endpoint: another dispatcher may
-                        # take it after the lease; do not race it.
-                        return
-                    result = await self._attempt(delivery, settings)
-                self._record(result)
-        finally:
-            self._in_flight.pop(delivery.id, None)
-            if self._slot_event is not None:
-                self._slot_event.set()
-            if self._idle_event is not None and not self._in_flight:
-                self._idle_event.set()
+    async def _deliver(self, delivery: ClaimedDelivery) -> None:
+        settings = delivery.settings
+        if settings is None or settings.url is None:
+            self._give_up(delivery, "endpoint_removed: the agent has no webhook URL")
+            return
+        if settings.disabled:
+            self._give_up(delivery, f"endpoint_disabled: {settings.disabled_reason or 'disabled'}")
+            return
+        gate = self._endpoint_limits.get(delivery.agent_id)
+        if gate is None:
+            gate = self._endpoint_limits[delivery.agent_id] = anyio.Semaphore(self._per_endpoint)
+        async with gate:
+            if self._clock() + self._timeout > delivery.lease_until:
+                # Waited too long for the endpoint: another dispatcher may take
+                # it after the lease; do not race it.
+                return
+            result = await self._attempt(delivery, settings)
+        self._record(result)
 
     def _give_up(self, delivery: ClaimedDelivery, error: str) -> None:
         log.warning(
