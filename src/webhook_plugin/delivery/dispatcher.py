@@ -40,6 +40,12 @@ log = structlog.get_logger("webhook_plugin.delivery")
 _EXCERPT_BYTES: Final = 512
 
 
+# Settings are validated when saved; decoding the same secret and splitting the
+# same header for every attempt is work the hot path need not repeat.
+_key = functools.lru_cache(maxsize=4096)(secret_key)
+_header = functools.lru_cache(maxsize=4096)(parse_header)
+
+
 class Dispatcher:
     """Sends due deliveries until stopped.
 
@@ -281,11 +287,11 @@ class Dispatcher:
             ("webhook-timestamp", str(timestamp)),
             (
                 "webhook-signature",
-                sign(secret_key(settings.signing_secret), d.webhook_id, timestamp, d.body),
+                sign(_key(settings.signing_secret), d.webhook_id, timestamp, d.body),
             ),
         ]
         if settings.header:
-            headers.append(parse_header(settings.header))
+            headers.append(_header(settings.header))
         attempt = d.attempts + 1
         t0 = time.perf_counter()
         status_code: int | None = None
