@@ -594,3 +594,16 @@ def test_cli_on_a_missing_database_says_so(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "no database at webhook-plugin.db" in r.stderr
     assert list(tmp_path.iterdir()) == []  # and does not create one
+
+
+def test_json_logs_on_request(tmp_path: Path) -> None:
+    with Receiver() as rx:
+        server = Server(write_config(tmp_path, rx.url), tmp_path, "--log-format", "json")
+        with httpx.Client(base_url=server.url, headers=AUTH) as api:
+            post_message(api, "json-logs")
+            rx.wait_for(1)
+        log = server.stop()
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    names = {e["event"] for e in events}
+    assert {"engine.started", "runtime.started"} <= names
+    assert all("level" in e and "timestamp" in e for e in events)

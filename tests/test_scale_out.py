@@ -93,3 +93,31 @@ def test_two_servers_three_workers_one_killed_loses_nothing(tmp_path: Path) -> N
     print(
         f"\n{n} events, worker killed after {killed_at} deliveries: lost 0, duplicates {duplicates}"
     )
+
+
+@pytest.mark.anyio
+async def test_notify_wakes_an_idle_worker_in_another_process(receiver: Receiver) -> None:
+    """A worker polling every 30 s delivers at once what another engine queues."""
+    import anyio
+
+    from conftest import config, pipeline, reply
+    from webhook_plugin import DeliveryEngine, WebhookSettings
+    from webhook_plugin.storage.postgres import PostgresStore, drop_schema
+
+    schema = f"notify_{os.getpid()}"
+    postgres_database(schema)  # skips (or fails in CI) without a server
+    try:
+        worker = DeliveryEngine(
+            PostgresStore(POSTGRES_URL, schema=schema), config(poll_interval=30)
+        )
+        producer = DeliveryEngine(PostgresStore(POSTGRES_URL, schema=schema), config(workers=False))
+        async with worker, producer:
+            await producer.save_settings("support", WebhookSettings.validated(url=receiver.url))
+            await anyio.sleep(0.3)  # the worker found nothing and sleeps for 30 s
+            [ticket] = reply(pipeline(producer))
+            await ticket
+            with anyio.fail_after(10):  # a poll would take 30 s; only NOTIFY is this quick
+                [got] = await anyio.to_thread.run_sync(receiver.wait_for, 1, 10)
+        assert got.headers["webhook-id"] == ticket.webhook_id
+    finally:
+        drop_schema(POSTGRES_URL, schema)

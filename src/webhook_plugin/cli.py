@@ -260,13 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="webhook-plugin", description="Agent webhooks for chat pipelines."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-format", choices=["console", "json"], default="console")
-    parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
-    )
+    # the logging options work before or after the command name
+    logging_options = argparse.ArgumentParser(add_help=False)
+    for target, suppress in ((parser, False), (logging_options, True)):
+        target.add_argument(
+            "--log-format",
+            choices=["console", "json"],
+            default=argparse.SUPPRESS if suppress else "console",
+        )
+        target.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            default=argparse.SUPPRESS if suppress else "info",
+        )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve the reference chat runtime")
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, parents=[logging_options])
+
+    serve = command("serve", "serve the reference chat runtime")
     serve.add_argument("--config", help="TOML config file (default: embedded SQLite, no agents)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -275,11 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    worker = sub.add_parser("worker", help="run delivery workers only (PostgreSQL)")
+    worker = command("worker", "run delivery workers only (PostgreSQL)")
     worker.add_argument("--config", required=True)
     worker.set_defaults(func=cmd_worker)
 
-    deliveries = sub.add_parser("deliveries", help="show the delivery log")
+    deliveries = command("deliveries", "show the delivery log")
     deliveries.add_argument("--config")
     deliveries.add_argument("--agent")
     deliveries.add_argument("--status", choices=["pending", "succeeded", "failed"])
@@ -287,17 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     deliveries.add_argument("--json", action="store_true")
     deliveries.set_defaults(func=cmd_deliveries)
 
-    redeliver = sub.add_parser("redeliver", help="queue deliveries again (same webhook-id)")
+    redeliver = command("redeliver", "queue deliveries again (same webhook-id)")
     redeliver.add_argument("delivery_id", nargs="?", type=int)
     redeliver.add_argument("--failed-since", type=_parse_since, metavar="WHEN")
     redeliver.add_argument("--agent")
     redeliver.add_argument("--config")
     redeliver.set_defaults(func=cmd_redeliver)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of every payload")
+    schema = command("schema", "print the JSON Schema of every payload")
     schema.set_defaults(func=cmd_schema)
 
-    demo = sub.add_parser("demo", help="play a conversation and watch six webhooks arrive")
+    demo = command("demo", "play a conversation and watch six webhooks arrive")
     demo.set_defaults(func=cmd_demo)
     return parser
 
