@@ -607,3 +607,21 @@ def test_json_logs_on_request(tmp_path: Path) -> None:
     names = {e["event"] for e in events}
     assert {"engine.started", "runtime.started"} <= names
     assert all("level" in e and "timestamp" in e for e in events)
+
+
+def test_a_retried_message_gets_the_same_answer_and_no_new_events(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
+    rx = env[1]
+    first = post_message(api, "retry-1", messageId="wamid.42")
+    again = post_message(api, "retry-1", messageId="wamid.42")
+    assert again == first
+    hooks_for(rx, first["events"][0]["webhookId"])
+    time.sleep(0.3)
+    assert (
+        len([r for r in rx.requests if json.loads(r.body).get("conversationId") == "retry-1"]) == 1
+    )
+    view = api.get("/v1/inbox/conversations/retry-1").json()
+    assert [m["author"] for m in view["messages"]] == ["user", "agent"]
+    other = post_message(api, "retry-1", messageId="wamid.43")  # a new message is new
+    assert other["events"][0]["webhookId"] != first["events"][0]["webhookId"]

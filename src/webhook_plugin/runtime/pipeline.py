@@ -43,6 +43,10 @@ class Conflict(WebhookPluginError):
     """The request contradicts what is stored (another agent's conversation, say)."""
 
 
+_encode_outcome = msgspec.json.Encoder().encode
+_decode_outcome = msgspec.json.Decoder(dict[str, Any]).decode
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -204,6 +208,12 @@ class ChatPipeline:
             raise Conflict(f"conversation {conversation_id!r} belongs to another agent")
         elif record.channel != channel:
             raise Conflict(f"conversation {conversation_id!r} is on channel {record.channel!r}")
+        elif message_id is not None:
+            # A client retrying a request it got no answer to: same answer, no
+            # second reply and no second set of events.
+            earlier = await self._db(self.store.get_outcome, conversation_id, message_id)
+            if earlier is not None:
+                return _decode_outcome(earlier)
         if contact:
             record.contact = {**record.contact, **{k: v for k, v in contact.items() if v}}
         record.last_user_message_at = max(record.last_user_message_at or 0.0, created.timestamp())
@@ -266,12 +276,17 @@ class ChatPipeline:
                     reply = {"messageId": agent_message.id, "text": agent_message.text}
         await self._db(self.store.add_messages, stored)
         events = await self._settle(results)
-        return {
+        outcome = {
             "conversationId": conversation.id,
             "messageId": message.id,
             "reply": reply,
             "events": events,
         }
+        if message_id is not None:
+            await self._db(
+                self.store.put_outcome, conversation.id, message_id, _encode_outcome(outcome)
+            )
+        return outcome
 
     async def inbox_message(self, conversation_id: str, text: str) -> dict[str, Any]:
         """A human operator writes from the Inbox; the channel decides what happens."""

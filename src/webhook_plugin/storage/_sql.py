@@ -375,10 +375,30 @@ class SQLStore(ABC):
                     ).fetchall()
                 ]
                 if not ids:
+                    self._x(conn, "DELETE FROM message_outcomes WHERE created_at < ?", (before,))
                     return removed
                 self._xmany(conn, "DELETE FROM attempts WHERE delivery_id = ?", [(i,) for i in ids])
                 self._xmany(conn, "DELETE FROM deliveries WHERE id = ?", [(i,) for i in ids])
             removed += len(ids)
+
+    def get_outcome(self, conversation_id: str, message_id: str) -> bytes | None:
+        row = self._query(
+            lambda c: self._x(
+                c,
+                "SELECT outcome FROM message_outcomes WHERE conversation_id = ? AND message_id = ?",
+                (conversation_id, message_id),
+            ).fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    def put_outcome(self, conversation_id: str, message_id: str, outcome: bytes) -> None:
+        with self._tx() as conn:
+            self._x(
+                conn,
+                "INSERT INTO message_outcomes (conversation_id, message_id, outcome, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id) DO NOTHING",
+                (conversation_id, message_id, outcome, time.time()),
+            )
 
     def count_deliveries(self) -> dict[str, int]:
         rows = self._query(

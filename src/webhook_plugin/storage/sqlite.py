@@ -92,6 +92,18 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX messages_conversation ON messages (conversation_id, seq);
     """,
+    # version 2: the answer to each user message with a messageId, so that a
+    # client retrying a request gets the same answer instead of new events
+    """
+    CREATE TABLE message_outcomes (
+        conversation_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        outcome BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (conversation_id, message_id)
+    );
+    CREATE INDEX message_outcomes_created ON message_outcomes (created_at);
+    """,
 ]
 
 
