@@ -83,8 +83,6 @@ class UserInfoFetcher:
         self._clock = clock
         self._cache: dict[bytes, tuple[float, UserInfo]] = {}
         self._flights: dict[bytes, _Flight] = {}
-        #: requests actually sent (for tests and metrics)
-        self.requests = 0
 
     async def fetch(
         self, agent: Agent, conversation: Conversation, settings: WebhookSettings
@@ -141,7 +139,6 @@ class UserInfoFetcher:
         headers = [("content-type", "application/json"), ("accept", "application/json")]
         if header:
             headers.append(parse_header(header, "userInfoHeader"))
-        self.requests += 1
         started = time.perf_counter()
         try:
             with anyio.fail_after(self._timeout):

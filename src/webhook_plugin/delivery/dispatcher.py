@@ -116,10 +116,6 @@ class Dispatcher:
             self._next_retry_at = at
             self.wake()
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
     # the loop -------------------------------------------------------------------------------
 
     async def run(

@@ -117,7 +117,6 @@ class Batcher(Generic[T]):
         self._current = _Batch()
         self._wake: anyio.Event | None = None
         self._closing = False
-        self._running = False
 
     def __len__(self) -> int:
         return len(self._current.items)
@@ -136,24 +135,20 @@ class Batcher(Generic[T]):
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Write batches until :meth:`close` is called and everything is written."""
-        self._running = True
         task_status.started()
-        try:
-            while True:
-                if not self._current.items:
-                    if self._closing:
-                        return
-                    self._wake = anyio.Event()
-                    await self._wake.wait()
-                    self._wake = None
-                    continue
-                batch, self._current = self._current, _Batch()
-                # Once a batch is taken, it is written even if we are cancelled:
-                # its submitters were promised an answer.
-                with anyio.CancelScope(shield=True):
-                    await self._flush(batch)
-        finally:
-            self._running = False
+        while True:
+            if not self._current.items:
+                if self._closing:
+                    return
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                self._wake = None
+                continue
+            batch, self._current = self._current, _Batch()
+            # Once a batch is taken, it is written even if we are cancelled:
+            # its submitters were promised an answer.
+            with anyio.CancelScope(shield=True):
+                await self._flush(batch)
 
     async def _flush(self, batch: _Batch) -> None:
         items = batch.items
@@ -183,9 +178,3 @@ class Batcher(Generic[T]):
         self._closing = True
         if self._wake is not None:
             self._wake.set()
-
-    async def flush_now(self) -> None:
-        """Write what is queued without a background task (used when none runs)."""
-        if self._current.items:
-            batch, self._current = self._current, _Batch()
-            await self._flush(batch)

@@ -264,17 +264,6 @@ class SQLStore(ABC):
                 [(i, owner) for i in delivery_ids],
             )
 
-    def next_due_at(self) -> float | None:
-        def q(conn: Any) -> float | None:
-            row = self._x(
-                conn,
-                f"SELECT MIN({self._GREATEST}(next_attempt_at, lease_until)) FROM deliveries"
-                " WHERE status = 'pending'",
-            ).fetchone()
-            return row[0]
-
-        return self._query(q)
-
     def list_deliveries(
         self,
         *,
