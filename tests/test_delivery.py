@@ -13,7 +13,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
-from conftest import AGENT, AGENT_MSG, CONVERSATION, config, pipeline, reply
+from conftest import AGENT, AGENT_MSG, CONVERSATION, USER_MSG, config, pipeline, reply
 from receiver import Receiver, Recorded, Reply
 from webhook_plugin import DeliveryEngine, WebhookEventType, WebhookSettings
 from webhook_plugin.storage.base import Store
@@ -400,3 +400,26 @@ async def test_finished_deliveries_are_purged_after_the_retention(
         left = await engine.list_deliveries(agent_id=AGENT.id)
         assert [d.id for d in left] == [pending.id]  # pending deliveries are never purged
         assert await engine.list_attempts(done[0].id) == []
+
+
+async def test_a_slow_endpoint_does_not_hold_up_the_others(make_store: StoreFactory) -> None:
+    from webhook_plugin import Agent
+
+    with Receiver(lambda r: Reply(200, delay=2.0)) as slow, Receiver() as fast:
+        cfg = config(concurrency=4, per_endpoint_concurrency=2, timeout=5)
+        async with DeliveryEngine(make_store(), cfg) as engine:
+            pm = pipeline(engine)
+            for name, rx in (("slow", slow), ("fast", fast)):
+                await engine.save_settings(name, settings(rx.url))
+            for name, count in (("slow", 8), ("fast", 3)):
+                for _ in range(count):
+                    pm.hook.on_agent_reply(
+                        agent=Agent(id=name),
+                        conversation=CONVERSATION,
+                        message=AGENT_MSG,
+                        in_reply_to=USER_MSG,
+                    )
+            # the slow endpoint takes its 2 slots for 2 s; the fast one must not wait
+            with anyio.fail_after(1.5):
+                await anyio.to_thread.run_sync(fast.wait_for, 3, 1.5)
+            assert len(slow.requests) <= 2

@@ -88,7 +88,10 @@ class Dispatcher:
         self._limiter = limiter or anyio.CapacityLimiter(1)
         self.owner = uuid.uuid4().hex
         self.lease_seconds = 2 * timeout + 5.0
-        self._endpoint_limits: dict[str, anyio.Semaphore] = {}
+        #: attempts in flight per endpoint (agent), capped at ``per_endpoint``
+        self._busy: dict[str, int] = {}
+        #: claimed deliveries waiting for their endpoint to have a free slot
+        self._parked: dict[str, deque[ClaimedDelivery]] = {}
         #: deliveries claimed and not yet taken by a worker
         self._ready: deque[ClaimedDelivery] = deque()
         #: deliveries a worker is attempting
@@ -136,14 +139,14 @@ class Dispatcher:
         # keep up to two rounds of work at hand; claim again below one round
         target, low = 2 * self._concurrency, self._concurrency
         while not self._stopping:
-            if len(ready) >= low:
+            if len(ready) >= low or self._parked_count() >= target:
                 self._low_event = anyio.Event()
                 await self._low_event.wait()
                 self._low_event = None
                 continue
             self._woken = False
             now = self._clock()
-            limit = min(target - len(ready), self._claim_batch)
+            limit = max(1, min(target - len(ready), self._claim_batch))
             try:
                 claimed = await anyio.to_thread.run_sync(
                     functools.partial(
@@ -170,24 +173,54 @@ class Dispatcher:
         if work is not None:
             work.set()
 
-    async def _worker(self) -> None:
+    def _parked_count(self) -> int:
+        return sum(len(q) for q in self._parked.values())
+
+    def _next(self) -> ClaimedDelivery | None:
+        """The next delivery whose endpoint has a free slot. Others are parked, so
+        that a slow endpoint holds its own slots and never a worker."""
         ready = self._ready
+        while ready:
+            delivery = ready.popleft()
+            agent_id = delivery.agent_id
+            if self._busy.get(agent_id, 0) >= self._per_endpoint:
+                self._parked.setdefault(agent_id, deque()).append(delivery)
+                continue
+            self._busy[agent_id] = self._busy.get(agent_id, 0) + 1
+            return delivery
+        return None
+
+    def _slot_freed(self, agent_id: str) -> None:
+        left = self._busy[agent_id] - 1
+        if left:
+            self._busy[agent_id] = left
+        else:
+            del self._busy[agent_id]
+        parked = self._parked.get(agent_id)
+        if parked:
+            self._ready.appendleft(parked.popleft())  # its turn comes first
+            if not parked:
+                del self._parked[agent_id]
+            self._work_arrived()
+
+    async def _worker(self) -> None:
         while True:
-            if not ready:
+            delivery = self._next()
+            if len(self._ready) < self._concurrency and self._low_event is not None:
+                self._low_event.set()  # time to claim more
+            if delivery is None:
                 if self._stopping:
                     return
                 work = self._work
                 assert work is not None
                 await work.wait()
                 continue
-            delivery = ready.popleft()
-            if len(ready) < self._concurrency and self._low_event is not None:
-                self._low_event.set()
             self._in_flight.add(delivery.id)
             try:
                 await self._deliver(delivery)
             finally:
                 self._in_flight.discard(delivery.id)
+                self._slot_freed(delivery.agent_id)
                 if self._idle_event is not None and not self._in_flight:
                     self._idle_event.set()
 
@@ -212,7 +245,9 @@ class Dispatcher:
         if self._low_event is not None:
             self._low_event.set()
         left = [d.id for d in self._ready]
+        left += [d.id for q in self._parked.values() for d in q]
         self._ready.clear()
+        self._parked.clear()
         self._work_arrived()  # idle workers see the stop and return
         if self._in_flight:
             self._idle_event = anyio.Event()
@@ -238,16 +273,11 @@ class Dispatcher:
         if settings.disabled:
             self._give_up(delivery, f"endpoint_disabled: {settings.disabled_reason or 'disabled'}")
             return
-        gate = self._endpoint_limits.get(delivery.agent_id)
-        if gate is None:
-            gate = self._endpoint_limits[delivery.agent_id] = anyio.Semaphore(self._per_endpoint)
-        async with gate:
-            if self._clock() + self._timeout > delivery.lease_until:
-                # Waited too long for the endpoint: another dispatcher may take
-                # it after the lease; do not race it.
-                return
-            result = await self._attempt(delivery, settings)
-        self._record(result)
+        if self._clock() + self._timeout > delivery.lease_until:
+            # Waited too long for its endpoint: another dispatcher may take it
+            # once the lease runs out; do not race it.
+            return
+        self._record(await self._attempt(delivery, settings))
 
     def _give_up(self, delivery: ClaimedDelivery, error: str) -> None:
         log.warning(
