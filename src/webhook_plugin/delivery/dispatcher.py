@@ -162,6 +162,16 @@ class Dispatcher:
                 log.warning("dispatcher.claim_failed", error=str(exc))
                 await anyio.sleep(self._poll_interval)
                 continue
+            if self._stopping:  # stop() came during the claim: hand these back
+                if claimed:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(
+                            self._store.release,
+                            [d.id for d in claimed],
+                            self.owner,
+                            limiter=self._limiter,
+                        )
+                return
             if claimed:
                 ready.extend(claimed)
                 self._work_arrived()
