@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import threading
 import time
 from collections.abc import Callable
@@ -411,7 +412,7 @@ async def test_a_slow_endpoint_does_not_hold_up_the_others(make_store: StoreFact
             pm = pipeline(engine)
             for name, rx in (("slow", slow), ("fast", fast)):
                 await engine.save_settings(name, settings(rx.url))
-            for name, count in (("slow", 8), ("fast", 3)):
+            for name, count in (("slow", 30), ("fast", 3)):
                 for _ in range(count):
                     pm.hook.on_agent_reply(
                         agent=Agent(id=name),
@@ -423,3 +424,25 @@ async def test_a_slow_endpoint_does_not_hold_up_the_others(make_store: StoreFact
             with anyio.fail_after(1.5):
                 await anyio.to_thread.run_sync(fast.wait_for, 3, 1.5)
             assert len(slow.requests) <= 2
+
+
+async def test_a_slow_endpoints_backlog_is_not_hoarded_under_lease(tmp_path: Path) -> None:
+    """Another worker can still take the rest of a slow endpoint's backlog."""
+    import sqlite3
+
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    db = tmp_path / "hoard.db"
+    with Receiver(lambda r: Reply(200, delay=1.0)) as slow:
+        cfg = config(concurrency=4, per_endpoint_concurrency=2, timeout=5)
+        async with DeliveryEngine(SQLiteStore(db), cfg) as engine:
+            await engine.save_settings(AGENT.id, settings(slow.url))
+            for t in reply(pipeline(engine), 40):
+                await t
+            await anyio.to_thread.run_sync(slow.wait_for, 2)
+            with sqlite3.connect(db) as conn:
+                (leased,) = conn.execute(
+                    "SELECT COUNT(*) FROM deliveries WHERE lease_until > ?", (time.time(),)
+                ).fetchone()
+    # two in flight plus at most one claim's worth waiting aside: not all 40
+    assert leased <= 2 * 4

@@ -46,7 +46,13 @@ class ScriptedStore:
         self.claims = 0
 
     def claim_due(
-        self, *, now: float, limit: int, lease_until: float, owner: str
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease_until: float,
+        owner: str,
+        skip_agents: Sequence[str] = (),
     ) -> list[ClaimedDelivery]:
         self.claims += 1
         if self.claims == 1:

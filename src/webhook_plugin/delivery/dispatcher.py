@@ -139,7 +139,7 @@ class Dispatcher:
         # keep up to two rounds of work at hand; claim again below one round
         target, low = 2 * self._concurrency, self._concurrency
         while not self._stopping:
-            if len(ready) >= low or self._parked_count() >= target:
+            if len(ready) >= low:
                 self._low_event = anyio.Event()
                 await self._low_event.wait()
                 self._low_event = None
@@ -155,6 +155,10 @@ class Dispatcher:
                         limit=limit,
                         lease_until=now + self.lease_seconds,
                         owner=self.owner,
+                        # endpoints with work waiting aside are full: claim for
+                        # the others, so a slow endpoint cannot crowd them out
+                        # (and no worker hoards its backlog under lease)
+                        skip_agents=tuple(self._parked),
                     ),
                     limiter=self._limiter,
                 )
@@ -182,9 +186,6 @@ class Dispatcher:
         work, self._work = self._work, anyio.Event()
         if work is not None:
             work.set()
-
-    def _parked_count(self) -> int:
-        return sum(len(q) for q in self._parked.values())
 
     def _next(self) -> ClaimedDelivery | None:
         """The next delivery whose endpoint has a free slot. Others are parked, so

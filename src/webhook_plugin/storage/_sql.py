@@ -70,7 +70,7 @@ class SQLStore(ABC):
     _CLAIM: ClassVar[str] = (
         "UPDATE deliveries SET lease_until = ?, lease_owner = ? WHERE id IN ("
         " SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
-        " AND lease_until <= ? ORDER BY next_attempt_at LIMIT ?)"
+        " AND lease_until <= ?{skip} ORDER BY next_attempt_at LIMIT ?)"
         " RETURNING id, webhook_id, agent_id, event_type, body, created_at, attempts,"
         " round_start"
     )
@@ -95,9 +95,9 @@ class SQLStore(ABC):
     supports_notify: ClassVar[bool] = False
 
     def _claim_params(
-        self, now: float, limit: int, lease_until: float, owner: str
+        self, now: float, limit: int, lease_until: float, owner: str, skip: tuple[str, ...]
     ) -> tuple[Any, ...]:
-        return (lease_until, owner, now, now, limit)
+        return (lease_until, owner, now, now, *skip, limit)
 
     def _after_insert(self, conn: Any) -> None:  # noqa: B027 - optional hook, empty by default
         """Called in the transaction that queued new deliveries."""
@@ -130,11 +130,18 @@ class SQLStore(ABC):
             self._after_insert(conn)
 
     def claim_due(
-        self, *, now: float, limit: int, lease_until: float, owner: str
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease_until: float,
+        owner: str,
+        skip_agents: Sequence[str] = (),
     ) -> list[ClaimedDelivery]:
+        skip = f" AND agent_id NOT IN ({','.join('?' * len(skip_agents))})" if skip_agents else ""
         with self._tx() as conn:
-            params = self._claim_params(now, limit, lease_until, owner)
-            rows = self._x(conn, self._CLAIM, params).fetchall()
+            params = self._claim_params(now, limit, lease_until, owner, tuple(skip_agents))
+            rows = self._x(conn, self._CLAIM.replace("{skip}", skip), params).fetchall()
             endpoints = self._endpoints(conn, {row[2] for row in rows})
         claimed = []
         for row in rows:

@@ -143,8 +143,18 @@ class Store(Protocol):
     # outbox and delivery log -------------------------------------------------
     def insert_deliveries(self, items: Sequence[NewDelivery]) -> None: ...
     def claim_due(
-        self, *, now: float, limit: int, lease_until: float, owner: str
-    ) -> list[ClaimedDelivery]: ...
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease_until: float,
+        owner: str,
+        skip_agents: Sequence[str] = (),
+    ) -> list[ClaimedDelivery]:
+        """Lease due deliveries, oldest first, leaving out ``skip_agents``
+        (endpoints that already have more work at hand than they can take)."""
+        ...
+
     def record_attempts(self, results: Sequence[AttemptResult]) -> None: ...
     def release(self, delivery_ids: Sequence[int], owner: str) -> None: ...
     def wait_for_new(self, timeout: float) -> bool: ...

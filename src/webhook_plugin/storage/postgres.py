@@ -135,7 +135,7 @@ class PostgresStore(SQLStore):
     _GREATEST: ClassVar[str] = "GREATEST"
     _CLAIM: ClassVar[str] = (
         "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending'"
-        " AND next_attempt_at <= ? AND lease_until <= ? ORDER BY next_attempt_at LIMIT ?"
+        " AND next_attempt_at <= ? AND lease_until <= ?{skip} ORDER BY next_attempt_at LIMIT ?"
         " FOR UPDATE SKIP LOCKED)"
         " UPDATE deliveries AS d SET lease_until = ?, lease_owner = ? FROM due"
         " WHERE d.id = due.id"
@@ -237,9 +237,9 @@ class PostgresStore(SQLStore):
             raise StorageError(f"PostgreSQL read failed: {_safe(exc)}") from exc
 
     def _claim_params(
-        self, now: float, limit: int, lease_until: float, owner: str
+        self, now: float, limit: int, lease_until: float, owner: str, skip: tuple[str, ...]
     ) -> tuple[Any, ...]:
-        return (now, now, limit, lease_until, owner)
+        return (now, now, *skip, limit, lease_until, owner)
 
     def _after_insert(self, conn: Any) -> None:
         conn.execute(f"NOTIFY {CHANNEL}")
