@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import msgspec
