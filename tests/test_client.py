@@ -97,3 +97,26 @@ async def test_idle_connections_expire_and_are_capped(receiver: Receiver) -> Non
     finally:
         await c.aclose()
     assert receiver.connections == 2
+
+
+async def test_concurrent_requests_while_idle_connections_expire(receiver: Receiver) -> None:
+    """Sweeping expired connections while other tasks take and return them is safe:
+    no error, no connection handed to two requests, the idle count stays true."""
+    c = Http11Client(NetworkGuard(["127.0.0.1"]), user_agent="t", keepalive_expiry=0.02)
+    statuses: list[int] = []
+
+    async def post() -> None:
+        statuses.append((await c.post(receiver.url, [], b"{}", timeout=5)).status_code)
+
+    try:
+        for _ in range(15):
+            async with anyio.create_task_group() as tg:
+                for _ in range(12):
+                    tg.start_soon(post)
+            await anyio.sleep(0.03)  # every idle connection is now expired
+        idle = [conn for conns in c._idle.values() for conn in conns]
+        assert c._idle_count == len(idle) == len({id(conn) for conn in idle})
+    finally:
+        await c.aclose()
+    assert statuses == [200] * 15 * 12
+    assert len(receiver.requests) == 15 * 12

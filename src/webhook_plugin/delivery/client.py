@@ -295,6 +295,9 @@ class Http11Client:
         now = time.monotonic()
         if now - self._last_sweep > self._keepalive_expiry:
             await self._sweep(now)
+            if self._closed:  # closed while we swept
+                await _close(conn)
+                return
         idle = self._idle[origin]
         if len(idle) < self._max_idle_per_origin and self._idle_count < self._max_idle:
             conn.idle_since = now
@@ -305,18 +308,22 @@ class Http11Client:
 
     async def _sweep(self, now: float) -> None:
         """Close connections idle for longer than the keep-alive expiry."""
+        # Take every expired connection out of the pool before the first await:
+        # other tasks take and return connections while these close.
         self._last_sweep = now
-        for origin in list(self._idle):
-            conns = self._idle[origin]
+        expired: list[_Connection] = []
+        for origin, conns in list(self._idle.items()):
             fresh = [c for c in conns if now - c.idle_since <= self._keepalive_expiry]
-            for conn in conns:
-                if now - conn.idle_since > self._keepalive_expiry:
-                    await _close(conn)
-            self._idle_count -= len(conns) - len(fresh)
+            if len(fresh) == len(conns):
+                continue
+            expired += [c for c in conns if now - c.idle_since > self._keepalive_expiry]
             if fresh:
                 self._idle[origin] = fresh
             else:
                 del self._idle[origin]
+        self._idle_count -= len(expired)
+        for conn in expired:
+            await _close(conn)
 
     async def aclose(self) -> None:
         self._closed = True
