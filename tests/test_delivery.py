@@ -387,6 +387,33 @@ async def test_a_failed_result_write_is_retried_not_dropped(
     assert [e["attempt"] for e in logs if e["event"] == "batch.write_retry"] == [1, 2]
 
 
+async def test_an_unexpected_error_costs_one_attempt_not_the_worker(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    store = make_store()
+    async with DeliveryEngine(store, config(retry_schedule=(0, 0.02))) as engine:
+        real = engine.client.post
+        bugs = [KeyError("a bug of ours")]
+
+        async def buggy(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if bugs:
+                raise bugs.pop()
+            return await real(*args, **kwargs)
+
+        engine.client.post = buggy  # type: ignore[method-assign]
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        with capture_logs() as logs:
+            reply(pipeline(engine))
+            [done] = await wait_until_status(engine, "succeeded")
+            attempts = await engine.list_attempts(done.id)
+            # and the worker goes on with the next ones
+            reply(pipeline(engine), 3)
+            await wait_until_status(engine, "succeeded", 4)
+    assert [a.error for a in attempts] == ["internal_error: KeyError", None]
+    assert [e["event"] for e in logs].count("delivery.internal_error") == 1
+    assert len(receiver.requests) == 4
+
+
 async def test_finished_deliveries_are_purged_after_the_retention(
     make_store: StoreFactory, receiver: Receiver
 ) -> None:

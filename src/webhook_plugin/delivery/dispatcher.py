@@ -341,6 +341,11 @@ class Dispatcher:
             )
         except TransportError as exc:
             error = f"{exc.code}: {exc}"
+        except Exception as exc:
+            # A bug of ours must cost one attempt, not the worker and every
+            # delivery behind it: record it and retry like any failed attempt.
+            error = f"internal_error: {type(exc).__name__}"
+            log.exception("delivery.internal_error", agent_id=d.agent_id, webhook_id=d.webhook_id)
         else:
             status_code = response.status_code
             excerpt = response.body.decode("utf-8", "replace") or None
