@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -72,6 +73,14 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     schema = f"t_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**9}"
     yield lambda: PostgresStore(POSTGRES_URL, schema=schema)
     drop_schema(POSTGRES_URL, schema)
+
+
+def closed_port_url() -> str:
+    """A loopback URL nobody listens on (the port was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
 
 
 def config(**overrides: Any) -> DeliveryConfig:

@@ -14,7 +14,16 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
-from conftest import AGENT, AGENT_MSG, CONVERSATION, USER_MSG, config, pipeline, reply
+from conftest import (
+    AGENT,
+    AGENT_MSG,
+    CONVERSATION,
+    USER_MSG,
+    closed_port_url,
+    config,
+    pipeline,
+    reply,
+)
 from receiver import Receiver, Recorded, Reply
 from webhook_plugin import DeliveryEngine, WebhookEventType, WebhookSettings
 from webhook_plugin.storage.base import Store
@@ -476,3 +485,75 @@ async def test_a_slow_endpoints_backlog_is_not_hoarded_under_lease(tmp_path: Pat
                 ).fetchone()
     # two in flight plus at most one claim's worth waiting aside: not all 40
     assert leased <= 2 * 4
+
+
+# -- the settings test (ChatVolt's test request on save) -------------------------------------
+
+
+async def test_a_settings_test_sends_one_signed_request_and_queues_nothing(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    async with DeliveryEngine(make_store(), config()) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url + "/hook"))
+        result = await engine.test_endpoint(AGENT.id)
+        assert await deliveries(engine) == []  # not queued, not in the log
+    assert (result.status, result.status_code, result.error) == ("ok", 200, None)
+    [got] = receiver.requests
+    assert got.path == "/hook"
+    assert got.headers["authorization"] == "Bearer s3cr3t-token-value"
+    body = Webhook(SECRET).verify(got.body, got.headers)  # the reference library agrees
+    assert body["eventType"] == "WEBHOOK_TEST" and body["agentId"] == AGENT.id
+    assert set(body) == {"eventType", "agentId", "createdAt"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (Reply(204, delay=0.3), ("slow", 204, None)),
+        (Reply(500), ("unreachable", 500, "http_500")),
+        (Reply(401), ("unreachable", 401, "http_401")),
+        (Reply(301, headers={"Location": "http://127.0.0.1:9/"}), ("unreachable", 301, "http_301")),
+        (Reply(200, delay=1.5), ("unreachable", None, "timeout")),
+    ],
+    ids=["slow", "500", "401", "redirect-not-followed", "timeout"],
+)
+async def test_a_settings_test_reports_slow_and_unreachable_endpoints(
+    tmp_path: Path, answer: Reply, expected: tuple
+) -> None:
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    with Receiver(lambda r: answer) as rx:
+        async with DeliveryEngine(SQLiteStore(tmp_path / "t.db"), config(timeout=1.0)) as engine:
+            await engine.save_settings(AGENT.id, settings(rx.url))
+            result = await engine.test_endpoint(AGENT.id, slow_after=0.15)
+        await anyio.to_thread.run_sync(rx.wait_for, 1, 5)  # the timed-out one lands late
+    got = (result.status, result.status_code, result.error and result.error.split(":")[0])
+    assert got == expected
+    assert len(rx.requests) == 1  # one request, never retried, redirects not followed
+    assert "s3cr3t" not in str(result)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [(closed_port_url(), "connect_error"), ("http://10.0.0.1/hook", "blocked_address")],
+    ids=["closed-port", "private-address"],
+)
+async def test_a_settings_test_reports_addresses_it_cannot_or_may_not_reach(
+    tmp_path: Path, url: str, error: str
+) -> None:
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    async with DeliveryEngine(SQLiteStore(tmp_path / "t.db"), config()) as engine:
+        await engine.save_settings(AGENT.id, settings(url))
+        result = await engine.test_endpoint(AGENT.id)
+    assert (result.status, result.status_code) == ("unreachable", None)
+    assert result.error is not None and result.error.startswith(error + ":")
+
+
+async def test_a_settings_test_needs_a_url(tmp_path: Path) -> None:
+    from webhook_plugin.exceptions import NotFound
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    async with DeliveryEngine(SQLiteStore(tmp_path / "t.db"), config()) as engine:
+        with pytest.raises(NotFound, match="no webhook URL"):
+            await engine.test_endpoint(AGENT.id)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import POSTGRES_URL, REQUIRE_POSTGRES, postgres_available
+from conftest import POSTGRES_URL, REQUIRE_POSTGRES, closed_port_url, postgres_available
 from receiver import Receiver, Recorded, Reply
 
 TOKEN = "test-token-0123456789abcdef"
@@ -234,6 +234,7 @@ def test_every_v1_call_needs_the_token(env: tuple[Server, Receiver, Path]) -> No
             400,
             "invalid_settings",
         ),
+        ("PUT", "/v1/agents/support/webhook?test=yes", b"{}", 400, "invalid_query"),
         ("GET", "/v1/no/such/route", None, 404, "not_found"),
         ("DELETE", "/v1/agents/support/webhook", None, 405, "method_not_allowed"),
     ],
@@ -393,6 +394,33 @@ def test_put_replaces_settings_and_a_masked_header_round_trips(
     )
     [hook] = hooks_for(rx, r.json()["events"][0]["webhookId"])
     assert hook.headers["x-token"] == "abc123"
+
+
+def test_saving_settings_with_test_true_reports_the_test_request(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
+    rx = env[1]
+    r = api.put(
+        "/v1/agents/tester/webhook?test=true",
+        json={"url": rx.url + "/tested", "header": "X-Token: tester-token"},
+    )
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["test"]["status"] == "ok" and answer["test"]["statusCode"] == 204
+    assert answer["header"] == "X-Token: ****" and "tester-token" not in r.text
+    [got] = [q for q in rx.requests if q.path == "/tested"]
+    assert got.headers["x-token"] == "tester-token"
+    assert json.loads(got.body)["eventType"] == "WEBHOOK_TEST"
+    assert api.get("/v1/agents/tester/webhook/deliveries").json() == []  # never queued
+    # an unreachable URL is saved all the same (as ChatVolt does), and said to be so
+    closed = closed_port_url()
+    r = api.put("/v1/agents/tester/webhook?test=true", json={"url": closed})
+    assert r.json()["url"] == closed
+    assert r.json()["test"]["status"] == "unreachable"
+    assert r.json()["test"]["error"].startswith("connect_error:")
+    # without a URL there is nothing to test
+    assert api.put("/v1/agents/tester/webhook?test=true", json={}).json()["test"] is None
+    assert "test" not in api.put("/v1/agents/tester/webhook", json={}).json()
 
 
 def test_rotate_secret_then_later_events_use_it(

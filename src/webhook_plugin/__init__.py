@@ -6,7 +6,7 @@ deliveries, and answers ``fetch_user_info`` for the Inbox.
 """
 
 from ._version import __version__
-from .delivery.engine import DeliveryConfig, DeliveryEngine
+from .delivery.engine import DeliveryConfig, DeliveryEngine, EndpointTest
 from .events import WebhookEventType
 from .exceptions import (
     BlockedAddress,
@@ -33,6 +33,7 @@ __all__ = [
     "Conversation",
     "DeliveryConfig",
     "DeliveryEngine",
+    "EndpointTest",
     "Group",
     "Message",
     "NAME",

@@ -29,7 +29,9 @@ __all__ = [
     "GroupMessageReceived",
     "Payload",
     "PAYLOAD_TYPES",
+    "TEST_EVENT_TYPE",
     "UserMessageReceived",
+    "WebhookTest",
     "build_payload",
     "encode",
     "json_schemas",
@@ -244,6 +246,20 @@ def build_payload(
             agent_response=message.text, reason=reason,
         )  # fmt: skip
     raise ValueError(f"unknown event type {event_type!r}")
+
+
+#: the ``eventType`` of the request that tests an agent's settings; never the
+#: type of a conversation event, so receivers can tell it apart and ignore it
+TEST_EVENT_TYPE: Final = "WEBHOOK_TEST"
+
+
+class WebhookTest(
+    msgspec.Struct, kw_only=True, rename="camel", tag_field="eventType", tag=TEST_EVENT_TYPE
+):
+    """The body of a settings test: which agent's settings, and when."""
+
+    agent_id: str
+    created_at: datetime
 
 
 def json_schemas() -> dict[str, Any]:

@@ -33,7 +33,7 @@ from .client import HttpClient
 from .retry import RetryPolicy, parse_retry_after
 from .signing import sign
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "signed_headers"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
 
@@ -44,6 +44,23 @@ _EXCERPT_BYTES: Final = 512
 # same header for every attempt is work the hot path need not repeat.
 _key = functools.lru_cache(maxsize=4096)(secret_key)
 _header = functools.lru_cache(maxsize=4096)(parse_header)
+
+
+def signed_headers(
+    settings: WebhookSettings, webhook_id: str, timestamp: int, body: bytes
+) -> list[tuple[str, str]]:
+    """The request headers of one attempt: Standard Webhooks signature, then the
+    agent's own header verbatim."""
+    assert settings.signing_secret is not None
+    headers = [
+        ("content-type", "application/json"),
+        ("webhook-id", webhook_id),
+        ("webhook-timestamp", str(timestamp)),
+        ("webhook-signature", sign(_key(settings.signing_secret), webhook_id, timestamp, body)),
+    ]
+    if settings.header:
+        headers.append(_header(settings.header))
+    return headers
 
 
 class Dispatcher:
@@ -317,18 +334,7 @@ class Dispatcher:
     async def _attempt(self, d: ClaimedDelivery, settings: WebhookSettings) -> AttemptResult:
         assert settings.url is not None and settings.signing_secret is not None
         started = self._clock()
-        timestamp = int(started)
-        headers = [
-            ("content-type", "application/json"),
-            ("webhook-id", d.webhook_id),
-            ("webhook-timestamp", str(timestamp)),
-            (
-                "webhook-signature",
-                sign(_key(settings.signing_secret), d.webhook_id, timestamp, d.body),
-            ),
-        ]
-        if settings.header:
-            headers.append(_header(settings.header))
+        headers = signed_headers(settings, d.webhook_id, int(started), d.body)
         attempt = d.attempts + 1
         t0 = time.perf_counter()
         status_code: int | None = None

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import anyio
 import msgspec
@@ -28,7 +29,8 @@ import structlog
 
 from .._version import __version__
 from ..events import WebhookEventType
-from ..exceptions import NotFound
+from ..exceptions import NotFound, TransportError
+from ..payloads import WebhookTest
 from ..settings import WebhookSettings, generate_secret
 from ..storage.base import (
     AttemptRecord,
@@ -39,13 +41,13 @@ from ..storage.base import (
     Store,
 )
 from .client import Http11Client, HttpClient
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, signed_headers
 from .netguard import NetworkGuard
 from .outbox import Batcher, Ticket
 from .retry import DEFAULT_SCHEDULE, RetryPolicy
 from .signing import new_webhook_id
 
-__all__ = ["DeliveryConfig", "DeliveryEngine"]
+__all__ = ["DeliveryConfig", "DeliveryEngine", "EndpointTest"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
 
@@ -92,6 +94,22 @@ class DeliveryConfig:
         return RetryPolicy(
             schedule=self.retry_schedule, jitter=self.jitter, disable_after=self.disable_after
         )
+
+
+class EndpointTest(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
+    """How a settings test went (:meth:`DeliveryEngine.test_endpoint`).
+
+    ``status`` is ``ok`` (a 2xx answer in time), ``slow`` (a 2xx answer, but
+    later than the test's ``slow_after``) or ``unreachable`` (no 2xx answer:
+    refused or blocked address, TLS or connection error, timeout, or another
+    status, given in ``status_code``). ``error`` says why, never with a header
+    value in it.
+    """
+
+    status: Literal["ok", "slow", "unreachable"]
+    status_code: int | None
+    duration_ms: float
+    error: str | None
 
 
 class DeliveryEngine:
@@ -309,6 +327,56 @@ class DeliveryEngine:
         self._settings[agent_id] = msgspec.structs.replace(updated, disabled=False)
         log.info("settings.secret_rotated", agent_id=agent_id)
         return secret
+
+    async def test_endpoint(self, agent_id: str, *, slow_after: float = 5.0) -> EndpointTest:
+        """Send the agent's URL one signed test request, as a settings page does on save.
+
+        The body is ``{"eventType": "WEBHOOK_TEST", "agentId", "createdAt"}``,
+        signed and sent with the agent's header like any delivery, within the
+        attempt timeout, through the network guard. It is not queued, retried or
+        written to the delivery log.
+
+        :raises NotFound: when the agent has no webhook URL.
+        """
+        settings = await self.get_settings(agent_id)
+        if settings is None or settings.url is None:
+            raise NotFound(f"agent {agent_id!r} has no webhook URL")
+        now = self.clock()
+        body = msgspec.json.encode(
+            WebhookTest(agent_id=agent_id, created_at=datetime.fromtimestamp(now, UTC))
+        )
+        headers = signed_headers(settings, new_webhook_id(), int(now), body)
+        status_code: int | None = None
+        error: str | None = None
+        t0 = time.perf_counter()
+        try:
+            response = await self.client.post(
+                settings.url, headers, body, timeout=self.config.timeout, max_body=512
+            )
+        except TransportError as exc:
+            error = f"{exc.code}: {exc}"
+        else:
+            status_code = response.status_code
+            if not 200 <= status_code < 300:
+                error = f"http_{status_code}"
+        seconds = time.perf_counter() - t0
+        status: Literal["ok", "slow", "unreachable"] = (
+            "unreachable" if error else "slow" if seconds > slow_after else "ok"
+        )
+        result = EndpointTest(
+            status=status,
+            status_code=status_code,
+            duration_ms=round(seconds * 1000, 1),
+            error=error,
+        )
+        log.info(
+            "endpoint.tested",
+            agent_id=agent_id,
+            status=status,
+            status_code=status_code,
+            duration_ms=result.duration_ms,
+        )
+        return result
 
     # the delivery log -----------------------------------------------------------------------
 

@@ -224,8 +224,16 @@ async def put_webhook(request: Request) -> Response:
         reason = pipeline.engine.guard.refuses(url) if url else None
         if reason:
             raise SettingsError(field, reason)
+    test = request.query_params.get("test", "false")
+    if test not in ("true", "false"):
+        raise ApiError(400, "invalid_query", "test must be true or false")
     saved = await pipeline.save_settings(agent_id, settings)
-    return json({"agentId": agent_id, **saved.public()})
+    answer: dict[str, Any] = {"agentId": agent_id, **saved.public()}
+    if test == "true":
+        # as ChatVolt does on save: one signed request, reported, never queued
+        tested = await pipeline.engine.test_endpoint(agent_id) if saved.url else None
+        answer["test"] = msgspec.to_builtins(tested)
+    return json(answer)
 
 
 async def rotate_secret(request: Request) -> Response:
