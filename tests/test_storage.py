@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from webhook_plugin.exceptions import ConfigError
 from webhook_plugin.storage import open_store
+from webhook_plugin.storage.base import Store
 from webhook_plugin.storage.sqlite import SQLiteStore
 
 
@@ -58,3 +60,24 @@ def test_unusable_database_urls_are_config_errors(url: str) -> None:
 def test_postgres_url_is_not_shown_with_its_password() -> None:
     store = open_store("postgresql://u:hunter2@h/db")
     assert "hunter2" not in repr(store)
+
+
+def test_a_message_id_is_reserved_once_released_on_failure_and_taken_over_when_stale(
+    make_store: Callable[[], Store],
+) -> None:
+    store = make_store()
+    store.open()
+    try:
+        reserve = store.reserve_outcome
+        assert reserve("c", "m", now=100.0, stale_before=0.0) is None  # ours
+        assert reserve("c", "m", now=101.0, stale_before=0.0) == b""  # being processed
+        store.release_outcome("c", "m")  # the processing failed
+        assert reserve("c", "m", now=102.0, stale_before=0.0) is None  # a retry takes it
+        assert reserve("c", "m", now=500.0, stale_before=101.0) == b""  # not stale yet
+        assert reserve("c", "m", now=500.0, stale_before=103.0) is None  # stale: taken over
+        store.put_outcome("c", "m", b'{"done": 1}')
+        store.release_outcome("c", "m")  # a finished outcome is never released
+        assert reserve("c", "m", now=9e9, stale_before=9e9) == b'{"done": 1}'
+        assert reserve("c", "other", now=1.0, stale_before=0.0) is None
+    finally:
+        store.close()

@@ -10,6 +10,7 @@ are durably stored.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import uuid
@@ -42,6 +43,12 @@ QueuedEvents = list[dict[str, str]]
 class Conflict(WebhookPluginError):
     """The request contradicts what is stored (another agent's conversation, say)."""
 
+
+#: how long a retry waits for the first request with the same messageId
+_WAIT_FOR_TWIN = 10.0
+#: after this many seconds a message's reservation is taken to be left by a
+#: request that died, and a retry may process the message
+_STALE_RESERVATION = 120.0
 
 _encode_outcome = msgspec.json.Encoder().encode
 _decode_outcome = msgspec.json.Decoder(dict[str, Any]).decode
@@ -188,7 +195,78 @@ class ChatPipeline:
         group: Group | None = None,
         attachments: tuple[Attachment, ...] = (),
     ) -> dict[str, Any]:
-        """A user's message arrives: store it, call the hooks, let the AI answer."""
+        """A user's message arrives: store it, call the hooks, let the AI answer.
+
+        With a ``message_id``, a client retrying a request it got no answer to
+        gets the first answer again, with no second reply and no second set of
+        events, even while the first request is still running (the retry waits
+        for it up to a few seconds, then gets a :class:`Conflict`).
+        """
+        process = functools.partial(
+            self._user_message,
+            agent_id,
+            conversation_id=conversation_id,
+            channel=channel,
+            text=text,
+            message_id=message_id,
+            created_at=created_at,
+            contact=contact,
+            group=group,
+            attachments=attachments,
+        )
+        if message_id is None:
+            return await process()
+        earlier = await self._reserve(conversation_id, message_id)
+        if earlier is not None:
+            return earlier
+        try:
+            outcome = await process()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._db(self.store.release_outcome, conversation_id, message_id)
+            raise
+        await self._db(
+            self.store.put_outcome, conversation_id, message_id, _encode_outcome(outcome)
+        )
+        return outcome
+
+    async def _reserve(self, conversation_id: str, message_id: str) -> dict[str, Any] | None:
+        deadline = time.monotonic() + _WAIT_FOR_TWIN
+        while True:
+            now = self.clock()
+            earlier = await self._db(
+                functools.partial(
+                    self.store.reserve_outcome,
+                    conversation_id,
+                    message_id,
+                    now=now,
+                    stale_before=now - _STALE_RESERVATION,
+                )
+            )
+            if earlier is None:
+                return None
+            if earlier:
+                return _decode_outcome(earlier)
+            if time.monotonic() >= deadline:
+                raise Conflict(
+                    f"message {message_id!r} is still being processed by an earlier request;"
+                    " retry later for its answer"
+                )
+            await anyio.sleep(0.05)
+
+    async def _user_message(
+        self,
+        agent_id: str,
+        *,
+        conversation_id: str,
+        channel: str,
+        text: str,
+        message_id: str | None,
+        created_at: datetime | None,
+        contact: dict[str, str] | None,
+        group: Group | None,
+        attachments: tuple[Attachment, ...],
+    ) -> dict[str, Any]:
         agent = await self.agent(agent_id, create=True)
         now = self.clock()
         created = created_at or datetime.fromtimestamp(now, UTC)
@@ -208,12 +286,6 @@ class ChatPipeline:
             raise Conflict(f"conversation {conversation_id!r} belongs to another agent")
         elif record.channel != channel:
             raise Conflict(f"conversation {conversation_id!r} is on channel {record.channel!r}")
-        elif message_id is not None:
-            # A client retrying a request it got no answer to: same answer, no
-            # second reply and no second set of events.
-            earlier = await self._db(self.store.get_outcome, conversation_id, message_id)
-            if earlier is not None:
-                return _decode_outcome(earlier)
         if contact:
             record.contact = {**record.contact, **{k: v for k, v in contact.items() if v}}
         record.last_user_message_at = max(record.last_user_message_at or 0.0, created.timestamp())
@@ -276,17 +348,12 @@ class ChatPipeline:
                     reply = {"messageId": agent_message.id, "text": agent_message.text}
         await self._db(self.store.add_messages, stored)
         events = await self._settle(results)
-        outcome = {
+        return {
             "conversationId": conversation.id,
             "messageId": message.id,
             "reply": reply,
             "events": events,
         }
-        if message_id is not None:
-            await self._db(
-                self.store.put_outcome, conversation.id, message_id, _encode_outcome(outcome)
-            )
-        return outcome
 
     async def inbox_message(self, conversation_id: str, text: str) -> dict[str, Any]:
         """A human operator writes from the Inbox; the channel decides what happens."""

@@ -387,12 +387,47 @@ class SQLStore(ABC):
         )
         return None if row is None else bytes(row[0])
 
+    def reserve_outcome(
+        self, conversation_id: str, message_id: str, *, now: float, stale_before: float
+    ) -> bytes | None:
+        # An empty outcome marks a message being processed. The reservation is
+        # ours when the row is new, or when it is a mark left older than
+        # stale_before (its request died); otherwise the row says what to answer.
+        with self._tx() as conn:
+            mine = self._x(
+                conn,
+                "INSERT INTO message_outcomes (conversation_id, message_id, outcome, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id) DO UPDATE"
+                " SET created_at = excluded.created_at"
+                " WHERE message_outcomes.outcome = ? AND message_outcomes.created_at < ?"
+                " RETURNING created_at",
+                (conversation_id, message_id, b"", now, b"", stale_before),
+            ).fetchone()
+            if mine is not None:
+                return None
+            row = self._x(
+                conn,
+                "SELECT outcome FROM message_outcomes WHERE conversation_id = ? AND message_id = ?",
+                (conversation_id, message_id),
+            ).fetchone()
+        return b"" if row is None else bytes(row[0])
+
+    def release_outcome(self, conversation_id: str, message_id: str) -> None:
+        with self._tx() as conn:
+            self._x(
+                conn,
+                "DELETE FROM message_outcomes"
+                " WHERE conversation_id = ? AND message_id = ? AND outcome = ?",
+                (conversation_id, message_id, b""),
+            )
+
     def put_outcome(self, conversation_id: str, message_id: str, outcome: bytes) -> None:
         with self._tx() as conn:
             self._x(
                 conn,
                 "INSERT INTO message_outcomes (conversation_id, message_id, outcome, created_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id) DO NOTHING",
+                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id)"
+                " DO UPDATE SET outcome = excluded.outcome",
                 (conversation_id, message_id, outcome, time.time()),
             )
 
