@@ -320,12 +320,12 @@ async def test_logs_name_the_event_but_never_a_secret_or_header_value(
         assert secret not in dump
 
 
-async def test_rotated_secret_signs_later_attempts(
+async def test_a_rotation_without_grace_drops_the_old_secret_at_once(
     make_store: StoreFactory, receiver: Receiver
 ) -> None:
     async with DeliveryEngine(make_store(), config()) as engine:
         await engine.save_settings(AGENT.id, settings(receiver.url))
-        new_secret = await engine.rotate_secret(AGENT.id)
+        new_secret = await engine.rotate_secret(AGENT.id, grace=0)
         reply(pipeline(engine))
         [got] = await anyio.to_thread.run_sync(receiver.wait_for, 1)
     assert new_secret.startswith("whsec_") and new_secret != SECRET
@@ -557,3 +557,42 @@ async def test_a_settings_test_needs_a_url(tmp_path: Path) -> None:
     async with DeliveryEngine(SQLiteStore(tmp_path / "t.db"), config()) as engine:
         with pytest.raises(NotFound, match="no webhook URL"):
             await engine.test_endpoint(AGENT.id)
+
+
+# -- secret rotation ---------------------------------------------------------------------------
+
+
+async def test_after_a_rotation_the_old_secret_still_verifies_until_the_grace_ends(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    async with DeliveryEngine(make_store(), config()) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        new_secret = await engine.rotate_secret(AGENT.id, grace=0.5)
+        [during] = await _delivered(engine, receiver, 1)
+        await anyio.sleep(0.6)  # the grace period ends
+        [after] = await _delivered(engine, receiver, 2)
+        # saving other settings keeps the secret, and a new rotation's grace with it
+        await engine.rotate_secret(AGENT.id)  # the default grace: a day
+        third_secret = (await engine.get_settings(AGENT.id)).signing_secret
+        await engine.save_settings(AGENT.id, WebhookSettings(url=receiver.url))  # no secret
+        [kept] = await _delivered(engine, receiver, 3)
+        # a different secret saved explicitly replaces the old one at once
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        [replaced] = await _delivered(engine, receiver, 4)
+    assert len(during.headers["webhook-signature"].split()) == 2
+    Webhook(new_secret).verify(during.body, during.headers)
+    Webhook(SECRET).verify(during.body, during.headers)  # a receiver not yet updated
+    assert len(after.headers["webhook-signature"].split()) == 1
+    Webhook(new_secret).verify(after.body, after.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(after.body, after.headers)
+    Webhook(third_secret).verify(kept.body, kept.headers)
+    Webhook(new_secret).verify(kept.body, kept.headers)
+    assert len(replaced.headers["webhook-signature"].split()) == 1
+    Webhook(SECRET).verify(replaced.body, replaced.headers)
+
+
+async def _delivered(engine: DeliveryEngine, receiver: Receiver, total: int) -> list[Recorded]:
+    reply(pipeline(engine))
+    got = await anyio.to_thread.run_sync(receiver.wait_for, total)
+    return got[total - 1 :]

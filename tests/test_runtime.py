@@ -430,6 +430,9 @@ def test_rotate_secret_then_later_events_use_it(
     r = api.post("/v1/agents/rotator/webhook/rotate-secret")
     secret = r.json()["signingSecret"]
     assert secret.startswith("whsec_")
+    # the old secret keeps signing (a second signature) for a day by default
+    until = datetime.fromisoformat(r.json()["previousSecretExpiresAt"])
+    assert abs((until - datetime.now(UTC)).total_seconds() - 86400) < 60
     assert "whsec_" not in api.get("/v1/agents/rotator/webhook").text
     out = api.post(
         "/v1/agents/rotator/messages",

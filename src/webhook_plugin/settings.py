@@ -60,17 +60,32 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     ``events`` of ``None`` means every event type. ``disabled`` is set by the
     delivery engine (``410 Gone``, or failing for too long) and cleared when
-    the settings are saved again.
+    the settings are saved again. After a rotation, ``previous_signing_secret``
+    signs too (a second signature) until ``previous_secret_expires_at``, so
+    that receivers can switch secrets without refusing a single webhook.
     """
 
     url: str | None = None
     header: str | None = None
     signing_secret: str | None = None
+    previous_signing_secret: str | None = None
+    previous_secret_expires_at: float | None = None
     events: frozenset[WebhookEventType] | None = None
     user_info_url: str | None = None
     user_info_header: str | None = None
     disabled: bool = False
     disabled_reason: str | None = None
+
+    def signing_secrets(self, now: float) -> tuple[str, ...]:
+        """The secrets that sign a request made at ``now``: the current one first."""
+        current = () if self.signing_secret is None else (self.signing_secret,)
+        if (
+            self.previous_signing_secret is not None
+            and self.previous_secret_expires_at is not None
+            and now < self.previous_secret_expires_at
+        ):
+            return (*current, self.previous_signing_secret)
+        return current
 
     def wants(self, event_type: WebhookEventType) -> bool:
         """Whether an event of this type should be queued for this agent."""

@@ -47,16 +47,25 @@ _header = functools.lru_cache(maxsize=4096)(parse_header)
 
 
 def signed_headers(
-    settings: WebhookSettings, webhook_id: str, timestamp: int, body: bytes
+    settings: WebhookSettings, webhook_id: str, now: float, body: bytes
 ) -> list[tuple[str, str]]:
-    """The request headers of one attempt: Standard Webhooks signature, then the
+    """The request headers of one attempt: Standard Webhooks signature (one per
+    secret in use, space-separated, during a rotation's grace period), then the
     agent's own header verbatim."""
     assert settings.signing_secret is not None
+    timestamp = int(now)
+    if settings.previous_signing_secret is None:
+        signature = sign(_key(settings.signing_secret), webhook_id, timestamp, body)
+    else:
+        signature = " ".join(
+            sign(_key(secret), webhook_id, timestamp, body)
+            for secret in settings.signing_secrets(now)
+        )
     headers = [
         ("content-type", "application/json"),
         ("webhook-id", webhook_id),
         ("webhook-timestamp", str(timestamp)),
-        ("webhook-signature", sign(_key(settings.signing_secret), webhook_id, timestamp, body)),
+        ("webhook-signature", signature),
     ]
     if settings.header:
         headers.append(_header(settings.header))
@@ -334,7 +343,7 @@ class Dispatcher:
     async def _attempt(self, d: ClaimedDelivery, settings: WebhookSettings) -> AttemptResult:
         assert settings.url is not None and settings.signing_secret is not None
         started = self._clock()
-        headers = signed_headers(settings, d.webhook_id, int(started), d.body)
+        headers = signed_headers(settings, d.webhook_id, started, d.body)
         attempt = d.attempts + 1
         t0 = time.perf_counter()
         status_code: int | None = None

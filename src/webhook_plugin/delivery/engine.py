@@ -71,6 +71,8 @@ class DeliveryConfig:
     :param workers: whether this process delivers (False: it only queues).
     :param retention: seconds a finished delivery (and its attempts) stays in
         the log before delivery processes purge it; 0 keeps everything.
+    :param secret_rotation_grace: seconds the previous signing secret keeps
+        signing (as a second signature) after :meth:`DeliveryEngine.rotate_secret`.
     """
 
     allow_private_hosts: tuple[str, ...] = ()
@@ -89,6 +91,7 @@ class DeliveryConfig:
     user_info_timeout: float = 3.0
     user_info_ttl: float = 300.0
     user_info_max_bytes: int = 64 * 1024
+    secret_rotation_grace: float = 86400.0
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -303,26 +306,52 @@ class DeliveryEngine:
     async def save_settings(self, agent_id: str, settings: WebhookSettings) -> WebhookSettings:
         """Store an agent's settings (enabling its endpoint again) and use them at once.
 
-        A settings object without a signing secret keeps the current one, or gets
-        a new one when there is none.
+        A settings object without a signing secret keeps the current one (and a
+        rotation's grace period with it), or gets a new one when there is none.
+        A *different* secret replaces the current one at once, with no grace
+        period: the way to cut off a secret that leaked.
         """
-        if settings.signing_secret is None:
-            current = await self.get_settings(agent_id)
+        current = await self.get_settings(agent_id)
+        secret = settings.signing_secret
+        if secret is None:
             secret = current.signing_secret if current and current.signing_secret else None
-            settings = msgspec.structs.replace(settings, signing_secret=secret or generate_secret())
-        settings = msgspec.structs.replace(settings, disabled=False, disabled_reason=None)
+        if current is not None and secret is not None and secret == current.signing_secret:
+            previous = current.previous_signing_secret
+            expires_at = current.previous_secret_expires_at
+        else:
+            previous = expires_at = None
+        settings = msgspec.structs.replace(
+            settings,
+            signing_secret=secret or generate_secret(),
+            previous_signing_secret=previous,
+            previous_secret_expires_at=expires_at,
+            disabled=False,
+            disabled_reason=None,
+        )
         await self._run_sync(self.store.put_settings, agent_id, settings)
         self._settings[agent_id] = settings
         log.info("settings.saved", agent_id=agent_id, url_set=settings.url is not None)
         return settings
 
-    async def rotate_secret(self, agent_id: str) -> str:
-        """Give the agent a new signing secret; later attempts are signed with it."""
+    async def rotate_secret(self, agent_id: str, *, grace: float | None = None) -> str:
+        """Give the agent a new signing secret; later attempts are signed with it.
+
+        For ``grace`` seconds (default: the config's ``secret_rotation_grace``)
+        they carry a second signature made with the old secret, as Standard
+        Webhooks allows, so a receiver still checking the old secret accepts them
+        until it is updated. ``grace=0`` drops the old secret at once.
+        """
         current = await self.get_settings(agent_id)
         if current is None:
             raise NotFound(f"agent {agent_id!r} has no webhook settings")
+        grace = self.config.secret_rotation_grace if grace is None else grace
         secret = generate_secret()
-        updated = msgspec.structs.replace(current, signing_secret=secret)
+        updated = msgspec.structs.replace(
+            current,
+            signing_secret=secret,
+            previous_signing_secret=current.signing_secret if grace > 0 else None,
+            previous_secret_expires_at=self.clock() + grace if grace > 0 else None,
+        )
         await self._run_sync(self.store.put_settings, agent_id, updated)
         self._settings[agent_id] = msgspec.structs.replace(updated, disabled=False)
         log.info("settings.secret_rotated", agent_id=agent_id)
@@ -345,7 +374,7 @@ class DeliveryEngine:
         body = msgspec.json.encode(
             WebhookTest(agent_id=agent_id, created_at=datetime.fromtimestamp(now, UTC))
         )
-        headers = signed_headers(settings, new_webhook_id(), int(now), body)
+        headers = signed_headers(settings, new_webhook_id(), now, body)
         status_code: int | None = None
         error: str | None = None
         t0 = time.perf_counter()

@@ -52,6 +52,7 @@ class WebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     user_info_timeout: PositiveFloat = _DEFAULT.user_info_timeout
     user_info_ttl: NonNegative = _DEFAULT.user_info_ttl
     retention: NonNegative = _DEFAULT.retention
+    secret_rotation_grace: NonNegative = _DEFAULT.secret_rotation_grace
 
 
 class AgentWebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -119,6 +120,7 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             user_info_timeout=w.user_info_timeout,
             user_info_ttl=w.user_info_ttl,
             retention=w.retention,
+            secret_rotation_grace=w.secret_rotation_grace,
         )
 
     def agent(self, agent_id: str) -> AgentConfig | None:

@@ -238,8 +238,19 @@ async def put_webhook(request: Request) -> Response:
 
 async def rotate_secret(request: Request) -> Response:
     agent_id, _ = await _settings_or_404(request)
-    secret = await pipeline_from(request).engine.rotate_secret(agent_id)
-    return json({"signingSecret": secret})
+    engine = pipeline_from(request).engine
+    secret = await engine.rotate_secret(agent_id)
+    settings = await engine.get_settings(agent_id)
+    expires_at = settings.previous_secret_expires_at if settings else None
+    return json(
+        {
+            "signingSecret": secret,
+            # until then, webhooks carry a second signature made with the old secret
+            "previousSecretExpiresAt": None
+            if expires_at is None
+            else datetime.fromtimestamp(expires_at, UTC).isoformat().replace("+00:00", "Z"),
+        }
+    )
 
 
 async def list_deliveries(request: Request) -> Response:
