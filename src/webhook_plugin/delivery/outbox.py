@@ -152,9 +152,12 @@ class Batcher(Generic[T]):
 
     async def _flush(self, batch: _Batch) -> None:
         items = batch.items
+        written = [0]  # items committed so far: a retry starts after them
         for attempt in range(self._retries + 1):
             try:
-                await anyio.to_thread.run_sync(self._write_chunks, items, limiter=self._limiter)
+                await anyio.to_thread.run_sync(
+                    self._write_chunks, items, written, limiter=self._limiter
+                )
                 break
             except Exception as exc:
                 if attempt == self._retries:
@@ -169,9 +172,12 @@ class Batcher(Generic[T]):
         if self._on_written is not None:
             self._on_written(items)
 
-    def _write_chunks(self, items: list[T]) -> None:
-        for start in range(0, len(items), self._max_batch):
-            self._write(items[start : start + self._max_batch])
+    def _write_chunks(self, items: list[T], written: list[int]) -> None:
+        # One transaction per chunk; written[0] moves only once a chunk committed.
+        while written[0] < len(items):
+            chunk = items[written[0] : written[0] + self._max_batch]
+            self._write(chunk)
+            written[0] += len(chunk)
 
     def close(self) -> None:
         """Stop accepting items; :meth:`run` returns once the last batch is written."""
