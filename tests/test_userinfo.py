@@ -118,6 +118,19 @@ async def test_a_broken_endpoint_never_raises(
     assert "k-42-secret" not in repr(logs)
 
 
+async def test_a_bug_in_the_client_is_an_error_not_a_broken_inbox(receiver: Receiver) -> None:
+    class BuggyClient:
+        async def post(self, *args: object, **kw: object) -> None:
+            raise KeyError("a bug of ours")
+
+    with capture_logs() as logs:
+        info = await UserInfoFetcher(BuggyClient()).fetch(  # type: ignore[arg-type]
+            AGENT, CONVERSATION, settings(receiver.url)
+        )
+    assert (info.status, info.error) == ("error", "internal_error: KeyError")
+    assert [e["event"] for e in logs] == ["user_info.internal_error"]
+
+
 async def test_refused_address_is_an_error_without_a_connection(
     fetcher: Callable[..., UserInfoFetcher], receiver: Receiver
 ) -> None:

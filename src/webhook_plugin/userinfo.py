@@ -151,6 +151,9 @@ class UserInfoFetcher:
             return self._failed(agent_id, "error", f"refused by the network guard: {exc}")
         except TransportError as exc:
             return self._failed(agent_id, "error", f"{exc.code}: {exc}")
+        except Exception as exc:  # a bug of ours must not break the Inbox either
+            log.exception("user_info.internal_error", agent_id=agent_id)
+            return UserInfo(status="error", error=f"internal_error: {type(exc).__name__}")
         if not 200 <= response.status_code < 300:
             return self._failed(
                 agent_id, "error", f"the endpoint answered HTTP {response.status_code}"
