@@ -596,3 +596,53 @@ async def _delivered(engine: DeliveryEngine, receiver: Receiver, total: int) -> 
     reply(pipeline(engine))
     got = await anyio.to_thread.run_sync(receiver.wait_for, total)
     return got[total - 1 :]
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def _samples(text: str) -> dict[str, float]:
+    return {
+        line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+async def test_metrics_count_what_was_queued_attempted_and_is_still_waiting(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    answers = iter([Reply(500), Reply(200), Reply(410)])
+    receiver.behaviour = lambda r: next(answers, Reply(200))
+    # the third attempt would come after a minute: the closed port's delivery stays pending
+    async with DeliveryEngine(make_store(), config(retry_schedule=(0, 0.05, 60))) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        reply(pipeline(engine))
+        await wait_until_status(engine, "succeeded")
+        reply(pipeline(engine))
+        await wait_until_status(engine, "failed")  # 410: failed, endpoint disabled
+        await engine.save_settings("other", settings(closed_port_url()))
+        engine.enqueue("other", WebhookEventType.AGENT_USER_MESSAGE, b"{}")  # retried
+        await wait_until_status_of(engine, "other", min_attempts=1)
+        m = _samples(await engine.render_metrics())
+    assert m['webhook_plugin_events_queued_total{event_type="AGENT_USER_MESSAGE"}'] == 3
+    assert m['webhook_plugin_events_queued_total{event_type="GROUP_MESSAGE_RECEIVED"}'] == 0
+    assert m['webhook_plugin_attempts_total{outcome="succeeded"}'] == 1
+    assert m['webhook_plugin_attempts_total{outcome="failed"}'] == 1
+    assert m['webhook_plugin_attempts_total{outcome="retry"}'] >= 2  # 500, then the closed port
+    assert m['webhook_plugin_deliveries_finished_total{status="succeeded"}'] == 1
+    assert m['webhook_plugin_deliveries_finished_total{status="failed"}'] == 1
+    assert m["webhook_plugin_endpoints_disabled_total"] == 1
+    sent = sum(v for k, v in m.items() if k.startswith("webhook_plugin_attempts_total"))
+    assert m['webhook_plugin_attempt_duration_seconds_bucket{le="+Inf"}'] == sent
+    assert m["webhook_plugin_attempt_duration_seconds_count"] == sent
+    assert m["webhook_plugin_pending_deliveries"] == 1  # the closed port's, retrying
+    assert 0 < m["webhook_plugin_oldest_pending_seconds"] < 30
+
+
+async def wait_until_status_of(engine: DeliveryEngine, agent_id: str, *, min_attempts: int) -> None:
+    with anyio.fail_after(10):
+        while not [
+            d for d in await engine.list_deliveries(agent_id=agent_id) if d.attempts >= min_attempts
+        ]:
+            await anyio.sleep(0.02)

@@ -423,6 +423,23 @@ def test_saving_settings_with_test_true_reports_the_test_request(
     assert "test" not in api.put("/v1/agents/tester/webhook", json={}).json()
 
 
+def test_metrics_need_the_token_and_count_the_events(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
+    assert httpx.get(f"{env[0].url}/metrics").status_code == 401
+    post_message(api, "metrics-1")
+    r = api.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    queued = [
+        line
+        for line in r.text.splitlines()
+        if line.startswith("webhook_plugin_events_queued_total")
+    ]
+    assert sum(float(line.rpartition(" ")[2]) for line in queued) >= 1
+    assert "# TYPE webhook_plugin_attempt_duration_seconds histogram" in r.text
+    assert "webhook_plugin_pending_deliveries " in r.text
+
+
 def test_rotate_secret_then_later_events_use_it(
     env: tuple[Server, Receiver, Path], api: httpx.Client
 ) -> None:

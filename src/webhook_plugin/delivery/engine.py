@@ -42,6 +42,7 @@ from ..storage.base import (
 )
 from .client import Http11Client, HttpClient
 from .dispatcher import Dispatcher, signed_headers
+from .metrics import DeliveryMetrics
 from .netguard import NetworkGuard
 from .outbox import Batcher, Ticket
 from .retry import DEFAULT_SCHEDULE, RetryPolicy
@@ -141,6 +142,7 @@ class DeliveryEngine:
         )
         self.clock = clock
         self.policy = config.policy()
+        self.metrics = DeliveryMetrics()
         self._db = anyio.CapacityLimiter(4)
         self._settings: dict[str, WebhookSettings] = {}
         self.outbox: Batcher[NewDelivery] = Batcher(
@@ -287,9 +289,11 @@ class DeliveryEngine:
         return Ticket(event_type, webhook_id, batch)
 
     def _stored(self, items: Sequence[NewDelivery]) -> None:
+        self.metrics.stored(items)
         self.dispatcher.wake()
 
     def _recorded(self, results: Sequence[AttemptResult]) -> None:
+        self.metrics.recorded(results)
         for r in results:
             if r.disable_reason:
                 current = self._settings.get(r.agent_id)
@@ -406,6 +410,12 @@ class DeliveryEngine:
             duration_ms=result.duration_ms,
         )
         return result
+
+    async def render_metrics(self) -> str:
+        """This process's counters and the store's backlog, for Prometheus."""
+        pending, oldest = await self._run_sync(self.store.backlog)
+        age = None if oldest is None else max(0.0, self.clock() - oldest)
+        return self.metrics.render(pending=pending, oldest_pending_age=age)
 
     # the delivery log -----------------------------------------------------------------------
 

@@ -312,12 +312,18 @@ async def redeliver(request: Request) -> Response:
     return json(delivery_json(record))
 
 
+async def metrics(request: Request) -> Response:
+    text = await pipeline_from(request).engine.render_metrics()
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 async def healthz(request: Request) -> Response:
     return json({"status": "ok"})
 
 
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/v1/agents/{agent_id}/messages", post_message, methods=["POST"]),
     Route("/v1/conversations/{conversation_id}", patch_conversation, methods=["PATCH"]),
     Route(

@@ -35,12 +35,15 @@ async def error_response(
 
 
 class TokenAuthMiddleware:
-    """Every HTTP request under ``prefix`` needs ``Authorization: Bearer <token>``.
+    """Every HTTP request under ``prefix`` (the API and the metrics) needs
+    ``Authorization: Bearer <token>``.
 
     The comparison takes constant time; the token never appears in an answer.
     """
 
-    def __init__(self, app: ASGIApp, token: str, prefix: str = "/v1") -> None:
+    def __init__(
+        self, app: ASGIApp, token: str, prefix: str | tuple[str, ...] = ("/v1", "/metrics")
+    ) -> None:
         self.app = app
         self._expected = f"Bearer {token}".encode()
         self._prefix = prefix

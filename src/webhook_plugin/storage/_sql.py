@@ -431,6 +431,14 @@ class SQLStore(ABC):
                 (conversation_id, message_id, outcome, time.time()),
             )
 
+    def backlog(self) -> tuple[int, float | None]:
+        row = self._query(
+            lambda c: self._x(
+                c, "SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+        )
+        return int(row[0]), row[1]
+
     def count_deliveries(self) -> dict[str, int]:
         rows = self._query(
             lambda c: self._x(
