@@ -325,7 +325,7 @@ async def test_a_rotation_without_grace_drops_the_old_secret_at_once(
 ) -> None:
     async with DeliveryEngine(make_store(), config()) as engine:
         await engine.save_settings(AGENT.id, settings(receiver.url))
-        new_secret = await engine.rotate_secret(AGENT.id, grace=0)
+        new_secret = await engine.rotate_secret(AGENT.id)  # the default: no grace
         reply(pipeline(engine))
         [got] = await anyio.to_thread.run_sync(receiver.wait_for, 1)
     assert new_secret.startswith("whsec_") and new_secret != SECRET
@@ -572,7 +572,7 @@ async def test_after_a_rotation_the_old_secret_still_verifies_until_the_grace_en
         await anyio.sleep(0.6)  # the grace period ends
         [after] = await _delivered(engine, receiver, 2)
         # saving other settings keeps the secret, and a new rotation's grace with it
-        await engine.rotate_secret(AGENT.id)  # the default grace: a day
+        await engine.rotate_secret(AGENT.id, grace=86400)
         third_secret = (await engine.get_settings(AGENT.id)).signing_secret
         await engine.save_settings(AGENT.id, WebhookSettings(url=receiver.url))  # no secret
         [kept] = await _delivered(engine, receiver, 3)

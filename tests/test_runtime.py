@@ -235,6 +235,13 @@ def test_every_v1_call_needs_the_token(env: tuple[Server, Receiver, Path]) -> No
             "invalid_settings",
         ),
         ("PUT", "/v1/agents/support/webhook?test=yes", b"{}", 400, "invalid_query"),
+        (
+            "POST",
+            "/v1/agents/support/webhook/rotate-secret?graceSeconds=-5",
+            None,
+            400,
+            "invalid_query",
+        ),
         ("GET", "/v1/no/such/route", None, 404, "not_found"),
         ("DELETE", "/v1/agents/support/webhook", None, 405, "method_not_allowed"),
     ],
@@ -447,9 +454,12 @@ def test_rotate_secret_then_later_events_use_it(
     r = api.post("/v1/agents/rotator/webhook/rotate-secret")
     secret = r.json()["signingSecret"]
     assert secret.startswith("whsec_")
-    # the old secret keeps signing (a second signature) for a day by default
+    assert r.json()["previousSecretExpiresAt"] is None  # by default the old one is gone
+    # on request, the old secret keeps signing (a second signature) for a while
+    r = api.post("/v1/agents/rotator/webhook/rotate-secret?graceSeconds=86400")
     until = datetime.fromisoformat(r.json()["previousSecretExpiresAt"])
     assert abs((until - datetime.now(UTC)).total_seconds() - 86400) < 60
+    secret = r.json()["signingSecret"]
     assert "whsec_" not in api.get("/v1/agents/rotator/webhook").text
     out = api.post(
         "/v1/agents/rotator/messages",

@@ -73,7 +73,8 @@ class DeliveryConfig:
     :param retention: seconds a finished delivery (and its attempts) stays in
         the log before delivery processes purge it; 0 keeps everything.
     :param secret_rotation_grace: seconds the previous signing secret keeps
-        signing (as a second signature) after :meth:`DeliveryEngine.rotate_secret`.
+        signing (as a second signature) after :meth:`DeliveryEngine.rotate_secret`;
+        0, the default, drops it at once, as the contract's ``rotate-secret`` does.
     """
 
     allow_private_hosts: tuple[str, ...] = ()
@@ -92,7 +93,7 @@ class DeliveryConfig:
     user_info_timeout: float = 3.0
     user_info_ttl: float = 300.0
     user_info_max_bytes: int = 64 * 1024
-    secret_rotation_grace: float = 86400.0
+    secret_rotation_grace: float = 0.0
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(

@@ -239,7 +239,15 @@ async def put_webhook(request: Request) -> Response:
 async def rotate_secret(request: Request) -> Response:
     agent_id, _ = await _settings_or_404(request)
     engine = pipeline_from(request).engine
-    secret = await engine.rotate_secret(agent_id)
+    grace: float | None = None
+    if "graceSeconds" in request.query_params:
+        try:
+            grace = float(request.query_params["graceSeconds"])
+        except ValueError:
+            grace = -1.0
+        if not 0 <= grace <= 30 * 86400:
+            raise ApiError(400, "invalid_query", "graceSeconds must be 0 to 2592000")
+    secret = await engine.rotate_secret(agent_id, grace=grace)
     settings = await engine.get_settings(agent_id)
     expires_at = settings.previous_secret_expires_at if settings else None
     return json(
