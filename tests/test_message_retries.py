@@ -103,7 +103,9 @@ async def test_a_retry_that_waits_too_long_gets_a_conflict(
     async with running(tmp_path, llm) as pipeline:
         async with anyio.create_task_group() as tg:
             tg.start_soon(send(pipeline, "wamid.3"))
-            await anyio.sleep(0.1)
+            with anyio.fail_after(5):
+                while not llm.calls:  # the first request holds the message now
+                    await anyio.sleep(0.01)
             with pytest.raises(Conflict, match="still being processed"):
                 await send(pipeline, "wamid.3")()
         again = await send(pipeline, "wamid.3")()  # once the first is done: its answer
