@@ -343,6 +343,19 @@ async def test_settings_save_keeps_the_secret_when_none_is_given(make_store: Sto
     assert first.signing_secret and first.signing_secret == again.signing_secret
 
 
+async def test_saving_a_new_url_keeps_the_secret_receivers_verify_with(
+    make_store: StoreFactory,
+) -> None:
+    async with DeliveryEngine(make_store(), config(workers=False)) as engine:
+        first = await engine.save_settings(
+            AGENT.id, WebhookSettings.validated(url="http://127.0.0.1:9/")
+        )
+        moved = await engine.save_settings(
+            AGENT.id, WebhookSettings.validated(url="http://127.0.0.1:10/new")
+        )
+    assert first.signing_secret and moved.signing_secret == first.signing_secret
+
+
 async def test_every_event_arrives_when_a_tenth_of_answers_fail(
     make_store: StoreFactory, receiver: Receiver
 ) -> None:

@@ -13,12 +13,12 @@ from webhook_plugin.delivery.client import Response
 from webhook_plugin.delivery.dispatcher import Dispatcher
 from webhook_plugin.delivery.retry import RetryPolicy
 from webhook_plugin.events import WebhookEventType
-from webhook_plugin.settings import WebhookSettings
+from webhook_plugin.settings import WebhookSettings, generate_secret
 from webhook_plugin.storage.base import AttemptResult, ClaimedDelivery
 
 pytestmark = pytest.mark.anyio
 
-SETTINGS = WebhookSettings.validated(url="http://hooks.example/")
+SETTINGS = WebhookSettings.validated(url="http://hooks.example/", signing_secret=generate_secret())
 
 
 def delivery(i: int) -> ClaimedDelivery:

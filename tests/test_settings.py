@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from webhook_plugin import SettingsError, WebhookEventType, WebhookSettings
-from webhook_plugin.settings import mask_header, parse_header, secret_key, validate_url
+from webhook_plugin.settings import (
+    generate_secret,
+    mask_header,
+    parse_header,
+    secret_key,
+    validate_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -72,9 +78,10 @@ def test_event_filter_accepts_only_known_types() -> None:
         WebhookSettings.validated(url="https://x.example/", events="AGENT_USER_MESSAGE")  # type: ignore[arg-type]
 
 
-def test_secret_is_generated_and_validated() -> None:
-    s = WebhookSettings.validated(url="https://x.example/")
-    assert s.signing_secret is not None and len(secret_key(s.signing_secret)) == 32
+def test_secret_is_validated_and_left_unset_when_not_given() -> None:
+    # unset: the engine keeps the agent's current secret, or generates one
+    assert WebhookSettings.validated(url="https://x.example/").signing_secret is None
+    assert len(secret_key(generate_secret())) == 32
     with pytest.raises(SettingsError, match="whsec_"):
         WebhookSettings.validated(url="https://x.example/", signing_secret="abc")
     with pytest.raises(SettingsError, match="base64"):
@@ -94,7 +101,9 @@ def test_public_view_masks_headers_and_hides_the_secret() -> None:
         header="Authorization: Bearer abc",
         user_info_url="https://crm.example/",
         user_info_header="X-Api-Key: k123",
+        signing_secret=generate_secret(),
     )
+    assert s.signing_secret is not None
     public = s.public()
     assert public["header"] == "Authorization: ****"
     assert public["userInfoHeader"] == "X-Api-Key: ****"

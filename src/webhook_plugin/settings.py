@@ -106,7 +106,10 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
     ) -> WebhookSettings:
         """Check every value an owner typed and build the settings.
 
-        A missing signing secret is generated. Empty strings count as unset.
+        Empty strings count as unset. A missing signing secret stays unset:
+        :meth:`~webhook_plugin.DeliveryEngine.save_settings` then keeps the
+        agent's current secret, or generates one for a new agent, so saving a
+        new URL never changes the secret receivers verify with.
 
         :raises SettingsError: naming the first invalid field.
         """
@@ -121,7 +124,7 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
         return cls(
             url=url,
             header=header or None,
-            signing_secret=signing_secret or generate_secret(),
+            signing_secret=signing_secret or None,
             events=parse_events(events) if events is not None else None,
             user_info_url=user_info_url,
             user_info_header=user_info_header or None,
