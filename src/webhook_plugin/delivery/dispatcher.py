@@ -54,13 +54,9 @@ def signed_headers(
     agent's own header verbatim."""
     assert settings.signing_secret is not None
     timestamp = int(now)
-    if settings.previous_signing_secret is None:
-        signature = sign(_key(settings.signing_secret), webhook_id, timestamp, body)
-    else:
-        signature = " ".join(
-            sign(_key(secret), webhook_id, timestamp, body)
-            for secret in settings.signing_secrets(now)
-        )
+    signature = " ".join(
+        sign(_key(secret), webhook_id, timestamp, body) for secret in settings.signing_secrets(now)
+    )
     headers = [
         ("content-type", "application/json"),
         ("webhook-id", webhook_id),
