@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
+import structlog
 
 from ..events import WebhookEventType
 from ..exceptions import NotFound
@@ -34,6 +35,8 @@ __all__ = ["SQLStore"]
 
 T = TypeVar("T")
 
+log = structlog.get_logger("webhook_plugin.storage")
+
 _json_encode = msgspec.json.Encoder().encode
 _settings_decoder = msgspec.json.Decoder(WebhookSettings)
 _contact_decoder = msgspec.json.Decoder(dict[str, str])
@@ -45,20 +48,59 @@ _DELIVERY_COLUMNS = (
 )
 
 
+def _event_type(value: object) -> WebhookEventType | None:
+    """The stored event type, or None when this version does not know it."""
+    try:
+        return WebhookEventType(value)
+    except ValueError:
+        return None
+
+
+def _body(value: object) -> bytes | None:
+    """The stored body, or None when it is not bytes-like."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return None
+
+
 def _delivery(row: Sequence[Any]) -> DeliveryRecord:
+    # The log lists every row, even one this version cannot deliver (written by
+    # a newer version, say): its unknown event type is shown as stored.
+    event_type = _event_type(row[3])
     return DeliveryRecord(
         id=row[0],
         webhook_id=row[1],
         agent_id=row[2],
-        event_type=WebhookEventType(row[3]),
+        event_type=str(row[3]) if event_type is None else event_type,
         status=row[4],
         attempts=row[5],
         last_status_code=row[6],
         last_error=row[7],
         created_at=row[8],
         next_attempt_at=row[9] if row[4] == "pending" else None,
-        body=bytes(row[10]),
+        body=_body(row[10]) or b"",
     )
+
+
+def _decode_settings(agent_id: str, row: Sequence[Any]) -> WebhookSettings | None:
+    """An agent's stored settings (``data, disabled, disabled_reason``), or None
+    (and a warning) when this version cannot decode them.
+
+    The warning never quotes the row or the decoder's message: settings hold
+    secrets. The JSON path of a validation error is kept, as it quotes nothing.
+    """
+    try:
+        settings = _settings_decoder.decode(row[0])
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        _, at, path = str(exc).rpartition(" - at `")
+        log.warning(
+            "settings.undecodable",
+            agent_id=agent_id,
+            error=type(exc).__name__,
+            at=path.rstrip("`") if at else None,
+        )
+        return None
+    return msgspec.structs.replace(settings, disabled=bool(row[1]), disabled_reason=row[2])
 
 
 class SQLStore(ABC):
@@ -139,33 +181,63 @@ class SQLStore(ABC):
         skip_agents: Sequence[str] = (),
     ) -> list[ClaimedDelivery]:
         skip = f" AND agent_id NOT IN ({','.join('?' * len(skip_agents))})" if skip_agents else ""
+        claimed: list[ClaimedDelivery] = []
+        poison: list[tuple[Sequence[Any], str]] = []
         with self._tx() as conn:
             params = self._claim_params(now, limit, lease_until, owner, tuple(skip_agents))
             rows = self._x(conn, self._CLAIM.replace("{skip}", skip), params).fetchall()
             endpoints = self._endpoints(conn, {row[2] for row in rows})
-        claimed = []
-        for row in rows:
-            settings, failing_since = endpoints.get(row[2], (None, None))
-            claimed.append(
-                ClaimedDelivery(
-                    id=row[0],
-                    webhook_id=row[1],
-                    agent_id=row[2],
-                    event_type=WebhookEventType(row[3]),
-                    body=bytes(row[4]),
-                    created_at=row[5],
-                    attempts=row[6],
-                    round_attempts=row[6] - row[7],
-                    lease_until=lease_until,
-                    settings=settings,
-                    failing_since=failing_since,
+            for row in rows:
+                event_type, body = _event_type(row[3]), _body(row[4])
+                settings, failing_since = endpoints.get(row[2], (None, None))
+                if event_type is None:
+                    poison.append((row, f"unknown_event_type: {str(row[3])[:64]!r}"))
+                elif body is None:
+                    poison.append((row, f"undecodable: the body is {type(row[4]).__name__}"))
+                elif row[2] in endpoints and settings is None:
+                    poison.append((row, "undecodable: the agent's webhook settings"))
+                else:
+                    claimed.append(
+                        ClaimedDelivery(
+                            id=row[0],
+                            webhook_id=row[1],
+                            agent_id=row[2],
+                            event_type=event_type,
+                            body=body,
+                            created_at=row[5],
+                            attempts=row[6],
+                            round_attempts=row[6] - row[7],
+                            lease_until=lease_until,
+                            settings=settings,
+                            failing_since=failing_since,
+                        )
+                    )
+            if poison:
+                # Rows this version cannot deliver fail here, in the claiming
+                # transaction, instead of stopping the engine (or being claimed
+                # again and again); the log shows why.
+                self._xmany(
+                    conn,
+                    "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,"
+                    " lease_until = 0, lease_owner = NULL, last_error = ?, updated_at = ?"
+                    " WHERE id = ?",
+                    [(reason, now, row[0]) for row, reason in poison],
                 )
+        for row, reason in poison:
+            log.warning(
+                "delivery.quarantined",
+                delivery_id=row[0],
+                agent_id=row[2],
+                webhook_id=row[1],
+                reason=reason,
             )
         return claimed
 
     def _endpoints(
         self, conn: Any, agent_ids: set[str]
-    ) -> dict[str, tuple[WebhookSettings, float | None]]:
+    ) -> dict[str, tuple[WebhookSettings | None, float | None]]:
+        """The agents' settings and ``failing_since``; settings of None for an
+        agent whose row this version cannot decode (absent: no row)."""
         if not agent_ids:
             return {}
         marks = ",".join("?" * len(agent_ids))
@@ -175,12 +247,7 @@ class SQLStore(ABC):
             f" FROM webhook_settings WHERE agent_id IN ({marks})",
             tuple(agent_ids),
         ).fetchall()
-        return {row[0]: (self._settings(row[1:4]), row[4]) for row in rows}
-
-    @staticmethod
-    def _settings(row: Sequence[Any]) -> WebhookSettings:
-        settings = _settings_decoder.decode(row[0])
-        return msgspec.structs.replace(settings, disabled=bool(row[1]), disabled_reason=row[2])
+        return {row[0]: (_decode_settings(row[0], row[1:4]), row[4]) for row in rows}
 
     def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         # One statement per kind for the whole batch (executemany): on the
@@ -452,6 +519,7 @@ class SQLStore(ABC):
     # settings --------------------------------------------------------------------------
 
     def get_settings(self, agent_id: str) -> WebhookSettings | None:
+        """The agent's settings; None when it has none, or none this version can decode."""
         row = self._query(
             lambda c: self._x(
                 c,
@@ -459,7 +527,7 @@ class SQLStore(ABC):
                 (agent_id,),
             ).fetchone()
         )
-        return None if row is None else self._settings(row)
+        return None if row is None else _decode_settings(agent_id, row)
 
     def put_settings(self, agent_id: str, settings: WebhookSettings) -> None:
         data = _json_encode(msgspec.structs.replace(settings, disabled=False, disabled_reason=None))
@@ -475,12 +543,15 @@ class SQLStore(ABC):
             )
 
     def all_settings(self) -> dict[str, WebhookSettings]:
+        """Every agent's settings, leaving out (with a warning) rows this version
+        cannot decode: one bad row must not keep the engine from starting."""
         rows = self._query(
             lambda c: self._x(
                 c, "SELECT agent_id, data, disabled, disabled_reason FROM webhook_settings"
             ).fetchall()
         )
-        return {row[0]: self._settings(row[1:]) for row in rows}
+        decoded = {row[0]: _decode_settings(row[0], row[1:]) for row in rows}
+        return {agent_id: s for agent_id, s in decoded.items() if s is not None}
 
     # the reference runtime's data ------------------------------------------------------------
 

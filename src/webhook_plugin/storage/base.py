@@ -98,7 +98,9 @@ class DeliveryRecord(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     webhook_id: str
     agent_id: str
-    event_type: WebhookEventType
+    #: a plain ``str`` for a type this version does not know (the row was
+    #: written by a newer one, and failed as ``unknown_event_type``)
+    event_type: WebhookEventType | str
     status: DeliveryStatus
     attempts: int
     last_status_code: int | None
