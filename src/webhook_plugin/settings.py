@@ -40,6 +40,14 @@ SECRET_PREFIX: Final = "whsec_"
 
 # RFC 9110 token characters
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# RFC 9110 field-value without obs-text: visible ASCII, spaces or tabs only between them
+_FIELD_VALUE = re.compile(r"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
+# RFC 9110 OWS, the only whitespace stripped around a header's name and value
+_OWS: Final = " \t"
+_HEADER_FORM: Final = (
+    "expected 'Name: value' with a name made of letters, digits and - "
+    "and the colon right after the name"
+)
 _FORBIDDEN_HEADERS: Final = frozenset(
     {
         "host",
@@ -157,8 +165,11 @@ def validate_url(value: str, field: str = "url") -> str:
     try:
         parts = urlsplit(value)
         port = parts.port
-    except ValueError as exc:
-        raise SettingsError(field, f"is not a valid URL ({exc})") from None
+    except ValueError:
+        # urllib's message quotes parts of the URL: never pass it on
+        raise SettingsError(
+            field, "is not a valid URL: check the host and the port (a number up to 65535)"
+        ) from None
     if parts.scheme not in ("http", "https"):
         raise SettingsError(field, "must start with http:// or https://")
     if not parts.hostname:
@@ -177,26 +188,43 @@ def validate_url(value: str, field: str = "url") -> str:
 def parse_header(value: str, field: str = "header") -> tuple[str, str]:
     """Split a ``Name: value`` header, checking both halves.
 
-    :raises SettingsError: without ever quoting the header's value.
+    The name must be an RFC 9110 token and the value an RFC 9110 field value
+    made of visible ASCII (``0x21``-``0x7E``), with spaces or tabs only between
+    visible characters: what HTTP/1.1 can carry. Spaces and tabs around the
+    name and the value are stripped.
+
+    :raises SettingsError: without ever quoting any part of the header, whose
+        name may be a secret too when the colon is missing or misplaced.
     """
     if not isinstance(value, str):
-        raise SettingsError(field, "must be a string of the form 'Name: value'")
+        raise SettingsError(field, f"must be a string: {_HEADER_FORM}")
     if len(value) > MAX_HEADER_LENGTH:
         raise SettingsError(field, f"is longer than {MAX_HEADER_LENGTH} characters")
-    if any(c in value for c in "\r\n\x00"):
-        raise SettingsError(field, "must not contain line breaks or NUL characters")
+    if any(c in value for c in "\r\n"):
+        raise SettingsError(field, "must be a single 'Name: value' line, without line breaks")
+    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value):
+        raise SettingsError(
+            field, "must not contain control characters (such as NUL or DEL); remove them"
+        )
     name, sep, rest = value.partition(":")
-    name, rest = name.strip(), rest.strip()
+    name, rest = name.strip(_OWS), rest.strip(_OWS)
     if not sep or not name:
-        raise SettingsError(field, "must have the form 'Name: value'")
+        raise SettingsError(field, _HEADER_FORM)
     if not _TOKEN.match(name):
-        raise SettingsError(field, f"header name {name!r} has characters a header name cannot")
+        raise SettingsError(field, f"has characters a header name cannot have: {_HEADER_FORM}")
     if name.lower() in _FORBIDDEN_HEADERS:
-        raise SettingsError(field, f"header {name!r} is set by webhook-plugin itself")
+        raise SettingsError(
+            field, "names a header set by webhook-plugin itself; choose another name"
+        )
     if not rest:
-        raise SettingsError(field, "has an empty value")
-    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in rest):
-        raise SettingsError(field, "value must not contain control characters")
+        raise SettingsError(field, "has an empty value: expected 'Name: value'")
+    if not _FIELD_VALUE.fullmatch(rest):
+        raise SettingsError(
+            field,
+            "value may only contain visible ASCII characters, with spaces between them; "
+            "HTTP cannot send accented or non-Latin letters in a header, so encode the value "
+            "(for example as base64) first",
+        )
     return name, rest
 
 
