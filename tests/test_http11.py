@@ -1,5 +1,6 @@
-"""The HTTP/1.1 codec: pure parsing, then scripted servers on 127.0.0.1 that answer
-with byte-exact responses (chunked, close-delimited, 1xx, malformed, split)."""
+"""One request out, one answer in: the request writer and the llhttp-based answer
+parser, pure; then scripted servers on 127.0.0.1 that answer with byte-exact
+responses (chunked, close-delimited, 1xx, malformed, split)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from webhook_plugin.delivery.client import Http11Client
-from webhook_plugin.delivery.http11 import ChunkedDecoder, build_request, parse_head
+from webhook_plugin.delivery.http11 import AnswerParser, build_request, request_target
 from webhook_plugin.delivery.netguard import NetworkGuard
-from webhook_plugin.exceptions import ProtocolError
+from webhook_plugin.exceptions import ProtocolError, TransportError
 
 # -- pure --------------------------------------------------------------------------------------
 
@@ -27,30 +28,83 @@ def test_request_bytes() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [("X-A", "b\r\nX-Injected: 1"), ("X-A", "b\nc"), ("X A", "b"), ("", "b"), ("X-A", "\x00")],
+    [
+        ("X-A", "b\r\nX-Injected: 1"),
+        ("X-A", "b\nc"),
+        ("X A", "b"),
+        ("", "b"),
+        ("X-A", "\x00"),
+        ("X-Api-Key", "ключ"),
+        ("X-Api-Key", "секрет-ключ"),
+        ("Ключ", "v"),
+    ],
 )
 def test_request_refuses_headers_that_would_break_it(header: tuple[str, str]) -> None:
-    with pytest.raises(ProtocolError, match="cannot be sent"):
+    with pytest.raises(TransportError, match="cannot be sent") as caught:
         build_request(b"/", b"h", [header], b"")
+    assert repr(header[1]) not in str(caught.value)  # never quoted
+    assert "ключ" not in str(caught.value)
 
 
-def test_head_parsing_and_framing() -> None:
-    head, used = parse_head(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello"
+def test_request_target_is_percent_encoded() -> None:
+    assert request_target("", "") == b"/"
+    assert request_target("/a b/ç", "q=1 2&r=é") == b"/a%20b/%C3%A7?q=1%202&r=%C3%A9"
+    assert request_target("/already%20done", "a=%2F") == b"/already%20done?a=%2F"
+
+
+def parse(raw: bytes, *, max_body: int = 1024, bytewise: bool = False) -> AnswerParser:
+    answer = AnswerParser(max_body)
+    pieces = [raw[i : i + 1] for i in range(len(raw))] if bytewise else [raw]
+    for piece in pieces:
+        answer.feed(piece)
+    if not answer.done:
+        answer.feed_eof()
+    return answer
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_answers_and_their_framing(bytewise: bool) -> None:
+    a = parse(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello",
+        bytewise=bytewise,
     )
-    assert (head.status, head.framing, head.length, head.keep_alive) == (200, "length", 5, True)
-    assert head.headers["x-a"] == "1, 2" and used == len(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
+    assert (a.status, a.body, a.headers["x-a"], a.reusable) == (200, b"hello", "1, 2", True)
+    chunked = parse(
+        b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nTrailer: x\r\n\r\n",
+        bytewise=bytewise,
     )
-    assert parse_head(b"HTTP/1.1 200 OK\r\nContent-Le") is None
-    chunked, _ = parse_head(b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
-    assert chunked.framing == "chunked"
-    closing, _ = parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-    assert not closing.keep_alive
-    old, _ = parse_head(b"HTTP/1.0 200 OK\r\n\r\n")
-    assert old.framing == "close" and not old.keep_alive
-    assert parse_head(b"HTTP/1.1 204 No Content\r\n\r\n")[0].framing == "none"
-    assert parse_head(b"HTTP/1.1 200\r\n\r\n")[0].status == 200  # reason phrase is optional
+    assert (chunked.status, chunked.body, chunked.reusable) == (500, b"Wikipedia", True)
+    closing = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert closing.done and not closing.reusable
+    old = parse(b"HTTP/1.0 200 OK\r\n\r\nuntil the end", bytewise=bytewise)
+    assert (old.body, old.reusable) == (b"until the end", False)
+    assert parse(b"HTTP/1.1 204 No Content\r\n\r\n").status == 204
+    assert parse(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").status == 200  # no reason
+
+
+def test_body_beyond_the_cap_is_counted_not_kept() -> None:
+    a = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789", max_body=4)
+    assert (a.body, a.size, a.truncated) == (b"0123", 10, True)
+
+
+def test_bytes_after_the_answer_make_the_connection_unusable() -> None:
+    a = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n")
+    assert (a.status, a.body, a.extra, a.reusable) == (200, b"ok", True, False)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # a receiver that said 200 got the event: lenient where RFC 9112 allows it
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n  folded\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["obs-fold", "bare-LF", "NUL-in-value"],
+)
+def test_lenient_heads_of_a_success_still_count(raw: bytes) -> None:
+    assert (parse(raw).status, parse(raw).body) == (200, b"ok")
 
 
 @pytest.mark.parametrize(
@@ -60,34 +114,34 @@ def test_head_parsing_and_framing() -> None:
         b"ICY 200 OK\r\n\r\n",
         b"HTTP/1.1 2000 OK\r\n\r\n",
         b"HTTP/1.1 abc OK\r\n\r\n",
+        "HTTP/1.1 ２００ OK\r\n\r\n".encode(),
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nContent-",
+    ]
+    + [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nok\r\n0\r\n\r\n"
+        for size in (b"0x2", b"+2", b"0_2", b"-0", b"zz", b"FFFFFFFFFFFFFFFFFFFF", "²".encode())
     ],
 )
-def test_malformed_heads_are_protocol_errors(raw: bytes) -> None:
+def test_malformed_answers_are_protocol_errors(raw: bytes) -> None:
     with pytest.raises(ProtocolError):
-        parse_head(raw)
+        parse(raw)
 
 
-def test_oversized_head_is_refused() -> None:
+def test_oversized_heads_and_1xx_floods_are_refused() -> None:
     with pytest.raises(ProtocolError, match="larger than"):
-        parse_head(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000)
-
-
-def test_chunked_decoding_byte_by_byte() -> None:
-    wire = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n"
-    decoder = ChunkedDecoder()
-    out = b"".join(decoder.feed(bytes([b])) for b in wire)
-    assert out == b"Wikipedia in\r\n\r\nchunks." and decoder.done and decoder.leftover == b""
-
-
-@pytest.mark.parametrize("wire", [b"zz\r\n", b"4\r\nWikiXX", b"-1\r\n"])
-def test_bad_chunks_are_protocol_errors(wire: bytes) -> None:
-    with pytest.raises(ProtocolError):
-        ChunkedDecoder().feed(wire)
+        parse(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000)
+    with pytest.raises(ProtocolError, match="informational"):
+        parse(b"HTTP/1.1 100 Continue\r\n\r\n" * 40)
+    with pytest.raises(ProtocolError, match="larger than"):
+        parse((b"HTTP/1.1 103 Early Hints\r\nLink: " + b"a" * 4000 + b"\r\n\r\n") * 20)
 
 
 # -- against scripted servers ---------------------------------------------------------------
@@ -229,8 +283,11 @@ async def test_body_is_capped_and_the_connection_dropped(scripted: type[Scripted
     try:
         r = await c.post(server.url, [], b"{}", timeout=5, max_body=10)
         assert (r.body, r.truncated) == (b"x" * 10, True)
+        # the rest of that body was never read: the next request needs a new connection
+        second = await c.post(server.url, [], b"{}", timeout=5)
     finally:
         await c.aclose()
+    assert second.status_code == 200 and server.connections == 2
 
 
 @pytest.mark.anyio
@@ -245,8 +302,6 @@ async def test_body_is_capped_and_the_connection_dropped(scripted: type[Scripted
 async def test_broken_answers_are_transport_errors(
     scripted: type[Scripted], answer: list[bytes]
 ) -> None:
-    from webhook_plugin.exceptions import TransportError
-
     server = scripted([answer], close=True)
     c = client()
     try:

@@ -1,7 +1,7 @@
 """The HTTP client seam: one ``POST``, answered or failed, never a redirect followed.
 
 :class:`HttpClient` is the interface the dispatcher and the user-info fetcher
-use. :class:`Http11Client`, the default, speaks HTTP/1.1 (the small codec in
+use. :class:`Http11Client`, the default, speaks HTTP/1.1 (llhttp through
 :mod:`.http11`) over anyio streams, so it runs on asyncio and trio; it keeps
 connections alive in a plain list of idle connections per origin, and owns the
 connect step, so that the network guard checks the very address it connects
@@ -14,15 +14,16 @@ import ssl
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
+import idna
 from anyio.streams.tls import TLSStream
 
-from ..exceptions import ConnectError, ProtocolError, RequestTimeout, TransportError
-from .http11 import ChunkedDecoder, build_request, parse_head
+from ..exceptions import ConnectError, RequestTimeout, TransportError
+from .http11 import AnswerParser, build_request, request_target
 from .netguard import NetworkGuard
 
 __all__ = ["Http11Client", "HttpClient", "Response"]
@@ -125,6 +126,7 @@ class Http11Client:
         request = build_request(
             target, _host_header(origin), [("user-agent", self._user_agent), *headers], body
         )
+        deadline = anyio.current_time() + timeout
         try:
             with anyio.fail_after(timeout):
                 conn = await self._take_idle(origin)
@@ -133,7 +135,7 @@ class Http11Client:
                         return await self._exchange(origin, conn, request, max_body)
                     except _StaleConnection:
                         pass  # the server closed a kept-alive connection: use a new one
-                conn = await self._connect(origin)
+                conn = await self._connect(origin, deadline)
                 try:
                     return await self._exchange(origin, conn, request, max_body)
                 except _StaleConnection as exc:
@@ -161,14 +163,22 @@ class Http11Client:
             self._ssl_context = ssl.create_default_context()
         return self._ssl_context
 
-    async def _connect(self, origin: _Origin) -> _Connection:
+    async def _connect(self, origin: _Origin, deadline: float) -> _Connection:
         addresses = await self._guard.resolve(origin.host, origin.port)
         last: Exception | None = None
-        for address in addresses:
-            try:
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(address, origin.port)
-            except OSError as exc:
-                last = exc
+        for index, address in enumerate(addresses):
+            # each address left gets its share of the time left, so that one
+            # black-holed address does not spend the whole attempt
+            share = (deadline - anyio.current_time()) / (len(addresses) - index)
+            stream: anyio.abc.ByteStream | None = None
+            with anyio.move_on_after(share):
+                try:
+                    stream = await anyio.connect_tcp(address, origin.port)
+                except OSError as exc:
+                    last = exc
+                    continue
+            if stream is None:
+                last = TimeoutError(f"no answer from {address} within {share:.2g} s")
                 continue
             if origin.scheme == "https":
                 try:
@@ -191,35 +201,23 @@ class Http11Client:
         reused, conn.used = conn.used, True
         received_any = False
         stream = conn.stream
-
-        async def receive() -> bytes:
-            nonlocal received_any
-            try:
-                chunk = await stream.receive(_READ_SIZE)
-            except anyio.EndOfStream:
-                chunk = b""
-            if chunk:
-                received_any = True
-            return chunk
-
+        answer = AnswerParser(max_body)
         try:
             await stream.send(request)
-            buf = bytearray()
-            while True:
-                parsed = parse_head(buf)
-                if parsed is None:
-                    chunk = await receive()
-                    if not chunk:
-                        if not received_any:
-                            raise _StaleConnection
-                        raise ProtocolError("the server closed the connection mid-answer")
-                    buf += chunk
-                    continue
-                head, used = parsed
-                del buf[:used]
-                if head.status >= 200:
-                    break  # 1xx answers are informational: the real one follows
-            body, truncated, clean = await self._read_body(head, buf, receive, max_body)
+            while not answer.done:
+                try:
+                    chunk = await stream.receive(_READ_SIZE)
+                except anyio.EndOfStream:
+                    chunk = b""
+                if not chunk:
+                    if not received_any:
+                        raise _StaleConnection
+                    answer.feed_eof()
+                    break
+                received_any = True
+                answer.feed(chunk)
+                if answer.truncated:
+                    break  # more is coming than we keep: not worth reading the rest
         except _StaleConnection:
             await _close(conn)
             if reused:
@@ -233,63 +231,11 @@ class Http11Client:
         except BaseException:
             await _close(conn)
             raise
-        if clean and head.keep_alive and not self._closed:
+        if answer.reusable and not self._closed:
             await self._keep(origin, conn)
         else:
             await _close(conn)
-        return Response(head.status, head.headers, body, truncated)
-
-    @staticmethod
-    async def _read_body(
-        head: Any, buf: bytearray, receive: Any, max_body: int
-    ) -> tuple[bytes, bool, bool]:
-        """The body up to ``max_body`` bytes, whether it was cut, and whether the
-        connection ended cleanly at the end of the answer (so it can be reused)."""
-        kept = bytearray()
-        if head.framing == "none":
-            return b"", False, not buf
-        if head.framing == "length":
-            left = head.length
-            data = bytes(buf)
-            while True:
-                take = data[:left]
-                if len(kept) < max_body:
-                    kept += take[: max_body - len(kept)]
-                left -= len(take)
-                if left == 0:
-                    return bytes(kept), head.length > max_body, len(data) == len(take)
-                if len(kept) >= max_body:
-                    # more is coming than we keep: not worth reading the rest
-                    return bytes(kept), True, False
-                data = await receive()
-                if not data:
-                    raise ProtocolError("the server closed the connection mid-body")
-        if head.framing == "chunked":
-            decoder = ChunkedDecoder()
-            data = bytes(buf)
-            size = 0
-            while True:
-                piece = decoder.feed(data)
-                size += len(piece)
-                if len(kept) < max_body:
-                    kept += piece[: max_body - len(kept)]
-                if decoder.done:
-                    return bytes(kept), size > max_body, not decoder.leftover
-                if size > max_body:
-                    return bytes(kept), True, False
-                data = await receive()
-                if not data:
-                    raise ProtocolError("the server closed the connection mid-body")
-        # "close": the body ends with the connection
-        data = bytes(buf)
-        size = 0
-        while data:
-            size += len(data)
-            kept += data[: max(0, max_body - len(kept))]
-            if size > max_body:
-                return bytes(kept), True, False
-            data = await receive()
-        return bytes(kept), False, False
+        return Response(answer.status, answer.headers, answer.body, answer.truncated)
 
     async def _keep(self, origin: _Origin, conn: _Connection) -> None:
         now = time.monotonic()
@@ -354,13 +300,18 @@ def _parse(url: str) -> tuple[_Origin, bytes]:
         raise TransportError(f"invalid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TransportError("only absolute http:// and https:// URLs can be called")
+    host = parts.hostname
+    if not host.isascii():
+        try:  # IDNA 2008, with the UTS 46 mapping browsers apply
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            raise TransportError("invalid URL: the host name is not a valid IDNA name") from None
     default = 443 if parts.scheme == "https" else 80
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return _Origin(parts.scheme, parts.hostname, port or default), target.encode()
+    return _Origin(parts.scheme, host, port or default), request_target(parts.path, parts.query)
 
 
 def _host_header(origin: _Origin) -> bytes:
     host = f"[{origin.host}]" if ":" in origin.host else origin.host
     if origin.port != (443 if origin.scheme == "https" else 80):
         host = f"{host}:{origin.port}"
-    return host.encode("idna") if not host.isascii() else host.encode()
+    return host.encode("ascii")

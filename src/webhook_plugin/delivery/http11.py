@@ -1,41 +1,48 @@
-"""A small HTTP/1.1 codec for one client request and its answer. Pure: no I/O.
+"""One HTTP/1.1 request out, one answer in. Pure: no I/O.
 
-We only ever send ``POST`` with a ``Content-Length`` body and read the answer,
-so the codec is small: serialise the request, parse the status line and
-headers, then frame the body by ``Transfer-Encoding: chunked``,
-``Content-Length``, or the end of the connection (RFC 9112, section 6.3).
-Anything malformed raises :class:`~webhook_plugin.exceptions.ProtocolError`.
-It measured 3 to 4 times faster than ``h11`` in a bare loop (see
-``benchmarks/README.md``), which matters on the delivery path.
+The request is ours and small (always ``POST`` with a ``Content-Length``
+body), so :func:`build_request` writes it. The answer is a stranger's, so it
+is parsed by llhttp (the parser of Node.js and uvicorn, through
+``httptools``): :class:`AnswerParser` is fed the bytes as they arrive, keeps
+the status, the headers and the first ``max_body`` bytes of the body, and
+turns every malformed answer into one :class:`~webhook_plugin.exceptions.ProtocolError`.
+Bounds that llhttp leaves to its caller are kept here: the size of the heads
+(1xx answers included) and the number of informational answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import Final
+from urllib.parse import quote
 
-from ..exceptions import ProtocolError
+import httptools
 
-__all__ = ["MAX_HEAD", "ChunkedDecoder", "Head", "build_request", "parse_head"]
+from ..exceptions import ProtocolError, TransportError
 
-#: the largest status line and headers accepted
+__all__ = ["MAX_HEAD", "MAX_INFORMATIONAL", "AnswerParser", "build_request", "request_target"]
+
+#: the most bytes of status lines and headers accepted, 1xx answers included
 MAX_HEAD: Final = 64 * 1024
+#: the most ``1xx`` answers accepted before the final one
+MAX_INFORMATIONAL: Final = 32
 
 _CRLF: Final = b"\r\n"
 _TOKEN: Final = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
+# what may stay as it is in a path or a query (RFC 3986 pchar, with '%' kept
+# so that an escape already made is not escaped twice)
+_PATH_SAFE: Final = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE: Final = _PATH_SAFE + "?"
 
 
-class Head(NamedTuple):
-    """A parsed status line and headers."""
-
-    status: int
-    headers: dict[str, str]
-    #: ``chunked``, ``length``, ``none`` (no body) or ``close`` (read to the end)
-    framing: str
-    length: int
-    keep_alive: bool
+def request_target(path: str, query: str) -> bytes:
+    """The request target of a URL's path and query, percent-encoded where needed."""
+    target = quote(path or "/", safe=_PATH_SAFE)
+    if query:
+        target += "?" + quote(query, safe=_QUERY_SAFE)
+    return target.encode("ascii")
 
 
 def build_request(
@@ -43,143 +50,196 @@ def build_request(
 ) -> bytes:
     """``POST target`` with ``headers`` and ``body``, ready for the wire.
 
-    :raises ProtocolError: when a header would break the request (CR, LF or
-        NUL in a name or value); settings are validated when saved, this is the
-        last line of defence.
+    :raises TransportError: when a header cannot be sent (not a token name, or
+        a value that is not visible ASCII). Settings are validated when saved;
+        this is the last line of defence, and it never quotes the header.
     """
     lines = [b"POST " + target + b" HTTP/1.1", b"host: " + host]
-    for name, value in headers:
-        raw_name, raw_value = name.encode("latin-1"), value.encode("latin-1")
+    for index, (name, value) in enumerate(headers):
+        try:
+            raw_name, raw_value = name.encode("ascii"), value.encode("ascii")
+        except UnicodeEncodeError:
+            raw_name = raw_value = b"\x00"
         if (
             not raw_name
             or not _TOKEN.issuperset(raw_name)
-            or any(c in raw_value for c in b"\r\n\x00")
+            or any(c < 0x20 and c != 0x09 or c == 0x7F for c in raw_value)
         ):
-            raise ProtocolError(f"header {name!r} cannot be sent")
+            raise TransportError(
+                f"request header #{index + 1} cannot be sent: its name must be a token and"
+                " its value visible ASCII; save the agent's settings again"
+            )
         lines.append(raw_name + b": " + raw_value)
     lines.append(b"content-length: " + str(len(body)).encode())
     return _CRLF.join(lines) + _CRLF + _CRLF + body
 
 
-def parse_head(buf: bytes | bytearray) -> tuple[Head, int] | None:
-    """Parse a status line and headers from the start of ``buf``.
+class _AfterAnswer(Exception):
+    """More bytes followed the final answer (stops the parser)."""
 
-    :return: the head and the number of bytes it used, or ``None`` when more
-        bytes are needed.
-    :raises ProtocolError: on anything that is not a valid HTTP/1.x answer.
+
+class AnswerParser:
+    """Parses one answer fed piece by piece (llhttp callbacks).
+
+    After :meth:`feed` or :meth:`feed_eof`: :attr:`done` once the final
+    (non-1xx) answer is complete; :attr:`status`, :attr:`headers` (lower-cased
+    names, repeated ones joined with ``", "``) once its head is;
+    :attr:`body` holds its first ``max_body`` bytes and :attr:`size` counts
+    them all; :attr:`reusable` says whether the connection may carry another
+    request.
+
+    :param max_body: body bytes kept; the rest is counted, not kept.
     """
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buf) > MAX_HEAD:
-            raise ProtocolError(f"the answer's headers are larger than {MAX_HEAD} bytes")
-        return None
-    if end > MAX_HEAD:
-        raise ProtocolError(f"the answer's headers are larger than {MAX_HEAD} bytes")
-    lines = bytes(buf[:end]).split(_CRLF)
-    status_line = lines[0]
-    version, _, rest = status_line.partition(b" ")
-    code = rest[:3]
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
-    if rest[3:4] not in (b"", b" "):
-        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
-    status = int(code)
-    if status < 100:
-        raise ProtocolError(f"invalid status code {status}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            raise ProtocolError("folded header lines are not accepted")
-        name, sep, value = line.partition(b":")
-        if not sep or not name or not _TOKEN.issuperset(name):
-            raise ProtocolError(f"invalid header line {line[:80]!r}")
-        key = name.decode("ascii").lower()
-        text = value.strip(b" \t").decode("latin-1")
-        if key in headers and key != "content-length":
-            headers[key] = f"{headers[key]}, {text}"
-        elif key == "content-length" and key in headers and headers[key] != text:
-            raise ProtocolError("conflicting Content-Length headers")
-        else:
-            headers[key] = text
-    connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    keep_alive = version == b"HTTP/1.1" and "close" not in connection
-    if 100 <= status < 200 or status in (204, 304):
-        return Head(status, headers, "none", 0, keep_alive), end + 4
-    encoding = headers.get("transfer-encoding")
-    if encoding is not None:
-        codings = [t.strip().lower() for t in encoding.split(",")]
-        if codings[-1] != "chunked":
-            # no length we can trust: the body ends with the connection
-            return Head(status, headers, "close", 0, False), end + 4
-        return Head(status, headers, "chunked", 0, keep_alive), end + 4
-    length_text = headers.get("content-length")
-    if length_text is not None:
-        if not length_text.isdigit():
-            raise ProtocolError(f"invalid Content-Length {length_text[:20]!r}")
-        return Head(status, headers, "length", int(length_text), keep_alive), end + 4
-    return Head(status, headers, "close", 0, False), end + 4
 
+    __slots__ = (
+        "_body",
+        "_fields",
+        "_head_bytes",
+        "_in_head",
+        "_informational",
+        "_max_body",
+        "_parser",
+        "_status",
+        "done",
+        "extra",
+        "headers",
+        "keep_alive",
+        "size",
+        "status",
+    )
 
-class ChunkedDecoder:
-    """Decodes a ``Transfer-Encoding: chunked`` body fed piece by piece."""
-
-    __slots__ = ("_buf", "_left", "_state", "done")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._left = 0
-        self._state = "size"  # size -> data -> data_end -> size ... -> trailers
+    def __init__(self, max_body: int) -> None:
+        self._max_body = max_body
+        self._parser = httptools.HttpResponseParser(self)
+        # Framing stays strict (Content-Length digits, chunk grammar, both
+        # framing headers at once): a body we cannot delimit is not an answer.
+        # Header *values* and line endings are read leniently: a receiver that
+        # answered "200" with a folded header (RFC 9112 5.2: a user agent
+        # replaces obs-fold with SP), a stray control byte or bare LFs did get
+        # the event, and refusing its answer would only deliver it twice. We
+        # never forward these headers anywhere.
+        self._parser.set_dangerous_leniencies(
+            lenient_headers=True, lenient_optional_cr_before_lf=True
+        )
+        self._body = bytearray()
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._in_head = True
+        self._informational = 0
+        self._status = 0
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.size = 0
         self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        """Add received bytes; return the body bytes they complete."""
-        self._buf += data
-        out = bytearray()
-        while not self.done:
-            if self._state == "size":
-                end = self._buf.find(_CRLF)
-                if end < 0:
-                    if len(self._buf) > 1024:
-                        raise ProtocolError("chunk size line too long")
-                    break
-                size_text = bytes(self._buf[:end]).split(b";", 1)[0].strip()
-                del self._buf[: end + 2]
-                try:
-                    self._left = int(size_text, 16)
-                except ValueError:
-                    raise ProtocolError(f"invalid chunk size {size_text[:20]!r}") from None
-                if self._left < 0:
-                    raise ProtocolError("invalid chunk size")
-                self._state = "data" if self._left else "trailers"
-            elif self._state == "data":
-                if not self._buf:
-                    break
-                take = self._buf[: self._left]
-                out += take
-                del self._buf[: len(take)]
-                self._left -= len(take)
-                if not self._left:
-                    self._state = "data_end"
-            elif self._state == "data_end":
-                if len(self._buf) < 2:
-                    break
-                if self._buf[:2] != _CRLF:
-                    raise ProtocolError("chunk not followed by CRLF")
-                del self._buf[:2]
-                self._state = "size"
-            else:  # trailers: lines until an empty one
-                end = self._buf.find(_CRLF)
-                if end < 0:
-                    if len(self._buf) > MAX_HEAD:
-                        raise ProtocolError("trailers too large")
-                    break
-                line = bytes(self._buf[:end])
-                del self._buf[: end + 2]
-                if not line:
-                    self.done = True
-        return bytes(out)
+        self.extra = False
+        self.keep_alive = False
 
     @property
-    def leftover(self) -> bytes:
-        """Bytes received after the end of the body (a pipelining server's next answer)."""
-        return bytes(self._buf)
+    def body(self) -> bytes:
+        return bytes(self._body)
+
+    @property
+    def head_done(self) -> bool:
+        """Whether the final answer's status and headers are in."""
+        return self.status != 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > self._max_body
+
+    @property
+    def reusable(self) -> bool:
+        return self.done and self.keep_alive and not self.extra
+
+    def feed(self, data: bytes) -> None:
+        """Parse received bytes.
+
+        :raises ProtocolError: when the answer is not valid HTTP/1.x, or its
+            heads are larger than :data:`MAX_HEAD`.
+        """
+        if self.done:
+            self.extra = True
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _AfterAnswer):
+                self.extra = True
+                return
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
+            raise ProtocolError(f"invalid answer: {_reason(exc)}") from None
+        except httptools.HttpParserUpgrade:
+            raise ProtocolError("the answer switched protocols") from None
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(f"invalid answer: {_reason(exc)}") from None
+        if self._in_head and self._head_bytes > MAX_HEAD:
+            raise ProtocolError(f"the answer's headers are larger than {MAX_HEAD} bytes")
+
+    def feed_eof(self) -> None:
+        """The connection ended: complete an answer whose body ends with it.
+
+        :raises ProtocolError: when the answer is not complete.
+        """
+        if self.done:
+            return
+        if self.head_done and self._until_close():
+            self.done = True
+            self.keep_alive = False
+            return
+        where = "mid-body" if self.head_done else "mid-answer"
+        raise ProtocolError(f"the server closed the connection {where}")
+
+    def _until_close(self) -> bool:
+        # no Content-Length and no chunked coding: the body ends with the connection
+        return (
+            "content-length" not in self.headers
+            and "chunked" not in self.headers.get("transfer-encoding", "").lower()
+        )
+
+    # llhttp callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            raise _AfterAnswer
+        self._fields = []
+        self._in_head = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            self._informational += 1
+            if self._informational > MAX_INFORMATIONAL:
+                raise ProtocolError(f"more than {MAX_INFORMATIONAL} informational answers")
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in self._fields:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1").strip(" \t")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        self.headers = headers
+        self.status = status
+        self._in_head = False
+
+    def on_body(self, body: bytes) -> None:
+        if self.status:  # a 1xx answer has no body; llhttp never calls this for one
+            self.size += len(body)
+            room = self._max_body - len(self._body)
+            if room > 0:
+                self._body += body[:room]
+
+    def on_message_complete(self) -> None:
+        if self.status:
+            self.done = True
+            self.keep_alive = self._parser.should_keep_alive()
+
+
+def _reason(exc: Exception) -> str:
+    """llhttp's reason, bounded (it never holds more than a short description)."""
+    text = str(exc) or type(exc).__name__
+    return text[:120]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -12,6 +13,8 @@ __all__ = ["DEFAULT_SCHEDULE", "RetryPolicy", "parse_retry_after"]
 
 #: Standard Webhooks: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h
 DEFAULT_SCHEDULE: Final = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+
+_DELTA_SECONDS: Final = re.compile(r"[0-9]+", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +71,23 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from ``now`` (delta-seconds or an HTTP date)."""
+    """``Retry-After`` as seconds from ``now`` (delta-seconds or an HTTP date).
+
+    A receiver's header is anyone's text: only ASCII digits count as seconds
+    (``str.isdigit`` also takes ``"\u00b2"``), and anything that is neither
+    is ignored, never an error.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELTA_SECONDS.fullmatch(value):
+        # longer than any wait we honour: no need to make a huge number of it
+        return float(value) if len(value) <= 12 else float("1e12")
+    if len(value) > 64:
+        return None
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = moment.timestamp() - now
+    except Exception:  # the stdlib raises several kinds on junk; junk is ignored
         return None
-    if moment is None:  # pragma: no cover - older Pythons
-        return None
-    return max(0.0, moment.timestamp() - now)
+    return max(0.0, seconds)
