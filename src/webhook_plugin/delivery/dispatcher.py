@@ -4,8 +4,12 @@ A fixed pool of worker tasks (``concurrency`` of them) takes deliveries from
 a local queue; one claim loop keeps that queue filled, leasing due deliveries
 in batches (one thread hop fetches many), so a worker never waits for a claim
 to start its next attempt. Concurrency is capped overall (the pool) and per
-endpoint (a semaphore each). Results go to a :class:`Batcher`, so that
-recording thousands of attempts costs a handful of transactions.
+endpoint, by caps that shrink for endpoints that time out
+(:mod:`.lanes`), so that endpoints that never answer hold only their own
+slots. Each attempt's outcome is decided by :func:`.outcome.classify`, and
+nothing one delivery does (whatever its receiver answers, whatever an attempt
+raises) can end a loop. Results go to a :class:`Batcher`, so that recording
+thousands of attempts costs a handful of transactions.
 
 A lease is always longer than an attempt can take (``2 x timeout + 5 s``) and a
 delivery whose lease would run out before its attempt could finish (it waited
@@ -26,11 +30,13 @@ import anyio
 import anyio.abc
 import structlog
 
-from ..exceptions import StorageError, TransportError
+from ..exceptions import RequestTimeout, StorageError, TransportError
 from ..settings import WebhookSettings, parse_header, secret_key
 from ..storage.base import AttemptResult, ClaimedDelivery, Store
 from .client import HttpClient
-from .retry import RetryPolicy, parse_retry_after
+from .lanes import EndpointLanes, Lane
+from .outcome import classify
+from .retry import RetryPolicy
 from .signing import sign
 
 __all__ = ["Dispatcher", "signed_headers"]
@@ -77,7 +83,8 @@ class Dispatcher:
     :param policy: retry schedule and endpoint disabling.
     :param timeout: seconds for one attempt.
     :param concurrency: attempts in flight at most, overall.
-    :param per_endpoint: attempts in flight at most, per agent endpoint.
+    :param per_endpoint: attempts in flight at most, per agent endpoint (an
+        endpoint that times out gets fewer, see :mod:`.lanes`).
     :param poll_interval: how often to look for due deliveries when nothing woke us.
     :param clock: wall-clock time in Unix seconds (injected in tests).
     """
@@ -110,8 +117,14 @@ class Dispatcher:
         self._limiter = limiter or anyio.CapacityLimiter(1)
         self.owner = uuid.uuid4().hex
         self.lease_seconds = 2 * timeout + 5.0
-        #: attempts in flight per endpoint (agent), capped at ``per_endpoint``
+        #: attempts in flight per endpoint (agent), capped by ``self.lanes``
         self._busy: dict[str, int] = {}
+        self.lanes = EndpointLanes(
+            ceiling=per_endpoint,
+            start=4,
+            slow_slots=concurrency // 4,
+            new_slots=concurrency // 2,
+        )
         #: claimed deliveries waiting for their endpoint to have a free slot
         self._parked: dict[str, deque[ClaimedDelivery]] = {}
         #: deliveries claimed and not yet taken by a worker
@@ -188,6 +201,10 @@ class Dispatcher:
                 log.warning("dispatcher.claim_failed", error=str(exc))
                 await anyio.sleep(self._poll_interval)
                 continue
+            except Exception:  # a bug of ours: log it, and claim again later
+                log.exception("dispatcher.claim_crashed")
+                await anyio.sleep(self._poll_interval)
+                continue
             if self._stopping:  # stop() came during the claim: hand these back
                 if claimed:
                     with anyio.CancelScope(shield=True):
@@ -209,51 +226,77 @@ class Dispatcher:
         if work is not None:
             work.set()
 
-    def _next(self) -> ClaimedDelivery | None:
-        """The next delivery whose endpoint has a free slot. Others are parked, so
-        that a slow endpoint holds its own slots and never a worker."""
-        ready = self._ready
+    def _next(self) -> tuple[ClaimedDelivery, Lane] | None:
+        """The next delivery whose endpoint may start an attempt, and its lane.
+        Others are parked, so that a slow endpoint holds its own slots and
+        never a worker."""
+        ready, lanes = self._ready, self.lanes
         while ready:
             delivery = ready.popleft()
             agent_id = delivery.agent_id
-            if self._busy.get(agent_id, 0) >= self._per_endpoint:
+            busy = self._busy.get(agent_id, 0)
+            if not lanes.may_start(agent_id, busy):
                 self._parked.setdefault(agent_id, deque()).append(delivery)
                 continue
-            self._busy[agent_id] = self._busy.get(agent_id, 0) + 1
-            return delivery
+            self._busy[agent_id] = busy + 1
+            lane = lanes.lane(agent_id)
+            lanes.busy[lane] += 1
+            return delivery, lane
         return None
 
-    def _slot_freed(self, agent_id: str) -> None:
+    def _slot_freed(self, agent_id: str, lane: Lane) -> None:
         left = self._busy[agent_id] - 1
         if left:
             self._busy[agent_id] = left
         else:
             del self._busy[agent_id]
+        self.lanes.busy[lane] -= 1
+        # as many of its parked deliveries as its cap now allows (a probe that
+        # went well opens several slots at once)
+        room = max(1, self.lanes.cap(agent_id) - left)
+        if self._unpark(agent_id, room) or lane == "quick":
+            return
+        # a slot of a shared lane is free: another endpoint may wait for it
+        for other in self._parked:
+            if self.lanes.lane(other) == lane and self._unpark(other):
+                return
+
+    def _unpark(self, agent_id: str, count: int = 1) -> bool:
         parked = self._parked.get(agent_id)
-        if parked:
-            self._ready.appendleft(parked.popleft())  # its turn comes first
-            if not parked:
-                del self._parked[agent_id]
-            self._work_arrived()
+        if not parked:
+            return False
+        taken = [parked.popleft() for _ in range(min(count, len(parked)))]
+        self._ready.extendleft(reversed(taken))  # their turn comes first, in order
+        if not parked:
+            del self._parked[agent_id]
+        self._work_arrived()
+        return True
 
     async def _worker(self) -> None:
         while True:
-            delivery = self._next()
+            taken = self._next()
             if len(self._ready) < self._concurrency and self._low_event is not None:
                 self._low_event.set()  # time to claim more
-            if delivery is None:
+            if taken is None:
                 if self._stopping:
                     return
                 work = self._work
                 assert work is not None
                 await work.wait()
                 continue
+            delivery, lane = taken
             self._in_flight.add(delivery.id)
             try:
                 await self._deliver(delivery)
+            except Exception:
+                # Nothing one delivery does may end a worker. Its lease runs
+                # out and it is claimed again.
+                log.exception(
+                    "delivery.crashed", agent_id=delivery.agent_id, webhook_id=delivery.webhook_id
+                )
             finally:
                 self._in_flight.discard(delivery.id)
-                self._slot_freed(delivery.agent_id)
+                self._slot_freed(delivery.agent_id, lane)
                 if self._idle_event is not None and not self._in_flight:
                     self._idle_event.set()
 
@@ -337,77 +380,77 @@ class Dispatcher:
         )
 
     async def _attempt(self, d: ClaimedDelivery, settings: WebhookSettings) -> AttemptResult:
-        assert settings.url is not None and settings.signing_secret is not None
+        assert settings.url is not None
         started = self._clock()
-        headers = signed_headers(settings, d.webhook_id, started, d.body)
         attempt = d.attempts + 1
         t0 = time.perf_counter()
-        status_code: int | None = None
-        error: str | None = None
-        excerpt: str | None = None
-        retry_after: float | None = None
+        response = error = None
         try:
+            headers = signed_headers(settings, d.webhook_id, started, d.body)
             response = await self._client.post(
                 settings.url, headers, d.body, timeout=self._timeout, max_body=_EXCERPT_BYTES
             )
-        except TransportError as exc:
-            error = f"{exc.code}: {exc}"
         except Exception as exc:
-            # A bug of ours must cost one attempt, not the worker and every
-            # delivery behind it: record it and retry like any failed attempt.
-            error = f"internal_error: {type(exc).__name__}"
-            log.exception("delivery.internal_error", agent_id=d.agent_id, webhook_id=d.webhook_id)
-        else:
-            status_code = response.status_code
-            excerpt = response.body.decode("utf-8", "replace") or None
-            retry_after = parse_retry_after(response.headers.get("retry-after"), started)
-            if not 200 <= status_code < 300:
-                error = f"http_{status_code}"
-        duration_ms = (time.perf_counter() - t0) * 1000
+            error = exc
+            if not isinstance(exc, TransportError):
+                # A bug of ours costs one attempt, recorded and retried like
+                # any failure; never the worker and every delivery behind it.
+                log.error(
+                    "delivery.internal_error",
+                    agent_id=d.agent_id,
+                    webhook_id=d.webhook_id,
+                    error_type=type(exc).__name__,
+                    exc_info=exc,
+                )
+        duration = time.perf_counter() - t0
+        outcome = classify(
+            response=response,
+            error=error,
+            started=started,
+            round_attempts=d.round_attempts,
+            failing_since=d.failing_since,
+            policy=self._policy,
+        )
+        self.lanes.observe(
+            d.agent_id,
+            slow=isinstance(error, RequestTimeout) or duration > self._timeout / 2,
+        )
         fields = {
             "agent_id": d.agent_id,
             "event_type": str(d.event_type),
             "webhook_id": d.webhook_id,
             "attempt": attempt,
-            "status": status_code,
-            "duration_ms": round(duration_ms, 1),
+            "status": outcome.status_code,
+            "duration_ms": round(duration * 1000, 1),
         }
-        disable_reason = None
-        next_attempt_at = None
-        if error is None:
-            status = "succeeded"
+        if outcome.status == "succeeded":
             log.info("delivery.succeeded", **fields)
-        elif status_code == 410:
-            status = "failed"
-            disable_reason = "the receiver answered 410 Gone"
+        elif outcome.status == "pending":
+            assert outcome.next_attempt_at is not None
+            self.retry_scheduled(outcome.next_attempt_at)
+            log.info(
+                "delivery.retry_scheduled",
+                error=outcome.error,
+                retry_in=round(outcome.next_attempt_at - started, 3),
+                **fields,
+            )
         else:
-            delay = self._policy.next_delay(d.round_attempts + 1, retry_after)
-            failing_for = started - d.failing_since if d.failing_since is not None else 0.0
-            if failing_for >= self._policy.disable_after:
-                disable_reason = f"failing without a success for {failing_for / 3600:.0f} h"
-            if delay is None or disable_reason:
-                status = "failed"
-            else:
-                status = "pending"
-                next_attempt_at = started + delay
-                self.retry_scheduled(next_attempt_at)
-                log.info(
-                    "delivery.retry_scheduled", error=error, retry_in=round(delay, 3), **fields
-                )
-        if status == "failed":
-            log.warning("delivery.failed", error=error, **fields)
-        if disable_reason:
-            log.warning("endpoint.disabled", agent_id=d.agent_id, reason=disable_reason)
+            log.warning("delivery.failed", error=outcome.error, **fields)
+        if outcome.disable_reason:
+            log.warning("endpoint.disabled", agent_id=d.agent_id, reason=outcome.disable_reason)
+        excerpt = None
+        if response is not None and response.body:
+            excerpt = response.body.decode("utf-8", "replace")
         return AttemptResult(
             delivery_id=d.id,
             agent_id=d.agent_id,
             attempt=attempt,
             started_at=started,
-            duration_ms=duration_ms,
-            status_code=status_code,
-            error=error,
+            duration_ms=duration * 1000,
+            status_code=outcome.status_code,
+            error=outcome.error,
             response_excerpt=excerpt,
-            status=status,
-            next_attempt_at=next_attempt_at,
-            disable_reason=disable_reason,
+            status=outcome.status,
+            next_attempt_at=outcome.next_attempt_at,
+            disable_reason=outcome.disable_reason,
         )

@@ -16,14 +16,15 @@ whatever was not delivered stays stored for the next start.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Final, Literal, Self
 
 import anyio
+import anyio.abc
 import msgspec
 import structlog
 
@@ -45,12 +46,40 @@ from .dispatcher import Dispatcher, signed_headers
 from .metrics import DeliveryMetrics
 from .netguard import NetworkGuard
 from .outbox import Batcher, Ticket
+from .outcome import classify
 from .retry import DEFAULT_SCHEDULE, RetryPolicy
 from .signing import new_webhook_id
 
 __all__ = ["DeliveryConfig", "DeliveryEngine", "EndpointTest"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
+
+#: seconds before a failed loop is restarted: the first wait, and the longest
+_RESTART_BACKOFF: Final = (0.1, 30.0)
+#: seconds the engine reports a loop's failure as unhealthy
+_UNHEALTHY_FOR: Final = 60.0
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The one exception inside task groups' exception groups, if there is one."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class _StartedOnce:
+    """A task status that passes on only the first ``started()``."""
+
+    __slots__ = ("_inner", "done")
+
+    def __init__(self, inner: anyio.abc.TaskStatus[None]) -> None:
+        self._inner = inner
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self._inner.started(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +196,8 @@ class DeliveryEngine:
             clock=clock,
         )
         self._background_scope: anyio.CancelScope | None = None
+        #: the last failure of each loop: (anyio time, reason)
+        self._failures: dict[str, tuple[float, str]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -179,11 +210,11 @@ class DeliveryEngine:
             self._background_scope = anyio.CancelScope()
             async with AsyncExitStack() as stack:
                 tg = await stack.enter_async_context(anyio.create_task_group())
-                await tg.start(self.outbox.run)
-                await tg.start(self.recorder.run)
+                await tg.start(self._supervise, "outbox", self.outbox.run)
+                await tg.start(self._supervise, "recorder", self.recorder.run)
                 if self.config.workers:
-                    await tg.start(self.dispatcher.run)
-                tg.start_soon(self._background)
+                    await tg.start(self._supervise, "dispatcher", self.dispatcher.run)
+                tg.start_soon(self._run_background)
                 self._tg = tg
                 self._stack = stack.pop_all()
         except BaseException:
@@ -217,20 +248,86 @@ class DeliveryEngine:
                 await self._run_sync(self.store.close)
             log.info("engine.stopped")
 
+    async def _supervise(
+        self,
+        name: str,
+        run: Callable[..., Awaitable[None]],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run one of the engine's loops; if it ever raises, restart it with backoff.
+
+        Every loop already turns a delivery's or a database's trouble into a
+        recorded outcome; this is the last line, for a bug of ours. The
+        process stays up (its API still queues events, durably) and says so:
+        :meth:`health` reports the failure, so that ``/healthz`` answers 503
+        and an orchestrator can see it, or replace the process.
+        """
+        once = _StartedOnce(task_status)
+        once.done = task_status is anyio.TASK_STATUS_IGNORED  # nobody waits for it
+        delay = _RESTART_BACKOFF[0]
+        logged: set[str] = set()
+        while True:
+            began = anyio.current_time()
+            try:
+                if once.done:
+                    await run()
+                else:
+                    await run(task_status=once)
+                return
+            except Exception as exc:
+                if not once.done:
+                    raise  # it never started: starting the engine fails
+                kind = type(_root_cause(exc)).__name__
+                self._failures[name] = (anyio.current_time(), f"{name} failed ({kind})")
+                if kind in logged:  # the traceback was logged already
+                    log.error("engine.task_failed", task=name, error_type=kind, retry_in=delay)
+                else:
+                    logged.add(kind)
+                    log.error(
+                        "engine.task_failed",
+                        task=name,
+                        error_type=kind,
+                        retry_in=delay,
+                        exc_info=exc,
+                    )
+            if anyio.current_time() - began > _RESTART_BACKOFF[1]:
+                delay = _RESTART_BACKOFF[0]  # it ran well for a while: start over
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _RESTART_BACKOFF[1])
+            log.info("engine.task_restarted", task=name)
+
+    def health(self) -> str | None:
+        """Why the engine is not healthy now, or ``None`` when it is.
+
+        Not healthy: not running, or one of its loops failed within the last
+        minute (it is restarted with backoff meanwhile).
+        """
+        if self._tg is None:
+            return "the delivery engine is not running"
+        now = anyio.current_time()
+        for at, reason in self._failures.values():
+            if now - at < _UNHEALTHY_FOR:
+                return reason
+        return None
+
     async def _run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._db)
 
-    async def _background(self) -> None:
-        """Loops that only stop when the engine does."""
+    async def _run_background(self) -> None:
         assert self._background_scope is not None
         with self._background_scope:
-            async with anyio.create_task_group() as tg:
-                if self.config.settings_refresh > 0:
-                    tg.start_soon(self._refresh_loop)
-                if self.config.workers and self.store.supports_notify:
-                    tg.start_soon(self._listen_loop)
-                if self.config.workers and self.config.retention > 0:
-                    tg.start_soon(self._purge_loop)
+            await self._supervise("background", self._background)
+
+    async def _background(self) -> None:
+        """Loops that only stop when the engine does."""
+        async with anyio.create_task_group() as tg:
+            if self.config.settings_refresh > 0:
+                tg.start_soon(self._refresh_loop)
+            if self.config.workers and self.store.supports_notify:
+                tg.start_soon(self._listen_loop)
+            if self.config.workers and self.config.retention > 0:
+                tg.start_soon(self._purge_loop)
 
     async def _listen_loop(self) -> None:
         """Wake the dispatcher when another process queues deliveries."""
@@ -379,29 +476,44 @@ class DeliveryEngine:
         body = msgspec.json.encode(
             WebhookTest(agent_id=agent_id, created_at=datetime.fromtimestamp(now, UTC))
         )
-        headers = signed_headers(settings, new_webhook_id(), now, body)
-        status_code: int | None = None
-        error: str | None = None
+        response = error = None
         t0 = time.perf_counter()
         try:
+            headers = signed_headers(settings, new_webhook_id(), now, body)
             response = await self.client.post(
                 settings.url, headers, body, timeout=self.config.timeout, max_body=512
             )
-        except TransportError as exc:
-            error = f"{exc.code}: {exc}"
-        else:
-            status_code = response.status_code
-            if not 200 <= status_code < 300:
-                error = f"http_{status_code}"
+        except Exception as exc:
+            error = exc
+            if not isinstance(exc, TransportError):
+                log.error(
+                    "endpoint.test_internal_error",
+                    agent_id=agent_id,
+                    error_type=type(exc).__name__,
+                    exc_info=exc,
+                )
+        outcome = classify(
+            response=response,
+            error=error,
+            started=now,
+            round_attempts=0,
+            failing_since=None,
+            policy=self.policy,
+        )
+        status_code, error_text = outcome.status_code, outcome.error
         seconds = time.perf_counter() - t0
         status: Literal["ok", "slow", "unreachable"] = (
-            "unreachable" if error else "slow" if seconds > slow_after else "ok"
+            "unreachable"
+            if outcome.status != "succeeded"
+            else "slow"
+            if seconds > slow_after
+            else "ok"
         )
         result = EndpointTest(
             status=status,
             status_code=status_code,
             duration_ms=round(seconds * 1000, 1),
-            error=error,
+            error=error_text,
         )
         log.info(
             "endpoint.tested",

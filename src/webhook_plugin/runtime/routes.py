@@ -326,6 +326,11 @@ async def metrics(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """Liveness: 200 ``{"status": "ok"}``, or 503 with the reason when the delivery
+    engine is not running or one of its loops failed within the last minute."""
+    problem = pipeline_from(request).engine.health()
+    if problem is not None:
+        return json({"status": "failing", "reason": problem}, 503)
     return json({"status": "ok"})
 
 
