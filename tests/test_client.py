@@ -120,3 +120,18 @@ async def test_concurrent_requests_while_idle_connections_expire(receiver: Recei
         await c.aclose()
     assert statuses == [200] * 15 * 12
     assert len(receiver.requests) == 15 * 12
+
+
+def test_host_names_go_through_idna_2008_and_paths_are_percent_encoded() -> None:
+    from webhook_plugin.delivery.client import _host_header, _parse
+    from webhook_plugin.exceptions import TransportError
+
+    origin, target = _parse("https://Bücher.example:8443/ä b/hook?q=ü&x=1")
+    assert (origin.host, origin.port, target) == (
+        "xn--bcher-kva.example",
+        8443,
+        b"/%C3%A4%20b/hook?q=%C3%BC&x=1",
+    )
+    assert _host_header(origin) == b"xn--bcher-kva.example:8443"
+    with pytest.raises(TransportError, match="IDNA"):
+        _parse("https://a\u200db.example/")  # a joiner IDNA 2008 refuses here

@@ -109,3 +109,9 @@ def test_public_view_masks_headers_and_hides_the_secret() -> None:
     assert public["userInfoHeader"] == "X-Api-Key: ****"
     assert "abc" not in repr(public) and "k123" not in repr(public)
     assert "signingSecret" not in public and s.signing_secret not in repr(public)
+
+
+def test_international_host_names_must_be_valid_idna() -> None:
+    assert validate_url("https://bücher.example/hook") == "https://bücher.example/hook"
+    with pytest.raises(SettingsError, match="IDNA"):
+        validate_url("https://a\u200db.example/")

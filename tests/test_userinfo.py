@@ -96,6 +96,9 @@ async def test_unknown_contact_fields_are_left_out(
         (Reply(302, headers={"Location": "http://127.0.0.1:1/"}), "error", "HTTP 302"),
         (Reply(200, body=b"<html>not json</html>"), "error", "not valid JSON"),
         (Reply(200, body=b"[1, 2]"), "error", "not an object"),
+        # once a RecursionError out of the fetcher ("a plugin failed")
+        (Reply(200, body=b'{"a":' + b"[" * 30_000 + b"]" * 30_000 + b"}"), "error", "nested"),
+        (Reply(200, body=b'{"a":' + b"[" * 40 + b"]" * 40 + b"}"), "error", "nested more than"),
         (Reply(200, body=b'{"a": "' + b"x" * 70_000 + b'"}'), "error", "larger than 65536"),
         (Reply(200, delay=1.0, body=b"{}"), "timeout", "no answer within 0.3 s"),
         (Reply(reset=True), "error", "connect_error"),

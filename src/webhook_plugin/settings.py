@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
+import idna
 import msgspec
 
 from .events import WebhookEventType
@@ -180,6 +181,11 @@ def validate_url(value: str, field: str = "url") -> str:
         )
     if port == 0:
         raise SettingsError(field, "has an invalid port")
+    if not parts.hostname.isascii():
+        try:  # what the delivery client will connect to: IDNA 2008, UTS 46 mapping
+            idna.encode(parts.hostname, uts46=True)
+        except idna.IDNAError:
+            raise SettingsError(field, "has a host name that is not a valid IDNA name") from None
     if parts.fragment:
         raise SettingsError(field, "must not contain a #fragment")
     return value

@@ -30,6 +30,8 @@ log = structlog.get_logger("webhook_plugin.userinfo")
 
 #: how long a failed lookup is remembered, so a broken endpoint is not hammered
 FAILURE_TTL: Final = 5.0
+#: the deepest nesting of lists and objects accepted in an answer
+MAX_DEPTH: Final = 32
 
 
 class _Contact(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
@@ -168,6 +170,12 @@ class UserInfoFetcher:
             return self._failed(agent_id, "error", "the answer is JSON but not an object")
         except msgspec.DecodeError:
             return self._failed(agent_id, "error", "the answer is not valid JSON")
+        except RecursionError:
+            data = None
+        if data is None or _depth(data) > MAX_DEPTH:
+            return self._failed(
+                agent_id, "error", f"the answer is nested more than {MAX_DEPTH} levels deep"
+            )
         log.debug(
             "user_info.ok",
             agent_id=agent_id,
@@ -179,3 +187,20 @@ class UserInfoFetcher:
     def _failed(agent_id: str, status: str, error: str) -> UserInfo:
         log.warning("user_info.failed", agent_id=agent_id, status=status, error=error)
         return UserInfo(status=status, error=error)  # type: ignore[arg-type]
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in item)
+    return deepest
