@@ -23,11 +23,12 @@ import functools
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 
 from ..exceptions import RequestTimeout, StorageError, TransportError
@@ -39,11 +40,13 @@ from .outcome import classify
 from .retry import RetryPolicy
 from .signing import sign
 
-__all__ = ["Dispatcher", "signed_headers"]
+__all__ = ["Dispatcher", "redact", "secrets_of", "signed_headers"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
 
 _EXCERPT_BYTES: Final = 512
+#: the shortest text taken for a secret when redacting (shorter ones are not secrets)
+_MIN_SECRET: Final = 4
 
 
 # Settings are validated when saved; decoding the same secret and splitting the
@@ -72,6 +75,42 @@ def signed_headers(
     if settings.header:
         headers.append(_header(settings.header))
     return headers
+
+
+def secrets_of(settings: WebhookSettings) -> tuple[str, ...]:
+    """What must never be stored from an answer: our header's value (and its
+    token, without an auth scheme) and the signing secrets."""
+    found: list[str] = []
+    if settings.header:
+        value = _header(settings.header)[1]
+        found.append(value)
+        scheme, _, token = value.partition(" ")
+        if token.strip() and len(token.strip()) >= _MIN_SECRET:
+            found.append(token.strip())
+    for secret in (settings.signing_secret, settings.previous_signing_secret):
+        if secret:
+            found += [secret, secret.removeprefix("whsec_")]
+    return tuple(s for s in found if len(s) >= _MIN_SECRET)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` without any of ``secrets``, as they are or JSON-escaped, and
+    without a secret's beginning where the text was cut."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        escaped = _json_string(secret)
+        for form in {secret, escaped}:
+            if form in text:
+                text = text.replace(form, "****")
+        for form in {secret, escaped}:
+            for k in range(min(len(form) - 1, len(text)), _MIN_SECRET - 1, -1):
+                if text.endswith(form[:k]):
+                    text = text[:-k] + "****"
+                    break
+    return text
+
+
+def _json_string(value: str) -> str:
+    return msgspec.json.encode(value).decode()[1:-1]
 
 
 class Dispatcher:
@@ -440,7 +479,9 @@ class Dispatcher:
             log.warning("endpoint.disabled", agent_id=d.agent_id, reason=outcome.disable_reason)
         excerpt = None
         if response is not None and response.body:
-            excerpt = response.body.decode("utf-8", "replace")
+            # a receiver that echoes requests (as httpbin does) must not put our
+            # header or secret into the delivery log
+            excerpt = redact(response.body.decode("utf-8", "replace"), secrets_of(settings))
         return AttemptResult(
             delivery_id=d.id,
             agent_id=d.agent_id,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self
@@ -42,12 +41,12 @@ from ..storage.base import (
     Store,
 )
 from .client import Http11Client, HttpClient
+from .config import DeliveryConfig
 from .dispatcher import Dispatcher, signed_headers
 from .metrics import DeliveryMetrics
 from .netguard import NetworkGuard
 from .outbox import Batcher, Ticket
 from .outcome import classify
-from .retry import DEFAULT_SCHEDULE, RetryPolicy
 from .signing import new_webhook_id
 
 __all__ = ["DeliveryConfig", "DeliveryEngine", "EndpointTest"]
@@ -80,54 +79,6 @@ class _StartedOnce:
         if not self.done:
             self.done = True
             self._inner.started(value)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryConfig:
-    """Everything the delivery side can be tuned with (the TOML ``[webhook]`` table).
-
-    :param allow_private_hosts: hosts or networks the network guard lets through.
-    :param timeout: seconds for one delivery attempt.
-    :param retry_schedule: seconds to wait before each attempt.
-    :param jitter: +- fraction applied to each wait.
-    :param disable_after: seconds of failures without a success before an
-        endpoint is disabled.
-    :param concurrency: attempts in flight at most.
-    :param per_endpoint_concurrency: attempts in flight at most per endpoint.
-    :param poll_interval: seconds between looks for due deliveries when idle.
-    :param shutdown_grace: seconds attempts in flight get on shutdown.
-    :param settings_refresh: seconds between reloads of the settings cache
-        (other processes may change them).
-    :param workers: whether this process delivers (False: it only queues).
-    :param retention: seconds a finished delivery (and its attempts) stays in
-        the log before delivery processes purge it; 0 keeps everything.
-    :param secret_rotation_grace: seconds the previous signing secret keeps
-        signing (as a second signature) after :meth:`DeliveryEngine.rotate_secret`;
-        0, the default, drops it at once, as the contract's ``rotate-secret`` does.
-    """
-
-    allow_private_hosts: tuple[str, ...] = ()
-    timeout: float = 15.0
-    retry_schedule: tuple[float, ...] = DEFAULT_SCHEDULE
-    jitter: float = 0.2
-    disable_after: float = 5 * 86400.0
-    concurrency: int = 64
-    per_endpoint_concurrency: int = 16
-    poll_interval: float = 1.0
-    shutdown_grace: float = 10.0
-    settings_refresh: float = 5.0
-    workers: bool = True
-    retention: float = 30 * 86400.0
-    purge_interval: float = 3600.0
-    user_info_timeout: float = 3.0
-    user_info_ttl: float = 300.0
-    user_info_max_bytes: int = 64 * 1024
-    secret_rotation_grace: float = 0.0
-
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            schedule=self.retry_schedule, jitter=self.jitter, disable_after=self.disable_after
-        )
 
 
 class EndpointTest(msgspec.Struct, kw_only=True, frozen=True, rename="camel"):
@@ -196,6 +147,8 @@ class DeliveryEngine:
             clock=clock,
         )
         self._background_scope: anyio.CancelScope | None = None
+        #: held while settings are written and cached, so the cache follows the database
+        self._settings_lock = anyio.Lock()
         #: the last failure of each loop: (anyio time, reason)
         self._failures: dict[str, tuple[float, str]] = {}
         self._stack: AsyncExitStack | None = None
@@ -362,7 +315,8 @@ class DeliveryEngine:
         while True:
             await anyio.sleep(self.config.settings_refresh)
             try:
-                self._settings = await self._run_sync(self.store.all_settings)
+                async with self._settings_lock:  # never older than a save just made
+                    self._settings = await self._run_sync(self.store.all_settings)
             except Exception as exc:  # keep the old cache; try again next time
                 log.warning("settings.refresh_failed", error=str(exc))
 
@@ -411,29 +365,36 @@ class DeliveryEngine:
         A settings object without a signing secret keeps the current one (and a
         rotation's grace period with it), or gets a new one when there is none.
         A *different* secret replaces the current one at once, with no grace
-        period: the way to cut off a secret that leaked.
+        period: the way to cut off a secret that leaked. The current secret is
+        read in the same transaction that writes, so a rotation running at the
+        same time is never undone.
         """
-        current = await self.get_settings(agent_id)
-        secret = settings.signing_secret
-        if secret is None:
-            secret = current.signing_secret if current and current.signing_secret else None
-        if current is not None and secret is not None and secret == current.signing_secret:
-            previous = current.previous_signing_secret
-            expires_at = current.previous_secret_expires_at
-        else:
-            previous = expires_at = None
-        settings = msgspec.structs.replace(
-            settings,
-            signing_secret=secret or generate_secret(),
-            previous_signing_secret=previous,
-            previous_secret_expires_at=expires_at,
-            disabled=False,
-            disabled_reason=None,
-        )
-        await self._run_sync(self.store.put_settings, agent_id, settings)
-        self._settings[agent_id] = settings
-        log.info("settings.saved", agent_id=agent_id, url_set=settings.url is not None)
-        return settings
+
+        def change(current: WebhookSettings | None) -> WebhookSettings:
+            secret = settings.signing_secret
+            if secret is None and current is not None:
+                secret = current.signing_secret
+            if current is not None and secret is not None and secret == current.signing_secret:
+                previous = current.previous_signing_secret
+                expires_at = current.previous_secret_expires_at
+            else:
+                previous = expires_at = None
+            return msgspec.structs.replace(
+                settings,
+                signing_secret=secret or generate_secret(),
+                previous_signing_secret=previous,
+                previous_secret_expires_at=expires_at,
+                disabled=False,
+                disabled_reason=None,
+            )
+
+        async with self._settings_lock:  # the cache is written in the database's order
+            saved: WebhookSettings = await self._run_sync(
+                self.store.update_settings, agent_id, change
+            )
+            self._settings[agent_id] = saved
+        log.info("settings.saved", agent_id=agent_id, url_set=saved.url is not None)
+        return saved
 
     async def rotate_secret(self, agent_id: str, *, grace: float | None = None) -> str:
         """Give the agent a new signing secret; later attempts are signed with it.
@@ -441,21 +402,29 @@ class DeliveryEngine:
         For ``grace`` seconds (default: the config's ``secret_rotation_grace``)
         they carry a second signature made with the old secret, as Standard
         Webhooks allows, so a receiver still checking the old secret accepts them
-        until it is updated. ``grace=0`` drops the old secret at once.
+        until it is updated. ``grace=0`` drops the old secret at once. One
+        transaction reads and writes the settings: a settings save running at
+        the same time cannot write the old secret back.
         """
-        current = await self.get_settings(agent_id)
-        if current is None:
-            raise NotFound(f"agent {agent_id!r} has no webhook settings")
         grace = self.config.secret_rotation_grace if grace is None else grace
         secret = generate_secret()
-        updated = msgspec.structs.replace(
-            current,
-            signing_secret=secret,
-            previous_signing_secret=current.signing_secret if grace > 0 else None,
-            previous_secret_expires_at=self.clock() + grace if grace > 0 else None,
-        )
-        await self._run_sync(self.store.put_settings, agent_id, updated)
-        self._settings[agent_id] = msgspec.structs.replace(updated, disabled=False)
+        now = self.clock()
+
+        def change(current: WebhookSettings | None) -> WebhookSettings:
+            if current is None:
+                raise NotFound(f"agent {agent_id!r} has no webhook settings")
+            return msgspec.structs.replace(
+                current,
+                signing_secret=secret,
+                previous_signing_secret=current.signing_secret if grace > 0 else None,
+                previous_secret_expires_at=now + grace if grace > 0 else None,
+            )
+
+        async with self._settings_lock:
+            updated: WebhookSettings = await self._run_sync(
+                self.store.update_settings, agent_id, change
+            )
+            self._settings[agent_id] = updated
         log.info("settings.secret_rotated", agent_id=agent_id)
         return secret
 

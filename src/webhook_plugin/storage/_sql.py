@@ -108,6 +108,9 @@ class SQLStore(ABC):
 
     #: the function that picks the larger of two values
     _GREATEST: ClassVar[str] = "MAX"
+    #: appended to a SELECT that must hold its row until the transaction ends
+    #: (SQLite's BEGIN IMMEDIATE already holds the whole database)
+    _LOCK_ROW: ClassVar[str] = ""
     #: lease due deliveries; parameters: lease_until, owner, now, now, limit
     _CLAIM: ClassVar[str] = (
         "UPDATE deliveries SET lease_until = ?, lease_owner = ? WHERE id IN ("
@@ -530,17 +533,40 @@ class SQLStore(ABC):
         return None if row is None else _decode_settings(agent_id, row)
 
     def put_settings(self, agent_id: str, settings: WebhookSettings) -> None:
-        data = _json_encode(msgspec.structs.replace(settings, disabled=False, disabled_reason=None))
         with self._tx() as conn:
-            self._x(
+            self._write_settings(conn, agent_id, settings)
+
+    def update_settings(
+        self,
+        agent_id: str,
+        change: Callable[[WebhookSettings | None], WebhookSettings],
+    ) -> WebhookSettings:
+        """Read an agent's settings, ``change`` them and write the result, in one
+        transaction that holds the row: two updates at once (a secret rotation
+        and a settings save) run one after the other, so neither undoes the
+        other. Whatever ``change`` raises rolls the transaction back."""
+        with self._tx() as conn:
+            row = self._x(
                 conn,
-                "INSERT INTO webhook_settings (agent_id, data, disabled, disabled_reason,"
-                " failing_since, updated_at) VALUES (?, ?, ?, ?, NULL, ?)"
-                " ON CONFLICT (agent_id) DO UPDATE SET data = excluded.data,"
-                " disabled = excluded.disabled, disabled_reason = excluded.disabled_reason,"
-                " failing_since = NULL, updated_at = excluded.updated_at",
-                (agent_id, data, int(settings.disabled), settings.disabled_reason, time.time()),
-            )
+                "SELECT data, disabled, disabled_reason FROM webhook_settings WHERE agent_id = ?"
+                + self._LOCK_ROW,
+                (agent_id,),
+            ).fetchone()
+            settings = change(None if row is None else _decode_settings(agent_id, row))
+            self._write_settings(conn, agent_id, settings)
+        return settings
+
+    def _write_settings(self, conn: Any, agent_id: str, settings: WebhookSettings) -> None:
+        data = _json_encode(msgspec.structs.replace(settings, disabled=False, disabled_reason=None))
+        self._x(
+            conn,
+            "INSERT INTO webhook_settings (agent_id, data, disabled, disabled_reason,"
+            " failing_since, updated_at) VALUES (?, ?, ?, ?, NULL, ?)"
+            " ON CONFLICT (agent_id) DO UPDATE SET data = excluded.data,"
+            " disabled = excluded.disabled, disabled_reason = excluded.disabled_reason,"
+            " failing_since = NULL, updated_at = excluded.updated_at",
+            (agent_id, data, int(settings.disabled), settings.disabled_reason, time.time()),
+        )
 
     def all_settings(self) -> dict[str, WebhookSettings]:
         """Every agent's settings, leaving out (with a warning) rows this version

@@ -10,7 +10,7 @@ Times are Unix seconds (``float``), always UTC.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -182,6 +182,11 @@ class Store(Protocol):
     # settings ------------------------------------------------------------------
     def get_settings(self, agent_id: str) -> WebhookSettings | None: ...
     def put_settings(self, agent_id: str, settings: WebhookSettings) -> None: ...
+    def update_settings(
+        self, agent_id: str, change: Callable[[WebhookSettings | None], WebhookSettings]
+    ) -> WebhookSettings:
+        """Read, change and write one agent's settings atomically."""
+        ...
     def all_settings(self) -> dict[str, WebhookSettings]: ...
 
     # the reference runtime's data ---------------------------------------------

@@ -133,6 +133,7 @@ class PostgresStore(SQLStore):
     """
 
     _GREATEST: ClassVar[str] = "GREATEST"
+    _LOCK_ROW: ClassVar[str] = " FOR UPDATE"
     _CLAIM: ClassVar[str] = (
         "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending'"
         " AND next_attempt_at <= ? AND lease_until <= ?{skip} ORDER BY next_attempt_at LIMIT ?"

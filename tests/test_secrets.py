@@ -1,0 +1,81 @@
+"""Secrets stay secret: a rotation cannot be undone by a concurrent save, and what
+a receiver echoes back is stored without our header value or signing secret."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from conftest import config, pipeline, reply, wait_until
+from receiver import Receiver, Reply
+from webhook_plugin import DeliveryEngine, WebhookSettings
+from webhook_plugin.storage.base import Store
+
+pytestmark = pytest.mark.anyio
+
+StoreFactory = Callable[[], Store]
+
+
+async def test_a_rotation_racing_a_settings_save_is_never_undone(
+    make_store: StoreFactory,
+) -> None:
+    async with DeliveryEngine(make_store(), config()) as engine:
+        await engine.save_settings("support", WebhookSettings(url="http://127.0.0.1:9/"))
+        for _ in range(100):
+            rotated: list[str] = []
+
+            async def rotate() -> None:
+                rotated.append(await engine.rotate_secret("support"))
+
+            async def save() -> None:
+                await engine.save_settings(
+                    "support", WebhookSettings.validated(url="http://127.0.0.1:9/a")
+                )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(save)
+                tg.start_soon(rotate)
+            stored = await engine.get_settings("support")
+            assert stored is not None and stored.signing_secret == rotated[0]
+            assert engine.settings_for("support").signing_secret == rotated[0]  # type: ignore[union-attr]
+
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+async def test_an_echoing_receiver_does_not_put_our_header_in_the_log(
+    make_store: StoreFactory,
+) -> None:
+    token = "s3cr3t-token-value-0123456789"
+
+    def echo(request) -> Reply:  # type: ignore[no-untyped-def]
+        # as httpbin does: every request header back, in JSON, then the secret raw
+        body = json.dumps({"headers": request.headers}).encode()
+        return Reply(502, body=body + f" {SECRET} Bearer {token}".encode())
+
+    with Receiver(echo) as rx:
+        async with DeliveryEngine(make_store(), config(retry_schedule=(0,))) as engine:
+            await engine.save_settings(
+                "support",
+                WebhookSettings.validated(
+                    url=rx.url, header=f"Authorization: Bearer {token}", signing_secret=SECRET
+                ),
+            )
+            for t in reply(pipeline(engine)):
+                await t
+            [failed] = await wait_until(
+                lambda: engine.store.list_deliveries(agent_id="support", status="failed")
+            )
+            [attempt] = await engine.list_attempts(failed.id)
+    excerpt = attempt.response_excerpt
+    assert excerpt is not None and "webhook-signature" in excerpt.lower()  # it was echoed
+    assert token not in excerpt and SECRET not in excerpt and SECRET[6:] not in excerpt
+    assert "****" in excerpt
+    # a secret cut by the excerpt's end leaves no prefix of itself either
+    from webhook_plugin.delivery.dispatcher import redact
+
+    cut = redact(("x" * 500 + token)[:510], (token,))
+    assert token[:6] not in cut and cut.endswith("****")
