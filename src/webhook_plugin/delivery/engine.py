@@ -29,7 +29,7 @@ import structlog
 
 from .._version import __version__
 from ..events import WebhookEventType
-from ..exceptions import NotFound, TransportError
+from ..exceptions import NotFound, StorageError, TransportError
 from ..payloads import WebhookTest
 from ..settings import WebhookSettings, generate_secret
 from ..storage.base import (
@@ -127,13 +127,16 @@ class DeliveryEngine:
         self._db = anyio.CapacityLimiter(4)
         self._settings: dict[str, WebhookSettings] = {}
         self.outbox: Batcher[NewDelivery] = Batcher(
-            store.insert_deliveries, on_written=self._stored
+            store.insert_deliveries, on_written=self._stored, on_failed=self._write_failed
         )
         # Nobody awaits attempt results: a failed write is retried, since a
         # result that is never written leaves its delivery leased (and sent
         # again) until the lease runs out.
         self.recorder: Batcher[AttemptResult] = Batcher(
-            store.record_attempts, on_written=self._recorded, retries=8
+            store.record_attempts,
+            on_written=self._recorded,
+            on_failed=self._write_failed,
+            retries=8,
         )
         self.dispatcher = Dispatcher(
             store,
@@ -253,8 +256,9 @@ class DeliveryEngine:
     def health(self) -> str | None:
         """Why the engine is not healthy now, or ``None`` when it is.
 
-        Not healthy: not running, or one of its loops failed within the last
-        minute (it is restarted with backoff meanwhile).
+        Not healthy: not running, one of its loops failed within the last
+        minute (it is restarted with backoff meanwhile), or its last write to
+        the database failed.
         """
         if self._tg is None:
             return "the delivery engine is not running"
@@ -262,6 +266,18 @@ class DeliveryEngine:
         for at, reason in self._failures.values():
             if now - at < _UNHEALTHY_FOR:
                 return reason
+        return None
+
+    async def check_health(self, *, timeout: float = 2.0) -> str | None:
+        """:meth:`health`, and whether the database answers a query within ``timeout``."""
+        problem = self.health()
+        if problem is not None:
+            return problem
+        try:
+            with anyio.fail_after(timeout):
+                await self._run_sync(self.store.ping)
+        except (StorageError, TimeoutError):
+            return "the database is unavailable"
         return None
 
     async def _run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -340,11 +356,16 @@ class DeliveryEngine:
         )
         return Ticket(event_type, webhook_id, batch)
 
+    def _write_failed(self, exc: BaseException) -> None:
+        self._failures["storage"] = (anyio.current_time(), "the database cannot be written")
+
     def _stored(self, items: Sequence[NewDelivery]) -> None:
+        self._failures.pop("storage", None)
         self.metrics.stored(items)
         self.dispatcher.wake()
 
     def _recorded(self, results: Sequence[AttemptResult]) -> None:
+        self._failures.pop("storage", None)
         self.metrics.recorded(results)
         for r in results:
             if r.disable_reason:

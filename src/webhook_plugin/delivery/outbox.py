@@ -95,6 +95,7 @@ class Batcher(Generic[T]):
         it runs in a worker thread.
     :param limiter: bounds the worker threads this batcher may occupy.
     :param on_written: called on the event loop after each successful batch.
+    :param on_failed: called on the event loop with the error of each failed write.
     :param max_batch: the most items written in one transaction.
     :param retries: how often a failed write is tried again (with backoff)
         before the batch's waiters get the error.
@@ -106,12 +107,14 @@ class Batcher(Generic[T]):
         *,
         limiter: anyio.CapacityLimiter | None = None,
         on_written: Callable[[Sequence[T]], None] | None = None,
+        on_failed: Callable[[BaseException], None] | None = None,
         max_batch: int = 5000,
         retries: int = 0,
     ) -> None:
         self._write = write
         self._limiter = limiter or anyio.CapacityLimiter(1)
         self._on_written = on_written
+        self._on_failed = on_failed
         self._max_batch = max_batch
         self._retries = retries
         self._current = _Batch()
@@ -160,6 +163,8 @@ class Batcher(Generic[T]):
                 )
                 break
             except Exception as exc:
+                if self._on_failed is not None:
+                    self._on_failed(exc)
                 if attempt == self._retries:
                     log.error("batch.write_failed", items=len(items), error=str(exc))
                     batch.finish(exc)

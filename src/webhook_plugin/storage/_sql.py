@@ -147,6 +147,10 @@ class SQLStore(ABC):
     def _after_insert(self, conn: Any) -> None:  # noqa: B027 - optional hook, empty by default
         """Called in the transaction that queued new deliveries."""
 
+    def ping(self) -> None:
+        """Raise :class:`StorageError` when the database does not answer a query."""
+        self._query(lambda c: self._x(c, "SELECT 1").fetchone())
+
     def wait_for_new(self, timeout: float) -> bool:
         """Block until another process queues deliveries (backends with notify only)."""
         raise NotImplementedError

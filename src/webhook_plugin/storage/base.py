@@ -182,6 +182,10 @@ class Store(Protocol):
     # settings ------------------------------------------------------------------
     def get_settings(self, agent_id: str) -> WebhookSettings | None: ...
     def put_settings(self, agent_id: str, settings: WebhookSettings) -> None: ...
+    def ping(self) -> None:
+        """Raise :class:`~webhook_plugin.exceptions.StorageError` when the database
+        does not answer."""
+        ...
     def update_settings(
         self, agent_id: str, change: Callable[[WebhookSettings | None], WebhookSettings]
     ) -> WebhookSettings:

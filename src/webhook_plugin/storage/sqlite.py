@@ -9,6 +9,7 @@ makes the ``fsync`` affordable.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -107,6 +108,24 @@ _MIGRATIONS: list[str] = [
 ]
 
 
+def _why_unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written, when the file system says so."""
+    folder = path.parent if str(path.parent) else Path()
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return "its file system is mounted read-only"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is read-only"
+    if not os.access(folder, os.W_OK):
+        return "its folder cannot be written"
+    if fs.f_bavail * fs.f_frsize < 64 * 1024:
+        return "the disk is full"
+    return None
+
+
 class SQLiteStore(SQLStore):
     """A :class:`~webhook_plugin.storage.base.Store` on one SQLite file."""
 
@@ -139,15 +158,37 @@ class SQLiteStore(SQLStore):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._write = self._connect()
             self._migrate(self._write)
+            self._probe_write(self._write)
             self._read = self._connect()
         except (sqlite3.Error, OSError) as exc:
-            raise StorageError(f"cannot open SQLite database {str(self.path)!r}: {exc}") from exc
+            self.close()
+            why = _why_unwritable(self.path)
+            raise StorageError(
+                f"cannot open SQLite database {str(self.path)!r}: {exc}"
+                + (f" ({why})" if why else "")
+            ) from exc
 
     def close(self) -> None:
         for conn in (self._read, self._write):
             if conn is not None:
                 conn.close()
         self._read = self._write = None
+
+    @staticmethod
+    def _probe_write(conn: sqlite3.Connection) -> None:
+        """Fail now, not at the first event, on a file we may read but not write
+        (a read-only file or mount): the writes a real transaction makes, rolled back."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE write_probe (x INTEGER)")
+            conn.execute("INSERT INTO write_probe VALUES (1)")
+        except sqlite3.OperationalError as exc:
+            raise sqlite3.OperationalError(
+                f"{exc}: the file or its folder cannot be written (permissions, a read-only"
+                " mount, or a full disk)"
+            ) from None
+        finally:
+            conn.execute("ROLLBACK")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
