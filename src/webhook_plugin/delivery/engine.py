@@ -16,8 +16,9 @@ whatever was not delivered stays stored for the next start.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self
@@ -45,7 +46,7 @@ from .config import DeliveryConfig
 from .dispatcher import Dispatcher, signed_headers
 from .metrics import DeliveryMetrics
 from .netguard import NetworkGuard
-from .outbox import Batcher, Ticket
+from .outbox import Batcher, Collected, Ticket
 from .outcome import classify
 from .signing import new_webhook_id
 
@@ -150,6 +151,9 @@ class DeliveryEngine:
             clock=clock,
         )
         self._background_scope: anyio.CancelScope | None = None
+        self._collecting: ContextVar[Collected | None] = ContextVar(
+            f"webhook_plugin_collecting_{id(self)}", default=None
+        )
         #: held while settings are written and cached, so the cache follows the database
         self._settings_lock = anyio.Lock()
         #: the last failure of each loop: (anyio time, reason)
@@ -344,17 +348,40 @@ class DeliveryEngine:
     def enqueue(self, agent_id: str, event_type: WebhookEventType, body: bytes) -> Ticket:
         now = self.clock()
         webhook_id = new_webhook_id()
-        batch = self.outbox.submit(
-            NewDelivery(
-                webhook_id=webhook_id,
-                agent_id=agent_id,
-                event_type=event_type,
-                body=body,
-                created_at=now,
-                next_attempt_at=now + self.policy.first_delay(),
-            )
+        delivery = NewDelivery(
+            webhook_id=webhook_id,
+            agent_id=agent_id,
+            event_type=event_type,
+            body=body,
+            created_at=now,
+            next_attempt_at=now + self.policy.first_delay(),
         )
-        return Ticket(event_type, webhook_id, batch)
+        collected = self._collecting.get()
+        if collected is not None:
+            collected.items.append(delivery)
+            return Ticket(event_type, webhook_id, collected.batch)
+        return Ticket(event_type, webhook_id, self.outbox.submit(delivery))
+
+    @contextmanager
+    def collecting(self) -> Iterator[Collected]:
+        """Within this block (in this task), events queued by the hooks are
+        collected rather than written by the outbox, so that the caller can
+        write them in the same transaction as the rest of what it changes
+        (:meth:`~webhook_plugin.storage.base.Store.write_messages`), then call
+        :meth:`written`. Their tickets are stored once that is done."""
+        collected = Collected()
+        token = self._collecting.set(collected)
+        try:
+            yield collected
+        finally:
+            self._collecting.reset(token)
+
+    def written(self, collected: Collected, error: BaseException | None = None) -> None:
+        """The caller's transaction with ``collected`` committed (or failed with
+        ``error``): settle their tickets and let the dispatcher know."""
+        collected.batch.finish(error)
+        if error is None and collected.items:
+            self._stored(collected.items)
 
     def _write_failed(self, exc: BaseException) -> None:
         self._failures["storage"] = (anyio.current_time(), "the database cannot be written")

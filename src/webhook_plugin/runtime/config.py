@@ -2,7 +2,9 @@
 
 Every mistake is reported with where it is (``[webhook] timeout``,
 ``agents[1].webhook.header``) and what is wrong; unknown keys are refused,
-so that a typo does not silently fall back to a default.
+so that a typo does not silently fall back to a default. The ``[webhook]``
+table is :class:`~webhook_plugin.delivery.config.DeliveryConfig` itself: its
+knobs, defaults and bounds are written there once.
 """
 
 from __future__ import annotations
@@ -14,15 +16,11 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from ..delivery.engine import DeliveryConfig
+from ..delivery.config import DeliveryConfig
 from ..exceptions import ConfigError, SettingsError
 from ..settings import WebhookSettings
 
 __all__ = ["AgentConfig", "RuntimeConfig", "load_config"]
-
-PositiveFloat = Annotated[float, Meta(gt=0)]
-PositiveInt = Annotated[int, Meta(gt=0)]
-NonNegative = Annotated[float, Meta(ge=0)]
 
 
 class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -32,27 +30,8 @@ class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     load_entry_points: bool = True
 
 
-_DEFAULT = DeliveryConfig()  # the one place the delivery defaults are written
-
-
-class WebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The ``[webhook]`` table: :class:`DeliveryConfig`'s knobs, with bounds."""
-
-    allow_private_hosts: list[str] = msgspec.field(default_factory=list)
-    timeout: PositiveFloat = _DEFAULT.timeout
-    retry_schedule: Annotated[list[NonNegative], Meta(min_length=1, max_length=50)] = msgspec.field(
-        default_factory=lambda: list(_DEFAULT.retry_schedule)
-    )
-    jitter: Annotated[float, Meta(ge=0, lt=1)] = _DEFAULT.jitter
-    disable_after: PositiveFloat = _DEFAULT.disable_after
-    concurrency: PositiveInt = _DEFAULT.concurrency
-    per_endpoint_concurrency: PositiveInt = _DEFAULT.per_endpoint_concurrency
-    poll_interval: PositiveFloat = _DEFAULT.poll_interval
-    shutdown_grace: NonNegative = _DEFAULT.shutdown_grace
-    user_info_timeout: PositiveFloat = _DEFAULT.user_info_timeout
-    user_info_ttl: NonNegative = _DEFAULT.user_info_ttl
-    retention: NonNegative = _DEFAULT.retention
-    secret_rotation_grace: NonNegative = _DEFAULT.secret_rotation_grace
+#: the old name of the ``[webhook]`` table's type, kept for callers that build one
+WebhookSection = DeliveryConfig
 
 
 class AgentWebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -90,7 +69,7 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole config file. ``RuntimeConfig()`` is the no-config default."""
 
     runtime: RuntimeSection = msgspec.field(default_factory=RuntimeSection)
-    webhook: WebhookSection = msgspec.field(default_factory=WebhookSection)
+    webhook: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     agents: list[AgentConfig] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -105,23 +84,8 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise ConfigError(f"agents[{index}].webhook.{exc.field}: {exc.message}") from None
 
     def delivery(self, *, workers: bool = True) -> DeliveryConfig:
-        w = self.webhook
-        return DeliveryConfig(
-            allow_private_hosts=tuple(w.allow_private_hosts),
-            timeout=w.timeout,
-            retry_schedule=tuple(w.retry_schedule),
-            jitter=w.jitter,
-            disable_after=w.disable_after,
-            concurrency=w.concurrency,
-            per_endpoint_concurrency=w.per_endpoint_concurrency,
-            poll_interval=w.poll_interval,
-            shutdown_grace=w.shutdown_grace,
-            workers=workers,
-            user_info_timeout=w.user_info_timeout,
-            user_info_ttl=w.user_info_ttl,
-            retention=w.retention,
-            secret_rotation_grace=w.secret_rotation_grace,
-        )
+        """The ``[webhook]`` table, for a process that delivers or (``workers=False``) not."""
+        return msgspec.structs.replace(self.webhook, workers=workers)
 
     def agent(self, agent_id: str) -> AgentConfig | None:
         return next((a for a in self.agents if a.id == agent_id), None)
@@ -132,6 +96,12 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RuntimeConfig:
 
     :raises ConfigError: saying where and what.
     """
+    webhook = data.get("webhook")
+    if isinstance(webhook, dict) and "workers" in webhook:
+        raise ConfigError(
+            f"{source}: webhook.workers is not a config key: the command chooses it"
+            " (serve delivers, serve --no-workers does not, worker only delivers)"
+        )
     try:
         return msgspec.convert(data, RuntimeConfig)
     except msgspec.ValidationError as exc:
