@@ -19,7 +19,7 @@ from ..events import WebhookEventType
 from ..exceptions import StorageError
 from ..settings import WebhookSettings
 
-__all__ = ["Batcher", "Outbox", "Ticket"]
+__all__ = ["Batcher", "Collected", "Outbox", "Ticket"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
 
@@ -74,6 +74,20 @@ class Ticket:
 
     def __await__(self) -> Generator[Any, None, None]:
         return self._batch.wait().__await__()
+
+
+class Collected:
+    """Events queued while a caller collects them
+    (:meth:`~webhook_plugin.delivery.engine.DeliveryEngine.collecting`): the caller
+    writes them in its own transaction, with whatever else they belong to, then
+    says so with :meth:`~webhook_plugin.delivery.engine.DeliveryEngine.written`.
+    Their tickets are stored once that transaction is."""
+
+    __slots__ = ("batch", "items")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.batch = _Batch()
 
 
 class Outbox(Protocol):

@@ -28,6 +28,7 @@ from .base import (
     DeliveryRecord,
     DeliveryStatus,
     MessageRecord,
+    MessageWrite,
     NewDelivery,
 )
 
@@ -159,24 +160,45 @@ class SQLStore(ABC):
 
     def insert_deliveries(self, items: Sequence[NewDelivery]) -> None:
         with self._tx() as conn:
-            self._xmany(
-                conn,
-                "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
-                " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        d.webhook_id,
-                        d.agent_id,
-                        d.event_type.value,
-                        d.body,
-                        d.created_at,
-                        d.next_attempt_at,
-                        d.created_at,
-                    )
-                    for d in items
-                ],
-            )
-            self._after_insert(conn)
+            self._insert_deliveries(conn, items)
+
+    def _insert_deliveries(self, conn: Any, items: Sequence[NewDelivery]) -> None:
+        if not items:
+            return
+        self._xmany(
+            conn,
+            "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
+            " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    d.webhook_id,
+                    d.agent_id,
+                    d.event_type.value,
+                    d.body,
+                    d.created_at,
+                    d.next_attempt_at,
+                    d.created_at,
+                )
+                for d in items
+            ],
+        )
+        self._after_insert(conn)
+
+    def write_messages(self, writes: Sequence[MessageWrite]) -> None:
+        """Everything some chat messages changed, in one transaction: their
+        conversations, messages, queued webhook deliveries and stored answers.
+        A message is stored whole or not at all, and many share one commit."""
+        with self._tx() as conn:
+            for w in writes:
+                if w.conversation is not None:
+                    self._put_conversation(conn, w.conversation)
+            messages = [m for w in writes for m in w.messages]
+            if messages:
+                self._add_messages(conn, messages)
+            self._insert_deliveries(conn, [d for w in writes for d in w.deliveries])
+            outcomes = [w.outcome for w in writes if w.outcome is not None]
+            if outcomes:
+                self._put_outcomes(conn, outcomes)
 
     def claim_due(
         self,
@@ -497,12 +519,26 @@ class SQLStore(ABC):
 
     def put_outcome(self, conversation_id: str, message_id: str, outcome: bytes) -> None:
         with self._tx() as conn:
+            self._put_outcomes(conn, [(conversation_id, message_id, outcome)])
+
+    def _put_outcomes(self, conn: Any, outcomes: Sequence[tuple[str, str, bytes]]) -> None:
+        now = time.time()
+        self._xmany(
+            conn,
+            "INSERT INTO message_outcomes (conversation_id, message_id, outcome, created_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id)"
+            " DO UPDATE SET outcome = excluded.outcome",
+            [(c, m, o, now) for c, m, o in outcomes],
+        )
+
+    def touch_outcome(self, conversation_id: str, message_id: str, *, now: float) -> None:
+        """Keep a reservation alive (its request is still working on the message)."""
+        with self._tx() as conn:
             self._x(
                 conn,
-                "INSERT INTO message_outcomes (conversation_id, message_id, outcome, created_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id)"
-                " DO UPDATE SET outcome = excluded.outcome",
-                (conversation_id, message_id, outcome, time.time()),
+                "UPDATE message_outcomes SET created_at = ?"
+                " WHERE conversation_id = ? AND message_id = ? AND outcome = ?",
+                (now, conversation_id, message_id, b""),
             )
 
     def backlog(self) -> tuple[int, float | None]:
@@ -631,44 +667,50 @@ class SQLStore(ABC):
         )
 
     def put_conversation(self, conversation: ConversationRecord) -> None:
-        c = conversation
         with self._tx() as conn:
-            self._x(
-                conn,
-                "INSERT INTO conversations (id, agent_id, channel, ai_enabled, contact,"
-                " created_at, last_user_message_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET ai_enabled = excluded.ai_enabled,"
-                " contact = excluded.contact, last_user_message_at = excluded.last_user_message_at",
-                (
-                    c.id,
-                    c.agent_id,
-                    c.channel,
-                    int(c.ai_enabled),
-                    _json_encode(c.contact),
-                    c.created_at,
-                    c.last_user_message_at,
-                ),
-            )
+            self._put_conversation(conn, conversation)
+
+    def _put_conversation(self, conn: Any, conversation: ConversationRecord) -> None:
+        c = conversation
+        self._x(
+            conn,
+            "INSERT INTO conversations (id, agent_id, channel, ai_enabled, contact,"
+            " created_at, last_user_message_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET ai_enabled = excluded.ai_enabled,"
+            " contact = excluded.contact, last_user_message_at = excluded.last_user_message_at",
+            (
+                c.id,
+                c.agent_id,
+                c.channel,
+                int(c.ai_enabled),
+                _json_encode(c.contact),
+                c.created_at,
+                c.last_user_message_at,
+            ),
+        )
 
     def add_messages(self, messages: Sequence[MessageRecord]) -> None:
         with self._tx() as conn:
-            self._xmany(
-                conn,
-                "INSERT INTO messages (id, conversation_id, author, text, created_at, status,"
-                " attachments) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        m.id,
-                        m.conversation_id,
-                        m.author,
-                        m.text,
-                        m.created_at,
-                        m.status,
-                        _json_encode(m.attachments),
-                    )
-                    for m in messages
-                ],
-            )
+            self._add_messages(conn, messages)
+
+    def _add_messages(self, conn: Any, messages: Sequence[MessageRecord]) -> None:
+        self._xmany(
+            conn,
+            "INSERT INTO messages (id, conversation_id, author, text, created_at, status,"
+            " attachments) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    m.id,
+                    m.conversation_id,
+                    m.author,
+                    m.text,
+                    m.created_at,
+                    m.status,
+                    _json_encode(m.attachments),
+                )
+                for m in messages
+            ],
+        )
 
     def list_messages(self, conversation_id: str) -> list[MessageRecord]:
         rows = self._query(

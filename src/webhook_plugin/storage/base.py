@@ -26,6 +26,7 @@ __all__ = [
     "DeliveryRecord",
     "DeliveryStatus",
     "MessageRecord",
+    "MessageWrite",
     "NewDelivery",
     "Store",
 ]
@@ -132,6 +133,16 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     attachments: list[dict[str, object]] = msgspec.field(default_factory=list)
 
 
+class MessageWrite(msgspec.Struct, kw_only=True):
+    """Everything one chat message changed, written in one transaction."""
+
+    conversation: ConversationRecord | None = None
+    messages: list[MessageRecord] = msgspec.field(default_factory=list)
+    deliveries: list[NewDelivery] = msgspec.field(default_factory=list)
+    #: ``(conversation_id, message_id, answer)``: what a retry of the message gets
+    outcome: tuple[str, str, bytes] | None = None
+
+
 class Store(Protocol):
     """A storage backend: outbox, delivery log, settings and the runtime's data."""
 
@@ -213,5 +224,9 @@ class Store(Protocol):
         """Give up a reservation whose processing failed (a retry may take it)."""
         ...
 
+    def write_messages(self, writes: Sequence[MessageWrite]) -> None:
+        """Store what chat messages changed, each whole or not at all, in one transaction."""
+        ...
+    def touch_outcome(self, conversation_id: str, message_id: str, *, now: float) -> None: ...
     def put_outcome(self, conversation_id: str, message_id: str, outcome: bytes) -> None: ...
     def list_messages(self, conversation_id: str) -> list[MessageRecord]: ...
