@@ -231,6 +231,8 @@ class Http11Client:
         except BaseException:
             await _close(conn)
             raise
+        finally:
+            answer.close()
         if answer.reusable and not self._closed:
             await self._keep(origin, conn)
         else:

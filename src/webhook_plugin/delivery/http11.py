@@ -28,6 +28,8 @@ MAX_HEAD: Final = 64 * 1024
 MAX_INFORMATIONAL: Final = 32
 
 _CRLF: Final = b"\r\n"
+#: control characters a lenient read may leave in a header value, made spaces
+_CONTROLS: Final = {c: " " for c in [*range(0x20), 0x7F] if c != 0x09}
 _TOKEN: Final = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -110,7 +112,7 @@ class AnswerParser:
 
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         # Framing stays strict (Content-Length digits, chunk grammar, both
         # framing headers at once): a body we cannot delimit is not an answer.
         # Header *values* and line endings are read leniently: a receiver that
@@ -162,8 +164,10 @@ class AnswerParser:
             return
         if self._in_head:
             self._head_bytes += len(data)
+        parser = self._parser
+        assert parser is not None, "fed after close()"
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _AfterAnswer):
                 self.extra = True
@@ -177,6 +181,13 @@ class AnswerParser:
             raise ProtocolError(f"invalid answer: {_reason(exc)}") from None
         if self._in_head and self._head_bytes > MAX_HEAD:
             raise ProtocolError(f"the answer's headers are larger than {MAX_HEAD} bytes")
+
+    def close(self) -> None:
+        """Let go of llhttp's parser: it holds our callbacks and we hold it, a
+        cycle only the garbage collector would otherwise free (with every
+        header of a hostile 64 KiB head in it)."""
+        self._parser = None
+        self._fields = []
 
     def feed_eof(self) -> None:
         """The connection ended: complete an answer whose body ends with it.
@@ -211,6 +222,7 @@ class AnswerParser:
         self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
+        assert self._parser is not None
         status = self._parser.get_status_code()
         if status < 200:
             self._informational += 1
@@ -220,7 +232,8 @@ class AnswerParser:
         headers: dict[str, str] = {}
         for raw_name, raw_value in self._fields:
             name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1").strip(" \t")
+            # RFC 9110 5.5: a recipient may replace CR, LF and NUL with SP
+            value = raw_value.decode("latin-1").translate(_CONTROLS).strip(" \t")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         self.headers = headers
         self.status = status
@@ -235,6 +248,7 @@ class AnswerParser:
 
     def on_message_complete(self) -> None:
         if self.status:
+            assert self._parser is not None
             self.done = True
             self.keep_alive = self._parser.should_keep_alive()
 
