@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +32,14 @@ from ..storage.base import ConversationRecord, MessageRecord
 from . import channels
 from .config import RuntimeConfig
 
-__all__ = ["ChatPipeline", "Conflict", "QueuedEvents"]
+__all__ = [
+    "MAX_CREATED_AT",
+    "MIN_CREATED_AT",
+    "ChatPipeline",
+    "Conflict",
+    "QueuedEvents",
+    "check_created_at",
+]
 
 log = structlog.get_logger("webhook_plugin.runtime")
 
@@ -54,8 +62,41 @@ _encode_outcome = msgspec.json.Encoder().encode
 _decode_outcome = msgspec.json.Decoder(dict[str, Any]).decode
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+#: a message's ``created_at`` must fall in this range once converted to UTC:
+#: outside it a time cannot be stored as a timestamp and shown again
+MIN_CREATED_AT = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_CREATED_AT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+_MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_MAX_TS = MAX_CREATED_AT.timestamp()
+
+
+def check_created_at(value: datetime) -> datetime:
+    """``value`` made aware (a time without an offset is UTC) and checked against
+    :data:`MIN_CREATED_AT` .. :data:`MAX_CREATED_AT`; :class:`ValueError` if outside."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    try:
+        utc: datetime | None = aware.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        utc = None
+    if utc is None or not MIN_CREATED_AT <= utc <= MAX_CREATED_AT:
+        raise ValueError(
+            f"createdAt {value.isoformat()} is out of range: give a time between"
+            " 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z (after conversion to UTC)"
+        )
+    return aware
+
+
+def _iso(ts: float | None) -> str:
+    # Rows written before created_at was bounded may hold any number: show it
+    # clamped to what a datetime can hold rather than fail the whole Inbox.
+    try:
+        value = float(ts)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = 0.0
+    if math.isnan(value):
+        value = 0.0
+    value = min(max(value, _MIN_TS), _MAX_TS)
+    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _contact(data: dict[str, str]) -> Contact:
@@ -269,9 +310,7 @@ class ChatPipeline:
     ) -> dict[str, Any]:
         agent = await self.agent(agent_id, create=True)
         now = self.clock()
-        created = created_at or datetime.fromtimestamp(now, UTC)
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=UTC)
+        created = check_created_at(created_at) if created_at else datetime.fromtimestamp(now, UTC)
         record = await self._db(self.store.get_conversation, conversation_id)
         if record is None:
             record = ConversationRecord(

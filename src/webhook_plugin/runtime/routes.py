@@ -7,6 +7,7 @@ is a ``400 invalid_body`` that says which field; every error is
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -22,11 +23,13 @@ from ..models import Attachment, Group
 from ..settings import WebhookSettings, mask_header
 from ..storage.base import DeliveryRecord
 from .middleware import pipeline_from
-from .pipeline import Conflict
+from .pipeline import Conflict, check_created_at
 
-__all__ = ["MAX_TEXT_BYTES", "exception_handlers", "routes"]
+__all__ = ["MAX_ID", "MAX_TEXT_BYTES", "exception_handlers", "routes"]
 
 MAX_TEXT_BYTES = 64 * 1024
+#: delivery ids and ``before=`` cursors are 1 to this (a signed 64-bit integer)
+MAX_ID = 2**63 - 1
 
 Id = Annotated[str, Meta(min_length=1, max_length=200)]
 Short = Annotated[str, Meta(max_length=1000)]
@@ -51,7 +54,7 @@ class AttachmentIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
     mime_type: Short | None = None
     name: Short | None = None
-    size: Annotated[int, Meta(ge=0)] | None = None
+    size: Annotated[int, Meta(ge=0, le=MAX_ID)] | None = None
 
 
 class UserMessageIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -104,6 +107,34 @@ async def decode(request: Request, into: type[Any]) -> Any:
         raise ApiError(400, "invalid_body", str(exc).replace("$.", "")) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_body", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_body", "the body is nested too deeply") from None
+
+
+def checked_created_at(value: datetime | None) -> datetime | None:
+    """``createdAt`` within 1970-01-01 .. 9999-12-31 UTC; a time without an offset is UTC."""
+    if value is None:
+        return None
+    try:
+        return check_created_at(value)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_body", str(exc)) from None
+
+
+_DIGITS = re.compile(r"[0-9]{1,30}")
+
+
+def parse_id(text: str) -> int | None:
+    """A decimal id from 1 to :data:`MAX_ID`, or None (no sign, spaces, ``_`` or non-ASCII digits)."""
+    if not _DIGITS.fullmatch(text):
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ID else None
+
+
+def check_agent_id(agent_id: str) -> None:
+    if not 0 < len(agent_id) <= 200:
+        raise ApiError(400, "invalid_agent", "agent ids are 1 to 200 characters")
 
 
 def check_text(text: str) -> None:
@@ -137,8 +168,10 @@ def delivery_json(d: DeliveryRecord) -> dict[str, Any]:
 
 
 async def post_message(request: Request) -> Response:
+    check_agent_id(request.path_params["agent_id"])
     body: UserMessageIn = await decode(request, UserMessageIn)
     check_text(body.text)
+    created_at = checked_created_at(body.created_at)
     contact = msgspec.to_builtins(body.contact) if body.contact else None
     outcome = await pipeline_from(request).user_message(
         request.path_params["agent_id"],
@@ -146,7 +179,7 @@ async def post_message(request: Request) -> Response:
         channel=body.channel,
         text=body.text,
         message_id=body.message_id,
-        created_at=body.created_at,
+        created_at=created_at,
         contact=contact,
         group=Group(id=body.group.id, name=body.group.name, mentioned=body.group.mentioned)
         if body.group
@@ -208,8 +241,7 @@ def _unmask(given: str | None, current: str | None) -> str | None:
 async def put_webhook(request: Request) -> Response:
     pipeline = pipeline_from(request)
     agent_id = request.path_params["agent_id"]
-    if not 0 < len(agent_id) <= 200:
-        raise ApiError(400, "invalid_agent", "agent ids are 1 to 200 characters")
+    check_agent_id(agent_id)
     body: SettingsIn = await decode(request, SettingsIn)
     current = await pipeline.engine.get_settings(agent_id) or WebhookSettings()
     settings = WebhookSettings.validated(
@@ -266,14 +298,22 @@ async def list_deliveries(request: Request) -> Response:
     status = request.query_params.get("status") or None
     if status not in (None, "pending", "succeeded", "failed"):
         raise ApiError(400, "invalid_query", "status must be pending, succeeded or failed")
-    try:
-        limit = int(request.query_params.get("limit", "100"))
-        before = request.query_params.get("before")
-        before_id = int(before) if before else None
-    except ValueError:
-        raise ApiError(400, "invalid_query", "limit and before must be whole numbers") from None
-    if not 1 <= limit <= 1000:
-        raise ApiError(400, "invalid_query", "limit must be between 1 and 1000")
+    limit_text = request.query_params.get("limit", "100")
+    limit = parse_id(limit_text)
+    if limit is None or limit > 1000:
+        raise ApiError(
+            400,
+            "invalid_query",
+            f"limit must be a whole number from 1 to 1000, not {limit_text!r:.40}",
+        )
+    before = request.query_params.get("before")
+    before_id = parse_id(before) if before else None
+    if before and before_id is None:
+        raise ApiError(
+            400,
+            "invalid_query",
+            f"before must be a delivery id, a whole number from 1 to {MAX_ID}, not {before!r:.40}",
+        )
     rows = await pipeline_from(request).engine.list_deliveries(
         agent_id=agent_id,
         status=status,
@@ -284,10 +324,11 @@ async def list_deliveries(request: Request) -> Response:
 
 
 def _delivery_id(request: Request) -> int:
-    try:
-        return int(request.path_params["delivery_id"])
-    except ValueError:
-        raise NotFound(f"delivery {request.path_params['delivery_id']!r} does not exist") from None
+    text = request.path_params["delivery_id"]
+    delivery_id = parse_id(text)
+    if delivery_id is None:  # not an id any delivery can have
+        raise NotFound(f"delivery {text!r:.60} does not exist")
+    return delivery_id
 
 
 async def get_delivery(request: Request) -> Response:
