@@ -89,6 +89,10 @@ class Collected:
         self.items: list[Any] = []
         self.batch = _Batch()
 
+    def holds(self, value: object) -> bool:
+        """Whether ``value`` is the ticket of an event collected here."""
+        return isinstance(value, Ticket) and value._batch is self.batch
+
 
 class Outbox(Protocol):
     """What :class:`~webhook_plugin.plugin.WebhookPlugin` needs from the delivery side."""

@@ -106,15 +106,17 @@ class WebhookMiddleware:
             pm.register(plugin)
         if not pm.pluggy.is_registered(responder):
             pm.register(responder, name="webhook_plugin.runtime.responder")
-        async with engine:
+        async with engine, anyio.create_task_group() as tg:
             pipeline = ChatPipeline(pm, engine, config)
-            await pipeline.seed_agents()
-            self.pipeline = pipeline
-            log.info("runtime.started", plugins=pm.names())
+            await tg.start(pipeline.run_writes)
             try:
+                await pipeline.seed_agents()
+                self.pipeline = pipeline
+                log.info("runtime.started", plugins=pm.names())
                 yield pipeline
             finally:
                 self.pipeline = None
+                pipeline.close_writes()  # the last messages are written, then it returns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

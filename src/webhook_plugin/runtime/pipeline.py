@@ -20,15 +20,17 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 import msgspec
 import structlog
 
 from ..delivery.engine import DeliveryEngine
+from ..delivery.outbox import Batcher, Collected
 from ..exceptions import NotFound, WebhookPluginError
 from ..manager import PluginManager
 from ..models import Agent, Attachment, Contact, Conversation, Group, Message, UserInfo
 from ..settings import WebhookSettings
-from ..storage.base import ConversationRecord, MessageRecord
+from ..storage.base import ConversationRecord, MessageRecord, MessageWrite
 from . import channels
 from .config import RuntimeConfig
 
@@ -54,9 +56,11 @@ class Conflict(WebhookPluginError):
 
 #: how long a retry waits for the first request with the same messageId
 _WAIT_FOR_TWIN = 10.0
-#: after this many seconds a message's reservation is taken to be left by a
-#: request that died, and a retry may process the message
-_STALE_RESERVATION = 120.0
+#: a request working on a message renews its reservation this often...
+_HEARTBEAT = 1.0
+#: ...so one not renewed for this long was left by a request (or a process)
+#: that died, and a retry takes the message over
+_STALE_RESERVATION = 5.0
 
 _encode_outcome = msgspec.json.Encoder().encode
 _decode_outcome = msgspec.json.Decoder(dict[str, Any]).decode
@@ -131,6 +135,9 @@ class ChatPipeline:
         self.clock = clock
         self._limiter = anyio.CapacityLimiter(4)
         self._agents: dict[str, Agent] = {}
+        #: what messages change, written in shared transactions
+        self._writes: Batcher[MessageWrite] = Batcher(self.store.write_messages, max_batch=512)
+        self._writes_running = False
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -211,17 +218,46 @@ class ChatPipeline:
 
     # the stages ------------------------------------------------------------------------------
 
-    async def _settle(self, results: list[Any]) -> QueuedEvents:
-        """Await what the hooks returned; report the queued webhook events."""
+    async def _events(self, results: list[Any], collected: Collected) -> QueuedEvents:
+        """Await what the hooks returned, except the events being collected
+        (they are stored with the message); report the queued webhook events."""
         events: QueuedEvents = []
         for result in results:
-            if inspect.isawaitable(result):
+            if inspect.isawaitable(result) and not collected.holds(result):
                 await result
             event_type = getattr(result, "event_type", None)
             webhook_id = getattr(result, "webhook_id", None)
             if event_type is not None and webhook_id is not None:
                 events.append({"eventType": str(event_type), "webhookId": webhook_id})
         return events
+
+    async def _commit(self, write: MessageWrite, collected: Collected) -> None:
+        """Store ``write`` and the events ``collected`` with it, in one transaction
+        shared with the other messages being committed (group commit); return
+        once it is durable."""
+        write.deliveries = collected.items
+        try:
+            if self._writes_running:
+                await self._writes.submit(write).wait()
+            else:  # nobody runs the group commit (an app that embeds us bare)
+                await self._db(self.store.write_messages, [write])
+        except BaseException as exc:
+            self.engine.written(collected, exc)
+            raise
+        self.engine.written(collected)
+
+    async def run_writes(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Group-commit messages until :meth:`close_writes` (run it in a task)."""
+        self._writes_running = True
+        try:
+            await self._writes.run(task_status=task_status)
+        finally:
+            self._writes_running = False
+
+    def close_writes(self) -> None:
+        self._writes.close()
 
     async def user_message(
         self,
@@ -260,16 +296,36 @@ class ChatPipeline:
         earlier = await self._reserve(conversation_id, message_id)
         if earlier is not None:
             return earlier
-        try:
-            outcome = await process()
-        except BaseException:
+        failure: Exception | None = None
+        outcome: dict[str, Any] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_reserved, conversation_id, message_id)
+            try:
+                # the answer is stored with everything else the message changed
+                outcome = await process()
+            except Exception as exc:  # carried out of the task group unwrapped
+                failure = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if failure is not None:
             with anyio.CancelScope(shield=True):
                 await self._db(self.store.release_outcome, conversation_id, message_id)
-            raise
-        await self._db(
-            self.store.put_outcome, conversation_id, message_id, _encode_outcome(outcome)
-        )
+            raise failure
         return outcome
+
+    async def _keep_reserved(self, conversation_id: str, message_id: str) -> None:
+        """Renew a reservation while its message is being worked on (a slow AI
+        reply, say), so that only a dead request's reservation goes stale."""
+        while True:
+            await anyio.sleep(_HEARTBEAT)
+            try:
+                await self._db(
+                    functools.partial(
+                        self.store.touch_outcome, conversation_id, message_id, now=self.clock()
+                    )
+                )
+            except WebhookPluginError as exc:  # the next beat tries again
+                log.warning("message.heartbeat_failed", error=str(exc))
 
     async def _reserve(self, conversation_id: str, message_id: str) -> dict[str, Any] | None:
         deadline = time.monotonic() + _WAIT_FOR_TWIN
@@ -328,7 +384,6 @@ class ChatPipeline:
         if contact:
             record.contact = {**record.contact, **{k: v for k, v in contact.items() if v}}
         record.last_user_message_at = max(record.last_user_message_at or 0.0, created.timestamp())
-        await self._db(self.store.put_conversation, record)
         conversation = self._model(record)
         message = Message(
             id=message_id or f"msg_{uuid.uuid4().hex}",
@@ -347,9 +402,36 @@ class ChatPipeline:
                 attachments=[msgspec.to_builtins(a) for a in attachments],
             )
         ]
-        hook = self.pm.hook
         results: list[Any] = []
-        reply: dict[str, str] | None = None
+        reply: dict[str, str] = {}
+        with self.engine.collecting() as collected:
+            await self._run_user_hooks(agent, conversation, message, group, results, stored, reply)
+        outcome = {
+            "conversationId": conversation.id,
+            "messageId": message.id,
+            "reply": reply or None,
+            "events": await self._events(results, collected),
+        }
+        key = (conversation.id, message_id, _encode_outcome(outcome)) if message_id else None
+        await self._commit(
+            MessageWrite(conversation=record, messages=stored, outcome=key), collected
+        )
+        return outcome
+
+    async def _run_user_hooks(
+        self,
+        agent: Agent,
+        conversation: Conversation,
+        message: Message,
+        group: Group | None,
+        results: list[Any],
+        stored: list[MessageRecord],
+        reply_to: dict[str, str],
+    ) -> None:
+        """The hooks of a user's message (and the AI's reply), in the order the
+        contract gives; what they return goes to ``results``, the AI's message
+        to ``stored`` and ``reply_to``."""
+        hook = self.pm.hook
         if group is not None and not group.mentioned:
             results += hook.on_group_message(
                 agent=agent, conversation=conversation, message=message, group=group
@@ -384,15 +466,7 @@ class ChatPipeline:
                             status="sent",
                         )
                     )
-                    reply = {"messageId": agent_message.id, "text": agent_message.text}
-        await self._db(self.store.add_messages, stored)
-        events = await self._settle(results)
-        return {
-            "conversationId": conversation.id,
-            "messageId": message.id,
-            "reply": reply,
-            "events": events,
-        }
+                    reply_to.update(messageId=agent_message.id, text=agent_message.text)
 
     async def inbox_message(self, conversation_id: str, text: str) -> dict[str, Any]:
         """A human operator writes from the Inbox; the channel decides what happens."""
@@ -406,26 +480,24 @@ class ChatPipeline:
         )
         hook = self.pm.hook
         kwargs = {"agent": agent, "conversation": conversation, "message": message}
-        if verdict == "sent":
-            results = hook.on_agent_reply(**kwargs, in_reply_to=None)
-        elif verdict == "blocked":
-            results = hook.on_blocked(**kwargs, reason=reason)
-        else:
-            results = hook.on_noted(**kwargs, reason=reason)
-        await self._db(
-            self.store.add_messages,
-            [
-                MessageRecord(
-                    id=message.id,
-                    conversation_id=conversation.id,
-                    author="operator",
-                    text=text,
-                    created_at=now,
-                    status=verdict,
-                )
-            ],
+        with self.engine.collecting() as collected:
+            if verdict == "sent":
+                results = hook.on_agent_reply(**kwargs, in_reply_to=None)
+            elif verdict == "blocked":
+                results = hook.on_blocked(**kwargs, reason=reason)
+            else:
+                results = hook.on_noted(**kwargs, reason=reason)
+        events = await self._events(results, collected)
+        stored = MessageRecord(
+            id=message.id,
+            conversation_id=conversation.id,
+            author="operator",
+            text=text,
+            created_at=now,
+            status=verdict,
         )
-        return {"messageId": message.id, "status": verdict, "events": await self._settle(results)}
+        await self._commit(MessageWrite(messages=[stored]), collected)
+        return {"messageId": message.id, "status": verdict, "events": events}
 
     async def inbox_view(self, conversation_id: str) -> dict[str, Any]:
         """The conversation as the Inbox shows it, enriched with user info."""
