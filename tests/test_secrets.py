@@ -79,3 +79,79 @@ async def test_an_echoing_receiver_does_not_put_our_header_in_the_log(
 
     cut = redact(("x" * 500 + token)[:510], (token,))
     assert token[:6] not in cut and cut.endswith("****")
+
+
+# -- through the HTTP API -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def api(tmp_path):  # type: ignore[no-untyped-def]
+    import httpx
+
+    from webhook_plugin.runtime.app import create_app
+    from webhook_plugin.runtime.config import parse_config
+
+    cfg = parse_config(
+        {
+            "runtime": {"database": f"sqlite:///{tmp_path / 'api.db'}"},
+            "webhook": {"allow_private_hosts": ["127.0.0.1"], "settings_refresh": 0},
+        }
+    )
+    app = create_app(cfg)
+    async with app.running() as pipeline:  # type: ignore[attr-defined]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            yield client, pipeline
+
+
+async def test_a_masked_header_is_kept_only_for_the_same_origin(api) -> None:  # type: ignore[no-untyped-def]
+    client, pipeline = api
+    first = {"url": "https://hooks.example.com/a", "header": "Authorization: Bearer t0ken-1"}
+    r = await client.put("/v1/agents/support/webhook", json=first)
+    masked = r.json()["header"]
+    assert masked == "Authorization: ****"
+    same_origin = {"url": "https://hooks.example.com/b?x=1", "header": masked}
+    r = await client.put("/v1/agents/support/webhook", json=same_origin)
+    assert r.status_code == 200
+    stored = await pipeline.engine.get_settings("support")
+    assert stored.header == "Authorization: Bearer t0ken-1"
+    for elsewhere in (
+        "https://attacker.example/",
+        "http://hooks.example.com/b",
+        "https://hooks.example.com:8443/b",
+    ):
+        r = await client.put(
+            "/v1/agents/support/webhook", json={"url": elsewhere, "header": masked}
+        )
+        assert r.status_code == 400, elsewhere
+        assert r.json()["error"]["message"].startswith("header: is masked")
+        assert "t0ken" not in r.text
+    assert (await pipeline.engine.get_settings("support")).url == "https://hooks.example.com/b?x=1"
+    # typed again, the header goes with the new host
+    r = await client.put(
+        "/v1/agents/support/webhook",
+        json={"url": "https://other.example/", "header": "Authorization: Bearer t0ken-2"},
+    )
+    assert r.status_code == 200
+
+
+async def test_rotations_racing_settings_puts_through_the_api(api) -> None:  # type: ignore[no-untyped-def]
+    client, pipeline = api
+    body = {"url": "http://127.0.0.1:9/h", "header": "X-Key: k3y-value"}
+    assert (await client.put("/v1/agents/support/webhook", json=body)).status_code == 200
+    for _ in range(100):
+        rotated: list[str] = []
+
+        async def rotate() -> None:
+            r = await client.post("/v1/agents/support/webhook/rotate-secret")
+            rotated.append(r.json()["signingSecret"])
+
+        async def put() -> None:
+            masked = {**body, "header": "X-Key: ****"}
+            assert (await client.put("/v1/agents/support/webhook", json=masked)).status_code == 200
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(put)
+            tg.start_soon(rotate)
+        stored = await pipeline.engine.get_settings("support")
+        assert stored.signing_secret == rotated[0]

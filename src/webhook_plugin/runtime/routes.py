@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -230,12 +231,33 @@ async def get_webhook(request: Request) -> Response:
     return json({"agentId": agent_id, **settings.public()})
 
 
-def _unmask(given: str | None, current: str | None) -> str | None:
+def _unmask(
+    field: str, given: str | None, current: str | None, url: str | None, current_url: str | None
+) -> str | None:
     # A client that GETs the settings and PUTs them back sends the masked
-    # header: keep the stored value rather than saving "****".
+    # header: keep the stored value rather than saving "****", but only for
+    # the same origin: as browsers drop Authorization on a cross-origin
+    # redirect, a header is never sent to a host it was not typed for.
     if given is not None and current is not None and given == mask_header(current):
+        if _origin(url) != _origin(current_url):
+            raise SettingsError(
+                field,
+                "is masked, but the URL now points to another host: type the header's value"
+                " again (a masked value is only kept while the scheme, host and port stay)",
+            )
         return current
     return given
+
+
+def _origin(url: str | None) -> tuple[str, str, int] | None:
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
 async def put_webhook(request: Request) -> Response:
@@ -246,11 +268,19 @@ async def put_webhook(request: Request) -> Response:
     current = await pipeline.engine.get_settings(agent_id) or WebhookSettings()
     settings = WebhookSettings.validated(
         url=body.url,
-        header=_unmask(body.header, current.header),
-        signing_secret=body.signing_secret or current.signing_secret,
+        header=_unmask("header", body.header, current.header, body.url, current.url),
+        # None keeps the current secret, read in the transaction that writes:
+        # passing the one read here would undo a rotation made meanwhile
+        signing_secret=body.signing_secret,
         events=body.events,
         user_info_url=body.user_info_url,
-        user_info_header=_unmask(body.user_info_header, current.user_info_header),
+        user_info_header=_unmask(
+            "userInfoHeader",
+            body.user_info_header,
+            current.user_info_header,
+            body.user_info_url,
+            current.user_info_url,
+        ),
     )
     for field, url in (("url", settings.url), ("userInfoUrl", settings.user_info_url)):
         reason = pipeline.engine.guard.refuses(url) if url else None
@@ -368,8 +398,9 @@ async def metrics(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     """Liveness: 200 ``{"status": "ok"}``, or 503 with the reason when the delivery
-    engine is not running or one of its loops failed within the last minute."""
-    problem = pipeline_from(request).engine.health()
+    engine is not running, one of its loops failed within the last minute, or
+    the database cannot be read or written."""
+    problem = await pipeline_from(request).engine.check_health()
     if problem is not None:
         return json({"status": "failing", "reason": problem}, 503)
     return json({"status": "ok"})
