@@ -124,7 +124,7 @@ class DeliveryEngine:
         )
         self.clock = clock
         self.policy = config.policy()
-        self.metrics = DeliveryMetrics()
+        self.metrics = DeliveryMetrics(store.backlog, clock)
         self._db = anyio.CapacityLimiter(4)
         self._settings: dict[str, WebhookSettings] = {}
         self.outbox: Batcher[NewDelivery] = Batcher(
@@ -541,11 +541,10 @@ class DeliveryEngine:
         )
         return result
 
-    async def render_metrics(self) -> str:
+    async def render_metrics(self) -> bytes:
         """This process's counters and the store's backlog, for Prometheus."""
-        pending, oldest = await self._run_sync(self.store.backlog)
-        age = None if oldest is None else max(0.0, self.clock() - oldest)
-        return self.metrics.render(pending=pending, oldest_pending_age=age)
+        rendered: bytes = await self._run_sync(self.metrics.render)
+        return rendered
 
     # the delivery log -----------------------------------------------------------------------
 

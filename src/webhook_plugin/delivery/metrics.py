@@ -1,96 +1,138 @@
 """What an operator scrapes: events queued, attempts and their outcomes and
-durations, and the backlog.
+durations, and the backlog, in the Prometheus format (``prometheus-client``).
 
 Counters live in memory, per process, since it started (a Prometheus server
-sums them over processes); the backlog gauges come from the store, so every
-process reports the same, shared backlog. No agent ids in labels: one series
-per agent would not scale, and the delivery log answers per-agent questions.
+sums them over processes); the backlog gauges are read from the store when
+scraped (:class:`BacklogCollector`), so every process reports the same,
+shared backlog. No agent ids in labels: one series per agent would not
+scale, and the delivery log answers per-agent questions. Each engine has a
+registry of its own, so that two engines in one process never mix counts.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
 from ..events import WebhookEventType
+from ..exceptions import StorageError
 from ..storage.base import AttemptResult, NewDelivery
 
-__all__ = ["DeliveryMetrics"]
+__all__ = ["CONTENT_TYPE", "BacklogCollector", "DeliveryMetrics"]
 
+log = structlog.get_logger("webhook_plugin.delivery")
+
+#: the Prometheus text exposition format
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: upper bounds (seconds) of the attempt-duration histogram's buckets
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class DeliveryMetrics:
-    """Counts what the engine's outbox and recorder write (a batch at a time)."""
+class BacklogCollector(Collector):
+    """The shared backlog, read from the store at each scrape (a blocking call:
+    scrape from a worker thread, as :meth:`DeliveryMetrics.render` does)."""
 
-    def __init__(self) -> None:
-        self.queued: Counter[str] = Counter({str(t): 0 for t in WebhookEventType})
-        #: requests sent, by outcome: succeeded, retry (scheduled) or failed
-        self.attempts: Counter[str] = Counter({"succeeded": 0, "retry": 0, "failed": 0})
-        #: deliveries that ended, by status (failed includes those never sent
-        #: because their endpoint was removed or disabled)
-        self.finished: Counter[str] = Counter({"succeeded": 0, "failed": 0})
-        self.endpoints_disabled = 0
-        self._buckets = [0] * len(BUCKETS)
-        self._duration_sum = 0.0
-        self._duration_count = 0
+    def __init__(
+        self, backlog: Callable[[], tuple[int, float | None]], clock: Callable[[], float]
+    ) -> None:
+        self._backlog = backlog
+        self._clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            pending, oldest = self._backlog()
+        except StorageError as exc:  # the counters are still worth answering
+            log.warning("metrics.backlog_unavailable", error=str(exc))
+            return
+        yield GaugeMetricFamily(
+            "webhook_plugin_pending_deliveries",
+            "Deliveries waiting for an attempt (shared store).",
+            value=pending,
+        )
+        age = 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+        yield GaugeMetricFamily(
+            "webhook_plugin_oldest_pending_seconds",
+            "Age of the oldest pending delivery.",
+            value=age,
+        )
+
+
+class DeliveryMetrics:
+    """Counts what the engine's outbox and recorder write (a batch at a time).
+
+    :param backlog: reads ``(pending deliveries, oldest pending created_at)``
+        from the store; ``None`` leaves the backlog gauges out.
+    """
+
+    def __init__(
+        self,
+        backlog: Callable[[], tuple[int, float | None]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self._queued = Counter(
+            "webhook_plugin_events_queued",
+            "Events durably queued, by event type.",
+            ["event_type"],
+            registry=registry,
+        )
+        for event_type in WebhookEventType:
+            self._queued.labels(event_type.value)
+        self._attempts = Counter(
+            "webhook_plugin_attempts",
+            "Delivery requests sent, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self._finished = Counter(
+            "webhook_plugin_deliveries_finished",
+            "Deliveries that ended, by status.",
+            ["status"],
+            registry=registry,
+        )
+        for outcome in ("succeeded", "retry", "failed"):
+            self._attempts.labels(outcome)
+        for status in ("succeeded", "failed"):
+            self._finished.labels(status)
+        self._disabled = Counter(
+            "webhook_plugin_endpoints_disabled",
+            "Endpoints disabled (410, or failing).",
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "webhook_plugin_attempt_duration_seconds",
+            "Time from request to answer.",
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        if backlog is not None:
+            registry.register(BacklogCollector(backlog, clock))
 
     def stored(self, items: Sequence[NewDelivery]) -> None:
         for item in items:
-            self.queued[item.event_type.value] += 1
+            self._queued.labels(item.event_type.value).inc()
 
     def recorded(self, results: Sequence[AttemptResult]) -> None:
         for r in results:
             if r.status != "pending":
-                self.finished[r.status] += 1
+                self._finished.labels(r.status).inc()
             if r.disable_reason:
-                self.endpoints_disabled += 1
+                self._disabled.inc()
             if not r.sent:
                 continue
-            self.attempts["retry" if r.status == "pending" else r.status] += 1
-            seconds = r.duration_ms / 1000
-            self._duration_sum += seconds
-            self._duration_count += 1
-            for i, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    self._buckets[i] += 1
-                    break
+            self._attempts.labels("retry" if r.status == "pending" else r.status).inc()
+            self._duration.observe(r.duration_ms / 1000)
 
-    def render(self, *, pending: int, oldest_pending_age: float | None) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
-        lines: list[str] = []
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's current value (``None`` counts as 0), for tests and the CLI."""
+        return self.registry.get_sample_value(name, labels) or 0.0
 
-        def family(name: str, kind: str, help_: str) -> None:
-            lines.append(f"# HELP webhook_plugin_{name} {help_}")
-            lines.append(f"# TYPE webhook_plugin_{name} {kind}")
-
-        family("events_queued_total", "counter", "Events durably queued, by event type.")
-        for event_type, n in sorted(self.queued.items()):
-            lines.append(f'webhook_plugin_events_queued_total{{event_type="{event_type}"}} {n}')
-        family("attempts_total", "counter", "Delivery requests sent, by outcome.")
-        for outcome, n in sorted(self.attempts.items()):
-            lines.append(f'webhook_plugin_attempts_total{{outcome="{outcome}"}} {n}')
-        family("deliveries_finished_total", "counter", "Deliveries that ended, by status.")
-        for status, n in sorted(self.finished.items()):
-            lines.append(f'webhook_plugin_deliveries_finished_total{{status="{status}"}} {n}')
-        family("endpoints_disabled_total", "counter", "Endpoints disabled (410, or failing).")
-        lines.append(f"webhook_plugin_endpoints_disabled_total {self.endpoints_disabled}")
-        family("attempt_duration_seconds", "histogram", "Time from request to answer.")
-        cumulative = 0
-        for bound, n in zip(BUCKETS, self._buckets, strict=True):
-            cumulative += n
-            lines.append(
-                f'webhook_plugin_attempt_duration_seconds_bucket{{le="{bound}"}} {cumulative}'
-            )
-        lines.append(
-            f'webhook_plugin_attempt_duration_seconds_bucket{{le="+Inf"}} {self._duration_count}'
-        )
-        lines.append(f"webhook_plugin_attempt_duration_seconds_sum {self._duration_sum:.6f}")
-        lines.append(f"webhook_plugin_attempt_duration_seconds_count {self._duration_count}")
-        family("pending_deliveries", "gauge", "Deliveries waiting for an attempt (shared store).")
-        lines.append(f"webhook_plugin_pending_deliveries {pending}")
-        family("oldest_pending_seconds", "gauge", "Age of the oldest pending delivery.")
-        lines.append(f"webhook_plugin_oldest_pending_seconds {oldest_pending_age or 0:.3f}")
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        """Every metric in the text format (blocking: it reads the backlog)."""
+        return generate_latest(self.registry)

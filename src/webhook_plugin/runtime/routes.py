@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..delivery.metrics import CONTENT_TYPE
 from ..exceptions import NotFound, SettingsError, StorageError
 from ..models import Attachment, Group
 from ..settings import WebhookSettings, mask_header
@@ -393,7 +394,7 @@ async def redeliver(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     text = await pipeline_from(request).engine.render_metrics()
-    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(text, media_type=CONTENT_TYPE)
 
 
 async def healthz(request: Request) -> Response:
