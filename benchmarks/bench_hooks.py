@@ -75,7 +75,7 @@ def main() -> None:
     min_time = 0.05 if args.quick else 0.3
 
     engine = DeliveryEngine(SQLiteStore(":memory-unused:"))
-    engine._settings["agent_7f3a9c"] = SETTINGS  # no I/O: the engine is not started
+    engine.endpoints._cache["agent_7f3a9c"] = SETTINGS  # no I/O: the engine is not started
 
     def real_enqueue_call() -> Any:
         result = real()

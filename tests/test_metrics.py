@@ -70,7 +70,7 @@ def test_counts_follow_what_was_stored_and_recorded() -> None:
     assert v("webhook_plugin_attempt_duration_seconds_bucket", le="0.005") == 1
     assert v("webhook_plugin_pending_deliveries") == 7
     assert v("webhook_plugin_oldest_pending_seconds") == 30.0
-    text = m.render().decode()
+    text = m.render()
     assert "# TYPE webhook_plugin_attempt_duration_seconds histogram" in text
     assert 'webhook_plugin_attempts_total{outcome="retry"} 1.0' in text
 
@@ -80,7 +80,7 @@ def test_an_unavailable_store_leaves_only_the_backlog_out() -> None:
         raise StorageError("the database is down")
 
     m = DeliveryMetrics(broken)
-    text = m.render().decode()
+    text = m.render()
     assert "webhook_plugin_events_queued_total" in text
     assert "webhook_plugin_pending_deliveries" not in text
 

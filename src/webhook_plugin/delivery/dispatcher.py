@@ -132,7 +132,7 @@ class Dispatcher:
         self,
         store: Store,
         client: HttpClient,
-        record: Callable[[AttemptResult], None],
+        record: Callable[[AttemptResult], object],
         *,
         policy: RetryPolicy,
         timeout: float = 15.0,

@@ -44,6 +44,11 @@ class BacklogCollector(Collector):
         self._backlog = backlog
         self._clock = clock
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The families, without reading the store (the registry asks at registration)."""
+        yield GaugeMetricFamily("webhook_plugin_pending_deliveries", "")
+        yield GaugeMetricFamily("webhook_plugin_oldest_pending_seconds", "")
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             pending, oldest = self._backlog()
@@ -133,6 +138,6 @@ class DeliveryMetrics:
         """One sample's current value (``None`` counts as 0), for tests and the CLI."""
         return self.registry.get_sample_value(name, labels) or 0.0
 
-    def render(self) -> bytes:
+    def render(self) -> str:
         """Every metric in the text format (blocking: it reads the backlog)."""
-        return generate_latest(self.registry)
+        return generate_latest(self.registry).decode()

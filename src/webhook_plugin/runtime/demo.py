@@ -205,6 +205,7 @@ def run_demo(out: Any = sys.stdout) -> int:
             )
             print(f"receiver on {hooks}, runtime on {api}", file=out)
             servers: list[uvicorn.Server] = []
+            result = 1
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_serve, _receiver(secret, arrived, out), hook_sock, servers)
                 tg.start_soon(_serve, create_app(config), api_sock, servers)
@@ -212,9 +213,10 @@ def run_demo(out: Any = sys.stdout) -> int:
                     while len(servers) < 2 or not all(s.started for s in servers):
                         await anyio.sleep(0.02)
                 try:
-                    return await _play(api, arrived, out)
+                    result = await _play(api, arrived, out)
                 finally:
                     for server in servers:
                         server.should_exit = True
+        return result
 
     return anyio.run(main)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 import msgspec
@@ -23,7 +23,7 @@ from ..delivery.metrics import CONTENT_TYPE
 from ..exceptions import NotFound, SettingsError, StorageError
 from ..models import Attachment, Group
 from ..settings import WebhookSettings, mask_header
-from ..storage.base import DeliveryRecord
+from ..storage.base import DeliveryRecord, DeliveryStatus
 from .middleware import pipeline_from
 from .pipeline import Conflict, check_created_at
 
@@ -347,9 +347,9 @@ async def list_deliveries(request: Request) -> Response:
         )
     rows = await pipeline_from(request).engine.list_deliveries(
         agent_id=agent_id,
-        status=status,
+        status=cast(DeliveryStatus | None, status),  # checked above
         limit=limit,
-        before_id=before_id,  # type: ignore[arg-type]
+        before_id=before_id,
     )
     return json([delivery_json(r) for r in rows])
 

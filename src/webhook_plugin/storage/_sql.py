@@ -49,7 +49,7 @@ _DELIVERY_COLUMNS = (
 )
 
 
-def _event_type(value: object) -> WebhookEventType | None:
+def _event_type(value: Any) -> WebhookEventType | None:
     """The stored event type, or None when this version does not know it."""
     try:
         return WebhookEventType(value)
@@ -375,7 +375,8 @@ class SQLStore(ABC):
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[DeliveryRecord]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if agent_id is not None:
             where.append("agent_id = ?")
             args.append(agent_id)
@@ -423,6 +424,29 @@ class SQLStore(ABC):
             for r in rows
         ]
 
+    def attempt_stats(
+        self, agent_id: str, *, since: float, bucket_seconds: float, buckets: int
+    ) -> list[tuple[int, int, int, float, float]]:
+        """The attempts sent to an agent's endpoint since ``since``, per time bucket
+        (``buckets`` of ``bucket_seconds``): ``(bucket, attempts, succeeded,
+        average ms, longest ms)``, oldest first; buckets without attempts are
+        left out. A 2xx answer is a success. Read-only (the console's health strip)."""
+        # bucket edges as parameters: portable, where FLOOR and integer casts differ
+        case = " ".join(f"WHEN a.started_at < ? THEN {i}" for i in range(buckets))
+        sql = (
+            f"SELECT CASE {case} ELSE {buckets - 1} END AS bucket, COUNT(*),"
+            " SUM(CASE WHEN a.status_code >= 200 AND a.status_code < 300 THEN 1 ELSE 0 END),"
+            " AVG(a.duration_ms), MAX(a.duration_ms)"
+            " FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+            # updated_at is the start of a delivery's last attempt (or later)
+            " WHERE d.agent_id = ? AND d.updated_at >= ? AND a.started_at >= ?"
+            " GROUP BY bucket ORDER BY bucket"
+        )
+        args = [since + (i + 1) * bucket_seconds for i in range(buckets)]
+        args += [agent_id, since, since]
+        rows = self._query(lambda c: self._x(c, sql, args).fetchall())
+        return [(int(r[0]), int(r[1]), int(r[2] or 0), float(r[3]), float(r[4])) for r in rows]
+
     def redeliver(self, delivery_id: int, *, now: float) -> DeliveryRecord:
         with self._tx() as conn:
             row = self._x(
@@ -446,7 +470,8 @@ class SQLStore(ABC):
             sql += " AND agent_id = ?"
             args.append(agent_id)
         with self._tx() as conn:
-            return self._x(conn, sql, args).rowcount
+            count: int = self._x(conn, sql, args).rowcount
+        return count
 
     def purge(self, *, before: float, batch: int = 1000) -> int:
         """Delete finished deliveries (and their attempts) created before ``before``.
@@ -730,6 +755,64 @@ class SQLStore(ABC):
                 created_at=r[4],
                 status=r[5],
                 attachments=_attachments_decoder.decode(r[6]),
+            )
+            for r in rows
+        ]
+
+    def list_agents(self, *, limit: int = 1000) -> list[dict[str, object]]:
+        """Every agent (as :meth:`get_agent` gives one), by name, then id. Read-only."""
+        rows = self._query(
+            lambda c: self._x(
+                c,
+                "SELECT id, name, organization_id, ai_enabled FROM agents"
+                " ORDER BY COALESCE(name, id), id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [
+            {"id": r[0], "name": r[1], "organization_id": r[2], "ai_enabled": bool(r[3])}
+            for r in rows
+        ]
+
+    def list_conversations(
+        self, *, agent_id: str | None = None, limit: int = 100
+    ) -> list[tuple[ConversationRecord, MessageRecord | None]]:
+        """Conversations, the most recently active first (by their last stored
+        message), each with that message (its text cut to 200 characters). Read-only."""
+        where, args = "", []
+        if agent_id is not None:
+            where = " WHERE c.agent_id = ?"
+            args.append(agent_id)
+        sql = (
+            "SELECT c.id, c.agent_id, c.channel, c.ai_enabled, c.contact, c.created_at,"
+            " c.last_user_message_at, m.id, m.author, SUBSTR(m.text, 1, 200), m.created_at,"
+            " m.status FROM conversations c LEFT JOIN messages m ON m.seq ="
+            " (SELECT MAX(seq) FROM messages WHERE conversation_id = c.id)"
+            f"{where} ORDER BY COALESCE(m.seq, 0) DESC, c.created_at DESC LIMIT ?"
+        )
+        args.append(limit)
+        rows = self._query(lambda c: self._x(c, sql, args).fetchall())
+        return [
+            (
+                ConversationRecord(
+                    id=r[0],
+                    agent_id=r[1],
+                    channel=r[2],
+                    ai_enabled=bool(r[3]),
+                    contact=_contact_decoder.decode(r[4]),
+                    created_at=r[5],
+                    last_user_message_at=r[6],
+                ),
+                None
+                if r[7] is None
+                else MessageRecord(
+                    id=r[7],
+                    conversation_id=r[0],
+                    author=r[8],
+                    text=r[9],
+                    created_at=r[10],
+                    status=r[11],
+                ),
             )
             for r in rows
         ]
