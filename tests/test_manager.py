@@ -98,3 +98,42 @@ def test_broken_entry_point_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginLoadError, match="entry point 'bad'"):
         PluginManager().load_entry_points()
+
+
+def test_every_hook_has_a_typed_method_with_the_specs_arguments() -> None:
+    import inspect
+
+    from webhook_plugin import hookspecs
+
+    specs = {
+        name: fn
+        for name, fn in vars(hookspecs).items()
+        if callable(fn) and hasattr(fn, f"{hookspecs.NAME}_spec")
+    }
+    assert len(specs) == 6
+    for name, spec in specs.items():
+        method = getattr(PluginManager, name, None)
+        assert method is not None, f"PluginManager has no typed method for {name}"
+        wanted = list(inspect.signature(spec).parameters)
+        given = [p for p in inspect.signature(method).parameters if p != "self"]
+        assert given == wanted, name
+
+
+def test_the_typed_methods_call_every_plugin() -> None:
+    from conftest import AGENT, CONVERSATION, USER_MSG
+    from webhook_plugin import hookimpl
+
+    seen: list[str] = []
+
+    class Recorder:
+        @hookimpl
+        def on_noted(self, agent, conversation, message, reason):  # type: ignore[no-untyped-def]
+            seen.append(reason)
+            return None
+
+    pm = PluginManager()
+    pm.register(Recorder())
+    assert pm.on_noted(
+        agent=AGENT, conversation=CONVERSATION, message=USER_MSG, reason="api channel"
+    ) == []
+    assert seen == ["api channel"]

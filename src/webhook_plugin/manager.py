@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from types import ModuleType
-from typing import Any
 
 import pluggy
 
 from . import hookspecs
 from .exceptions import PluginLoadError
 from .hookspecs import NAME
+from .models import Agent, Conversation, Group, Message, UserInfo
 
 __all__ = ["PluginManager"]
 
 
 class PluginManager:
-    """Registers plugins and exposes :attr:`hook` to call them."""
+    """Registers plugins and calls them.
+
+    A typed method per hook (:meth:`on_user_message` ...) calls every plugin
+    that implements it, with keyword arguments as the hookspecs require;
+    :attr:`hook` is pluggy's relay, for hooks added by extra hookspecs.
+    """
 
     def __init__(self, *extra_hookspecs: ModuleType | type) -> None:
         self._pm = pluggy.PluginManager(NAME)
@@ -34,9 +39,66 @@ class PluginManager:
             self._pm.add_hookspecs(spec)
 
     @property
-    def hook(self) -> Any:
+    def hook(self) -> pluggy.HookRelay:
         """The hook relay: ``pm.hook.on_agent_reply(agent=..., ...)``."""
         return self._pm.hook
+
+    # the hooks, typed (hookspecs.py says when each fires) ---------------------------------
+
+    def on_user_message(
+        self, *, agent: Agent, conversation: Conversation, message: Message
+    ) -> list[Awaitable[object]]:
+        """Every plugin's answer to a user's message (the queued events among them)."""
+        results: list[Awaitable[object]] = self._pm.hook.on_user_message(
+            agent=agent, conversation=conversation, message=message
+        )
+        return results
+
+    def on_agent_reply(
+        self,
+        *,
+        agent: Agent,
+        conversation: Conversation,
+        message: Message,
+        in_reply_to: Message | None,
+    ) -> list[Awaitable[object]]:
+        results: list[Awaitable[object]] = self._pm.hook.on_agent_reply(
+            agent=agent, conversation=conversation, message=message, in_reply_to=in_reply_to
+        )
+        return results
+
+    def on_blocked(
+        self, *, agent: Agent, conversation: Conversation, message: Message, reason: str
+    ) -> list[Awaitable[object]]:
+        results: list[Awaitable[object]] = self._pm.hook.on_blocked(
+            agent=agent, conversation=conversation, message=message, reason=reason
+        )
+        return results
+
+    def on_noted(
+        self, *, agent: Agent, conversation: Conversation, message: Message, reason: str
+    ) -> list[Awaitable[object]]:
+        results: list[Awaitable[object]] = self._pm.hook.on_noted(
+            agent=agent, conversation=conversation, message=message, reason=reason
+        )
+        return results
+
+    def on_group_message(
+        self, *, agent: Agent, conversation: Conversation, message: Message, group: Group
+    ) -> list[Awaitable[object]]:
+        results: list[Awaitable[object]] = self._pm.hook.on_group_message(
+            agent=agent, conversation=conversation, message=message, group=group
+        )
+        return results
+
+    def fetch_user_info(
+        self, *, agent: Agent, conversation: Conversation
+    ) -> Awaitable[UserInfo] | None:
+        """The first plugin's user-info fetch (``firstresult``), or ``None``."""
+        result: Awaitable[UserInfo] | None = self._pm.hook.fetch_user_info(
+            agent=agent, conversation=conversation
+        )
+        return result
 
     @property
     def pluggy(self) -> pluggy.PluginManager:

@@ -431,15 +431,15 @@ class ChatPipeline:
         """The hooks of a user's message (and the AI's reply), in the order the
         contract gives; what they return goes to ``results``, the AI's message
         to ``stored`` and ``reply_to``."""
-        hook = self.pm.hook
+        pm = self.pm
         if group is not None and not group.mentioned:
-            results += hook.on_group_message(
+            results += pm.on_group_message(
                 agent=agent, conversation=conversation, message=message, group=group
             )
         else:
-            results += hook.on_user_message(agent=agent, conversation=conversation, message=message)
+            results += pm.on_user_message(agent=agent, conversation=conversation, message=message)
             if conversation.ai_enabled:
-                answer = hook.generate_reply(
+                answer = pm.hook.generate_reply(  # the runtime's own hookspec
                     agent=agent, conversation=conversation, message=message
                 )
                 if inspect.isawaitable(answer):
@@ -450,7 +450,7 @@ class ChatPipeline:
                         text=str(answer),
                         created_at=datetime.fromtimestamp(self.clock(), UTC),
                     )
-                    results += hook.on_agent_reply(
+                    results += pm.on_agent_reply(
                         agent=agent,
                         conversation=conversation,
                         message=agent_message,
@@ -478,15 +478,22 @@ class ChatPipeline:
         message = Message(
             id=f"msg_{uuid.uuid4().hex}", text=text, created_at=datetime.fromtimestamp(now, UTC)
         )
-        hook = self.pm.hook
-        kwargs = {"agent": agent, "conversation": conversation, "message": message}
+        pm = self.pm
         with self.engine.collecting() as collected:
             if verdict == "sent":
-                results = hook.on_agent_reply(**kwargs, in_reply_to=None)
+                results = pm.on_agent_reply(
+                    agent=agent, conversation=conversation, message=message, in_reply_to=None
+                )
             elif verdict == "blocked":
-                results = hook.on_blocked(**kwargs, reason=reason)
+                assert reason is not None  # channels.decide gives one with every refusal
+                results = pm.on_blocked(
+                    agent=agent, conversation=conversation, message=message, reason=reason
+                )
             else:
-                results = hook.on_noted(**kwargs, reason=reason)
+                assert reason is not None
+                results = pm.on_noted(
+                    agent=agent, conversation=conversation, message=message, reason=reason
+                )
         events = await self._events(results, collected)
         stored = MessageRecord(
             id=message.id,
@@ -530,7 +537,7 @@ class ChatPipeline:
     async def user_info(self, agent: Agent, conversation: Conversation) -> UserInfo:
         """Ask the plugins; whatever they do, answer within the time box."""
         try:
-            pending = self.pm.hook.fetch_user_info(agent=agent, conversation=conversation)
+            pending = self.pm.fetch_user_info(agent=agent, conversation=conversation)
             if pending is None:
                 return UserInfo(status="not_configured")
             # a little slack over the fetcher's own time box, for third-party plugins
