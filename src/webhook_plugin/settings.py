@@ -26,6 +26,7 @@ from .exceptions import SettingsError
 __all__ = [
     "MAX_HEADER_LENGTH",
     "MAX_URL_LENGTH",
+    "SettingsInput",
     "WebhookSettings",
     "generate_secret",
     "mask_header",
@@ -150,6 +151,33 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
             "disabled": self.disabled,
             "disabledReason": self.disabled_reason,
         }
+
+
+class SettingsInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What an agent owner types: the ``[agents.webhook]`` table of the TOML
+    config, and (camelCase, in the runtime's API) the body of a settings PUT.
+    Unchecked until :meth:`validated`."""
+
+    url: str | None = None
+    header: str | None = None
+    signing_secret: str | None = None
+    events: list[str] | None = None
+    user_info_url: str | None = None
+    user_info_header: str | None = None
+
+    def validated(self) -> WebhookSettings:
+        """:meth:`WebhookSettings.validated` of these values.
+
+        :raises SettingsError: naming the first invalid field.
+        """
+        return WebhookSettings.validated(
+            url=self.url,
+            header=self.header,
+            signing_secret=self.signing_secret,
+            events=self.events,
+            user_info_url=self.user_info_url,
+            user_info_header=self.user_info_header,
+        )
 
 
 def validate_url(value: str, field: str = "url") -> str:

@@ -18,7 +18,7 @@ from msgspec import Meta
 
 from ..delivery.config import DeliveryConfig
 from ..exceptions import ConfigError, SettingsError
-from ..settings import WebhookSettings
+from ..settings import SettingsInput, WebhookSettings
 
 __all__ = ["AgentConfig", "RuntimeConfig", "load_config"]
 
@@ -34,35 +34,16 @@ class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 WebhookSection = DeliveryConfig
 
 
-class AgentWebhookSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: str | None = None
-    header: str | None = None
-    signing_secret: str | None = None
-    events: list[str] | None = None
-    user_info_url: str | None = None
-    user_info_header: str | None = None
-
-
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     id: Annotated[str, Meta(min_length=1, max_length=200)]
     name: str | None = None
     organization_id: str | None = None
     ai_enabled: bool = True
-    webhook: AgentWebhookSection | None = None
+    webhook: SettingsInput | None = None
 
     def settings(self) -> WebhookSettings | None:
         """The agent's initial webhook settings, validated."""
-        if self.webhook is None:
-            return None
-        w = self.webhook
-        return WebhookSettings.validated(
-            url=w.url,
-            header=w.header,
-            signing_secret=w.signing_secret,
-            events=w.events,
-            user_info_url=w.user_info_url,
-            user_info_header=w.user_info_header,
-        )
+        return None if self.webhook is None else self.webhook.validated()
 
 
 class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from ..delivery.metrics import CONTENT_TYPE
 from ..exceptions import NotFound, SettingsError, StorageError
 from ..models import Attachment, Group
-from ..settings import WebhookSettings, mask_header
+from ..settings import SettingsInput, WebhookSettings, mask_header
 from ..storage.base import DeliveryRecord, DeliveryStatus
 from .middleware import pipeline_from
 from .pipeline import Conflict, check_created_at
@@ -80,13 +80,18 @@ class InboxMessageIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     text: str
 
 
-class SettingsIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
-    url: str | None = None
-    header: str | None = None
-    signing_secret: str | None = None
-    events: list[str] | None = None
-    user_info_url: str | None = None
-    user_info_header: str | None = None
+#: the body of a settings PUT: the config's ``[agents.webhook]`` table
+#: (:class:`~webhook_plugin.settings.SettingsInput`, the one list of its
+#: fields), in camelCase
+SettingsIn = msgspec.defstruct(
+    "SettingsIn",
+    [(f.name, f.type, f.default) for f in msgspec.structs.fields(SettingsInput)],
+    bases=(SettingsInput,),
+    rename="camel",
+    kw_only=True,
+    forbid_unknown_fields=True,
+    module=__name__,
+)
 
 
 class ApiError(Exception):
@@ -265,7 +270,7 @@ async def put_webhook(request: Request) -> Response:
     pipeline = pipeline_from(request)
     agent_id = request.path_params["agent_id"]
     check_agent_id(agent_id)
-    body: SettingsIn = await decode(request, SettingsIn)
+    body: SettingsInput = await decode(request, SettingsIn)
     current = await pipeline.engine.get_settings(agent_id) or WebhookSettings()
     settings = WebhookSettings.validated(
         url=body.url,
