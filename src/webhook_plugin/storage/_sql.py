@@ -188,15 +188,18 @@ class SQLStore(ABC):
         """Everything some chat messages changed, in one transaction: their
         conversations, messages, queued webhook deliveries and stored answers.
         A message is stored whole or not at all, and many share one commit."""
+        # Rows are locked in one order (by id) whatever order the messages came
+        # in: two servers writing the same conversations must not deadlock.
+        # The last record of a conversation is its latest, as written in turn.
+        conversations = {w.conversation.id: w.conversation for w in writes if w.conversation}
         with self._tx() as conn:
-            for w in writes:
-                if w.conversation is not None:
-                    self._put_conversation(conn, w.conversation)
+            for conversation_id in sorted(conversations):
+                self._put_conversation(conn, conversations[conversation_id])
             messages = [m for w in writes for m in w.messages]
             if messages:
                 self._add_messages(conn, messages)
             self._insert_deliveries(conn, [d for w in writes for d in w.deliveries])
-            outcomes = [w.outcome for w in writes if w.outcome is not None]
+            outcomes = sorted(w.outcome for w in writes if w.outcome is not None)
             if outcomes:
                 self._put_outcomes(conn, outcomes)
 

@@ -28,6 +28,18 @@ T = TypeVar("T")
 
 CHANNEL: Final = "webhook_plugin_deliveries"
 _LOCK_KEY: Final = 0x77686B70  # "whkp": serialises migrations
+#: seconds a call waits for a pooled connection while the server answers...
+_WAIT: Final = 5.0
+#: ...and while it does not (a call found a connection broken, or none came):
+#: the pool reconnects in the background, and a request waiting for it would
+#: only hold a thread, so that every request behind it waits too, instead of
+#: answering 503 at once
+_WAIT_WHILE_DOWN: Final = 0.1
+#: a lost connection is reconnected with backoff (1, 2, 4 s...) for this long,
+#: then the pool gives it up and the next request starts again at once: left
+#: at the pool's default (5 minutes of doubling delays), the API would stay
+#: down for up to as long again as the server was
+_RECONNECT: Final = 2.0
 
 _MIGRATIONS: list[str] = [
     # version 1
@@ -154,6 +166,7 @@ class PostgresStore(SQLStore):
         self._pool: Any = None
         self._listener: Any = None
         self._sql_cache: dict[str, str] = {}
+        self._down = False
 
     def __repr__(self) -> str:
         # never the URL: it may hold a password
@@ -172,6 +185,7 @@ class PostgresStore(SQLStore):
                 self.url,
                 min_size=1,
                 max_size=self._pool_size,
+                reconnect_timeout=_RECONNECT,
                 kwargs={"options": f"-c search_path={self.schema}", "autocommit": True},
                 open=True,
             )
@@ -222,7 +236,7 @@ class PostgresStore(SQLStore):
             raise StorageError(f"{self!r} is not open")
         psycopg, _ = _psycopg()
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._connection() as conn:
                 yield conn
         except psycopg.Error as exc:
             raise StorageError(f"PostgreSQL write failed: {_safe(exc)}") from exc
@@ -232,10 +246,27 @@ class PostgresStore(SQLStore):
             raise StorageError(f"{self!r} is not open")
         psycopg, _ = _psycopg()
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._connection() as conn:
                 return fn(conn)
         except psycopg.Error as exc:
             raise StorageError(f"PostgreSQL read failed: {_safe(exc)}") from exc
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection in a transaction; fails fast while the server is down."""
+        psycopg, psycopg_pool = _psycopg()
+        conn = None
+        try:
+            with (
+                self._pool.connection(timeout=_WAIT_WHILE_DOWN if self._down else _WAIT) as conn,
+                conn.transaction(),
+            ):
+                yield conn
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg_pool.PoolTimeout) or (conn is not None and conn.closed):
+                self._down = True
+            raise
+        self._down = False
 
     def _claim_params(
         self, now: float, limit: int, lease_until: float, owner: str, skip: tuple[str, ...]

@@ -238,3 +238,11 @@ class SQLiteStore(SQLStore):
                 return fn(self._read)
             except sqlite3.Error as exc:
                 raise StorageError(f"SQLite read failed: {exc}") from exc
+
+    def ping(self) -> None:
+        """A query answers, and the file can still be written: on a full disk
+        (or a mount gone read-only) reads work while every write fails."""
+        super().ping()
+        why = _why_unwritable(self.path)
+        if why is not None:
+            raise StorageError(f"SQLite database {str(self.path)!r} cannot be written: {why}")
