@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 import orjson
-from _harness import emit, environment, parser, per_op_ns
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from _harness import emit, environment, parser, per_op_ns
 from webhook_plugin import Agent, Contact, Conversation, Message, WebhookEventType
 from webhook_plugin.payloads import build_payload, encode
 

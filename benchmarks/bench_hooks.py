@@ -20,7 +20,6 @@ from typing import Any
 
 from _harness import emit, environment, parser, per_op_ns
 from bench_encoding import AGENT, AGENT_MSG, CONVERSATION, USER_MSG
-
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings, hookimpl
 from webhook_plugin.delivery.engine import DeliveryEngine
 from webhook_plugin.events import WebhookEventType

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import anyio
-from _harness import emit, environment, parser
 
+from _harness import emit, environment, parser
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
 from webhook_plugin.events import WebhookEventType
 from webhook_plugin.storage.sqlite import SQLiteStore

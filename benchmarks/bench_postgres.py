@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import anyio
+
 from _common import receiver, reset, stats
 from _harness import emit, environment, parser
 from bench_outbox import BODY, E, ours
-
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
 from webhook_plugin.settings import WebhookSettings
 from webhook_plugin.storage.postgres import PostgresStore, drop_schema

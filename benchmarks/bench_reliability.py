@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
+
 from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, stats
 from _harness import emit, environment, parser
-
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
 from webhook_plugin.storage.sqlite import SQLiteStore
@@ -43,7 +44,7 @@ def run(url: str, n: int, backend: str, tmp: str) -> dict:
                     agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER
                 )
                 if i % 500 == 0:
-                    await anyio.sleep(0)
+                    await anyio.lowlevel.checkpoint()
             for t in tickets:
                 await t
             queued = time.perf_counter() - start

@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+
 from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, stats
 from _harness import emit, environment, parser
-
 from webhook_plugin import Agent, PluginManager, WebhookPlugin, WebhookSettings
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
 from webhook_plugin.storage.sqlite import SQLiteStore

@@ -13,8 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from receiver import Receiver  # noqa: E402
-from webhook_plugin import (  # noqa: E402
+from receiver import Receiver
+from webhook_plugin import (
     Agent,
     Contact,
     Conversation,
@@ -24,8 +24,8 @@ from webhook_plugin import (  # noqa: E402
     PluginManager,
     WebhookPlugin,
 )
-from webhook_plugin.storage.base import Store  # noqa: E402
-from webhook_plugin.storage.sqlite import SQLiteStore  # noqa: E402
+from webhook_plugin.storage.base import Store
+from webhook_plugin.storage.sqlite import SQLiteStore
 
 POSTGRES_URL = os.environ.get(
     "WEBHOOK_PLUGIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

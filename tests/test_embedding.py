@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -129,7 +130,7 @@ async def test_a_plugin_replaces_the_built_in_responder(tmp_path: Path) -> None:
         @hookimpl
         def generate_reply(self, agent, conversation, message):  # type: ignore[no-untyped-def]
             async def answer() -> str:
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
                 return f"LLM says: {message.text[::-1]}"
 
             return answer()

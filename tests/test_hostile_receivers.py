@@ -746,14 +746,14 @@ def _mutate(draw: st.DrawFn, p: Parts, name: str) -> None:
         p.headers.insert(draw(st.integers(0, len(p.headers))), [b"Content-Length", b": ", value])
     elif name in ("unicode-digit-chunk", "bad-chunk-size"):
         if p.framing != "chunked" or not p.chunks:
-            p.last_chunk = draw(st.sampled_from(BAD_SIZES + [b"-0", b"00", b"0x0"]))
+            p.last_chunk = draw(st.sampled_from([*BAD_SIZES, b"-0", b"00", b"0x0"]))
         else:
             chunk = draw(st.sampled_from(p.chunks))
             if name == "unicode-digit-chunk":
                 chunk[0] = _unicode_digit(draw, chunk[0])
             else:
                 chunk[0] = draw(
-                    st.sampled_from(BAD_SIZES + [b"%x" % len(chunk[2]) + b";" + b"x" * 3000])
+                    st.sampled_from([*BAD_SIZES, b"%x" % len(chunk[2]) + b";" + b"x" * 3000])
                 )
     elif name == "chunk-data-mismatch":
         if p.chunks:
@@ -800,7 +800,7 @@ def _mutate(draw: st.DrawFn, p: Parts, name: str) -> None:
         if h is None:
             p.headers.append(h := [b"X-A", b": ", b"v"])
         h[0] = _insert(
-            draw, h[0], draw(st.sampled_from(CONTROL_BYTES + [b" ", b"\t", b"(", b"\xb2"]))
+            draw, h[0], draw(st.sampled_from([*CONTROL_BYTES, b" ", b"\t", b"(", b"\xb2"]))
         )
     elif name == "odd-header-line":
         p.headers.insert(
@@ -921,7 +921,7 @@ def hostile_answers(draw: st.DrawFn, *, max_delay: float = 0.04) -> Hostile:
                 k = draw(st.integers(1, count))
                 wire = wire.replace(b"\r\n", b"\n", k)
         elif name == "inject-byte":
-            wire = _insert(draw, wire, draw(st.sampled_from(CONTROL_BYTES + [b" ", b"\t", b":"])))
+            wire = _insert(draw, wire, draw(st.sampled_from([*CONTROL_BYTES, b" ", b"\t", b":"])))
         elif name == "truncate":
             wire = wire[: draw(st.integers(0, max(0, len(wire) - 1)))]
         elif name == "duplicate-answer":

@@ -133,7 +133,8 @@ def test_the_typed_methods_call_every_plugin() -> None:
 
     pm = PluginManager()
     pm.register(Recorder())
-    assert pm.on_noted(
-        agent=AGENT, conversation=CONVERSATION, message=USER_MSG, reason="api channel"
-    ) == []
+    assert (
+        pm.on_noted(agent=AGENT, conversation=CONVERSATION, message=USER_MSG, reason="api channel")
+        == []
+    )
     assert seen == ["api channel"]

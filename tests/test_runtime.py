@@ -509,7 +509,7 @@ def test_delivery_log_and_redelivery(env: tuple[Server, Receiver, Path], api: ht
 def test_cli_deliveries_and_redeliver(
     env: tuple[Server, Receiver, Path], api: httpx.Client
 ) -> None:
-    server, rx, tmp = env
+    _server, rx, tmp = env
     post_message(api, "cli-1")
     config = str(tmp / "webhook-plugin.toml")
     out = subprocess.run(

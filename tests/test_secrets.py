@@ -27,7 +27,7 @@ async def test_a_rotation_racing_a_settings_save_is_never_undone(
         for _ in range(100):
             rotated: list[str] = []
 
-            async def rotate() -> None:
+            async def rotate(rotated: list[str] = rotated) -> None:
                 rotated.append(await engine.rotate_secret("support"))
 
             async def save() -> None:
@@ -142,7 +142,7 @@ async def test_rotations_racing_settings_puts_through_the_api(api) -> None:  # t
     for _ in range(100):
         rotated: list[str] = []
 
-        async def rotate() -> None:
+        async def rotate(rotated: list[str] = rotated) -> None:
             r = await client.post("/v1/agents/support/webhook/rotate-secret")
             rotated.append(r.json()["signingSecret"])
 

@@ -25,6 +25,7 @@ from .plugin import WebhookPlugin
 from .settings import WebhookSettings
 
 __all__ = [
+    "NAME",
     "Agent",
     "Attachment",
     "BlockedAddress",
@@ -36,7 +37,6 @@ __all__ = [
     "EndpointTest",
     "Group",
     "Message",
-    "NAME",
     "NotFound",
     "PluginLoadError",
     "PluginManager",

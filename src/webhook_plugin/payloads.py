@@ -21,6 +21,8 @@ from .events import WebhookEventType
 from .models import Agent, Conversation, Group, Message
 
 __all__ = [
+    "PAYLOAD_TYPES",
+    "TEST_EVENT_TYPE",
     "AgentMessageBlocked",
     "AgentMessageNoted",
     "AgentMessageSended",
@@ -28,8 +30,6 @@ __all__ = [
     "AttachmentPayload",
     "GroupMessageReceived",
     "Payload",
-    "PAYLOAD_TYPES",
-    "TEST_EVENT_TYPE",
     "UserMessageReceived",
     "WebhookTest",
     "build_payload",

@@ -236,7 +236,7 @@ def parse_header(value: str, field: str = "header") -> tuple[str, str]:
         raise SettingsError(field, f"is longer than {MAX_HEADER_LENGTH} characters")
     if any(c in value for c in "\r\n"):
         raise SettingsError(field, "must be a single 'Name: value' line, without line breaks")
-    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value):
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
         raise SettingsError(
             field, "must not contain control characters (such as NUL or DEL); remove them"
         )

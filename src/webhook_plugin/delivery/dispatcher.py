@@ -84,7 +84,7 @@ def secrets_of(settings: WebhookSettings) -> tuple[str, ...]:
     if settings.header:
         value = _header(settings.header)[1]
         found.append(value)
-        scheme, _, token = value.partition(" ")
+        _scheme, _, token = value.partition(" ")
         if token.strip() and len(token.strip()) >= _MIN_SECRET:
             found.append(token.strip())
     for secret in (settings.signing_secret, settings.previous_signing_secret):

@@ -65,7 +65,7 @@ def build_request(
         if (
             not raw_name
             or not _TOKEN.issuperset(raw_name)
-            or any(c < 0x20 and c != 0x09 or c == 0x7F for c in raw_value)
+            or any((c < 0x20 and c != 0x09) or c == 0x7F for c in raw_value)
         ):
             raise TransportError(
                 f"request header #{index + 1} cannot be sent: its name must be a token and"

@@ -445,7 +445,7 @@ class SQLStore(ABC):
             " WHERE d.agent_id = ? AND d.updated_at >= ? AND a.started_at >= ?"
             " GROUP BY bucket ORDER BY bucket"
         )
-        args = [since + (i + 1) * bucket_seconds for i in range(buckets)]
+        args: list[object] = [since + (i + 1) * bucket_seconds for i in range(buckets)]
         args += [agent_id, since, since]
         rows = self._query(lambda c: self._x(c, sql, args).fetchall())
         return [(int(r[0]), int(r[1]), int(r[2] or 0), float(r[3]), float(r[4])) for r in rows]
@@ -782,7 +782,8 @@ class SQLStore(ABC):
     ) -> list[tuple[ConversationRecord, MessageRecord | None]]:
         """Conversations, the most recently active first (by their last stored
         message), each with that message (its text cut to 200 characters). Read-only."""
-        where, args = "", []
+        where = ""
+        args: list[object] = []
         if agent_id is not None:
             where = " WHERE c.agent_id = ?"
             args.append(agent_id)
