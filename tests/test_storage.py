@@ -9,30 +9,52 @@ from pathlib import Path
 import pytest
 
 from webhook_plugin.exceptions import ConfigError
+from webhook_plugin.runtime.chat_store import SQLChatStore
 from webhook_plugin.storage import open_store
 from webhook_plugin.storage.base import Store
 from webhook_plugin.storage.sqlite import SQLiteStore
 
 
-def test_an_older_sqlite_database_is_migrated_in_place(tmp_path: Path) -> None:
+def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "old.db"
     store = SQLiteStore(path)
     store.open()
+    SQLChatStore(store).open()
     store.close()
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE message_outcomes")  # as a version 1 database had it
+    conn.execute("DROP TABLE schema_versions")  # one version for all, then
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
     store = SQLiteStore(path)
     store.open()
+    chat = SQLChatStore(store)
+    chat.open()
     try:
-        store.put_outcome("c", "m", b'{"ok": true}')
-        assert store.get_outcome("c", "m") == b'{"ok": true}'
-        assert store.get_outcome("c", "other") is None
+        chat.put_outcome("c", "m", b'{"ok": true}')
+        assert chat.get_outcome("c", "m") == b'{"ok": true}'
+        assert chat.get_outcome("c", "other") is None
     finally:
         store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    versions = sqlite3.connect(path).execute("SELECT * FROM schema_versions").fetchall()
+    assert sorted(versions) == [("chat", 1), ("delivery", 1)]
+
+
+def test_the_delivery_store_alone_has_no_chat_tables(tmp_path: Path) -> None:
+    """A host app that embeds only the plugin gets no chat tables."""
+    store = SQLiteStore(tmp_path / "plugin-only.db")
+    store.open()
+    store.close()
+    tables = {
+        row[0]
+        for row in sqlite3.connect(tmp_path / "plugin-only.db").execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        )
+    }
+    assert tables == {"deliveries", "attempts", "webhook_settings", "schema_versions"}
 
 
 @pytest.mark.parametrize(
@@ -65,7 +87,9 @@ def test_postgres_url_is_not_shown_with_its_password() -> None:
 def test_a_message_id_is_reserved_once_released_on_failure_and_taken_over_when_stale(
     make_store: Callable[[], Store],
 ) -> None:
-    store = make_store()
+    db = make_store()
+    db.open()
+    store = SQLChatStore(db)  # type: ignore[arg-type]
     store.open()
     try:
         reserve = store.reserve_outcome
@@ -80,4 +104,20 @@ def test_a_message_id_is_reserved_once_released_on_failure_and_taken_over_when_s
         assert reserve("c", "m", now=9e9, stale_before=9e9) == b'{"done": 1}'
         assert reserve("c", "other", now=1.0, stale_before=0.0) is None
     finally:
-        store.close()
+        db.close()
+
+
+def test_stored_answers_past_the_retention_are_forgotten(make_store: Callable[[], Store]) -> None:
+    db = make_store()
+    db.open()
+    chat = SQLChatStore(db)  # type: ignore[arg-type]
+    chat.open()
+    try:
+        assert chat.reserve_outcome("c", "old", now=10.0, stale_before=0.0) is None
+        chat.put_outcome("c", "old", b'{"old": 1}')  # answered: keeps its first time
+        chat.put_outcome("c", "new", b"{}")  # stored now
+        assert chat.purge_outcomes(before=1e6) == 1
+        assert chat.get_outcome("c", "old") is None
+        assert chat.get_outcome("c", "new") == b"{}"
+    finally:
+        db.close()

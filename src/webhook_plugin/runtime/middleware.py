@@ -21,7 +21,7 @@ Other scopes pass through untouched, apart from the pipeline placed in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -108,7 +108,10 @@ class WebhookMiddleware:
             pm.register(responder, name="webhook_plugin.runtime.responder")
         async with engine, anyio.create_task_group() as tg:
             pipeline = ChatPipeline(pm, engine, config)
+            await pipeline.open_store()
             await tg.start(pipeline.run_writes)
+            purge = anyio.CancelScope()
+            tg.start_soon(_run_in, purge, pipeline.purge_loop)
             try:
                 await pipeline.seed_agents()
                 self.pipeline = pipeline
@@ -116,6 +119,7 @@ class WebhookMiddleware:
                 yield pipeline
             finally:
                 self.pipeline = None
+                purge.cancel()
                 pipeline.close_writes()  # the last messages are written, then it returns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -162,3 +166,8 @@ class WebhookMiddleware:
                 await self.app(scope, receive, wrapped_send)
             finally:
                 stop.set()
+
+
+async def _run_in(scope: anyio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await fn()

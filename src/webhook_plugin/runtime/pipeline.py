@@ -30,8 +30,9 @@ from ..exceptions import NotFound, WebhookPluginError
 from ..manager import PluginManager
 from ..models import Agent, Attachment, Contact, Conversation, Group, Message, UserInfo
 from ..settings import WebhookSettings
-from ..storage.base import ConversationRecord, MessageRecord, MessageWrite
+from ..storage._sql import SQLStore
 from . import channels
+from .chat_store import ChatStore, ConversationRecord, MessageRecord, MessageWrite, SQLChatStore
 from .config import RuntimeConfig
 
 __all__ = [
@@ -116,7 +117,9 @@ class ChatPipeline:
     """Runs chat turns through the plugin hooks.
 
     :param pm: the plugin manager (with the webhook plugin registered, usually).
-    :param engine: the delivery engine, whose store also holds the chat data.
+    :param engine: the delivery engine.
+    :param store: the chat store (default: :class:`SQLChatStore` on the engine's
+        database; :meth:`open_store` creates its tables).
     :param config: agent defaults and the user-info time box.
     """
 
@@ -126,11 +129,13 @@ class ChatPipeline:
         engine: DeliveryEngine,
         config: RuntimeConfig | None = None,
         *,
+        store: ChatStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pm = pm
         self.engine = engine
-        self.store = engine.store
+        #: the chat data; by default in the delivery store's database
+        self.store: ChatStore = store or _chat_store_for(engine)
         self.config = config or RuntimeConfig()
         self.clock = clock
         self._limiter = anyio.CapacityLimiter(4)
@@ -141,6 +146,10 @@ class ChatPipeline:
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def open_store(self) -> None:
+        """Create or migrate the chat tables (once the engine has opened its store)."""
+        await self._db(self.store.open)
 
     # agents -------------------------------------------------------------------------------
 
@@ -258,6 +267,21 @@ class ChatPipeline:
 
     def close_writes(self) -> None:
         self._writes.close()
+
+    async def purge_loop(self) -> None:
+        """Forget stored answers past the delivery log's retention, every
+        ``purge_interval`` (run it in a task; it never returns)."""
+        config = self.engine.config
+        while config.retention > 0:
+            try:
+                await self._db(
+                    functools.partial(
+                        self.store.purge_outcomes, before=self.clock() - config.retention
+                    )
+                )
+            except WebhookPluginError as exc:  # the next round tries again
+                log.warning("outcomes.purge_failed", error=str(exc))
+            await anyio.sleep(config.purge_interval)
 
     async def user_message(
         self,
@@ -553,3 +577,12 @@ class ChatPipeline:
         except Exception as exc:  # a third-party plugin must not break the Inbox
             log.warning("user_info.plugin_failed", error=type(exc).__name__)
             return UserInfo(status="error", error=f"a plugin failed: {type(exc).__name__}")
+
+
+def _chat_store_for(engine: DeliveryEngine) -> ChatStore:
+    if not isinstance(engine.store, SQLStore):
+        raise TypeError(
+            "the chat pipeline keeps its data in the delivery store's SQL database: pass"
+            " store=... for a delivery store of another kind"
+        )
+    return SQLChatStore(engine.store)

@@ -1,9 +1,17 @@
-"""What the SQLite and PostgreSQL stores share: the SQL of every operation.
+"""What the SQLite and PostgreSQL delivery stores share: the SQL of every operation.
 
 Statements are written once, with ``?`` placeholders and SQL that both
 databases accept (``ON CONFLICT``, ``RETURNING``); a backend supplies its
 connections and transactions, its placeholder style and the few statements
 that differ (claiming, which PostgreSQL does with ``FOR UPDATE SKIP LOCKED``).
+
+The delivery store owns its tables (deliveries, attempts, webhook settings)
+and their migrations. Another store may keep its own tables in the same
+database (the reference runtime's chat store does): the *SQL seam* below
+lends it the connections, one transaction for both, its own migrations
+(``schema_versions`` holds a version per component), and
+:meth:`SQLStore.queue_deliveries`, so that a chat message and the events it
+queued commit together.
 """
 
 from __future__ import annotations
@@ -24,11 +32,8 @@ from .base import (
     AttemptRecord,
     AttemptResult,
     ClaimedDelivery,
-    ConversationRecord,
     DeliveryRecord,
     DeliveryStatus,
-    MessageRecord,
-    MessageWrite,
     NewDelivery,
 )
 
@@ -40,8 +45,6 @@ log = structlog.get_logger("webhook_plugin.storage")
 
 _json_encode = msgspec.json.Encoder().encode
 _settings_decoder = msgspec.json.Decoder(WebhookSettings)
-_contact_decoder = msgspec.json.Decoder(dict[str, str])
-_attachments_decoder = msgspec.json.Decoder(list[dict[str, Any]])
 
 _DELIVERY_COLUMNS = (
     "id, webhook_id, agent_id, event_type, status, attempts, last_status_code, "
@@ -152,6 +155,36 @@ class SQLStore(ABC):
         """Raise :class:`StorageError` when the database does not answer a query."""
         self._query(lambda c: self._x(c, "SELECT 1").fetchone())
 
+    # the SQL seam, for another component's tables in the same database ------------------
+
+    #: ``sqlite`` or ``postgresql``: which DDL a component's migrations use
+    dialect: ClassVar[str]
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One write transaction (yields a connection), serialised with the others."""
+        return self._tx()
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` for a read."""
+        return self._query(fn)
+
+    def execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        """One statement with ``?`` placeholders; the cursor."""
+        return self._x(conn, sql, params)
+
+    def execute_many(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._xmany(conn, sql, rows)
+
+    def queue_deliveries(self, conn: Any, items: Sequence[NewDelivery]) -> None:
+        """Queue deliveries in a transaction the caller holds (see :meth:`transaction`)."""
+        self._insert_deliveries(conn, items)
+
+    @abstractmethod
+    def migrate(self, component: str, scripts: Sequence[str]) -> None:
+        """Bring ``component``'s tables to ``len(scripts)``: run the scripts after
+        the version stored for it, each with the version it reaches, in one
+        transaction, serialised with every other process doing the same."""
+
     def wait_for_new(self, timeout: float) -> bool:
         """Block until another process queues deliveries (backends with notify only)."""
         raise NotImplementedError
@@ -183,25 +216,6 @@ class SQLStore(ABC):
             ],
         )
         self._after_insert(conn)
-
-    def write_messages(self, writes: Sequence[MessageWrite]) -> None:
-        """Everything some chat messages changed, in one transaction: their
-        conversations, messages, queued webhook deliveries and stored answers.
-        A message is stored whole or not at all, and many share one commit."""
-        # Rows are locked in one order (by id) whatever order the messages came
-        # in: two servers writing the same conversations must not deadlock.
-        # The last record of a conversation is its latest, as written in turn.
-        conversations = {w.conversation.id: w.conversation for w in writes if w.conversation}
-        with self._tx() as conn:
-            for conversation_id in sorted(conversations):
-                self._put_conversation(conn, conversations[conversation_id])
-            messages = [m for w in writes for m in w.messages]
-            if messages:
-                self._add_messages(conn, messages)
-            self._insert_deliveries(conn, [d for w in writes for d in w.deliveries])
-            outcomes = sorted(w.outcome for w in writes if w.outcome is not None)
-            if outcomes:
-                self._put_outcomes(conn, outcomes)
 
     def claim_due(
         self,
@@ -495,79 +509,10 @@ class SQLStore(ABC):
                     ).fetchall()
                 ]
                 if not ids:
-                    self._x(conn, "DELETE FROM message_outcomes WHERE created_at < ?", (before,))
                     return removed
                 self._xmany(conn, "DELETE FROM attempts WHERE delivery_id = ?", [(i,) for i in ids])
                 self._xmany(conn, "DELETE FROM deliveries WHERE id = ?", [(i,) for i in ids])
             removed += len(ids)
-
-    def get_outcome(self, conversation_id: str, message_id: str) -> bytes | None:
-        row = self._query(
-            lambda c: self._x(
-                c,
-                "SELECT outcome FROM message_outcomes WHERE conversation_id = ? AND message_id = ?",
-                (conversation_id, message_id),
-            ).fetchone()
-        )
-        return None if row is None else bytes(row[0])
-
-    def reserve_outcome(
-        self, conversation_id: str, message_id: str, *, now: float, stale_before: float
-    ) -> bytes | None:
-        # An empty outcome marks a message being processed. The reservation is
-        # ours when the row is new, or when it is a mark left older than
-        # stale_before (its request died); otherwise the row says what to answer.
-        with self._tx() as conn:
-            mine = self._x(
-                conn,
-                "INSERT INTO message_outcomes (conversation_id, message_id, outcome, created_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id) DO UPDATE"
-                " SET created_at = excluded.created_at"
-                " WHERE message_outcomes.outcome = ? AND message_outcomes.created_at < ?"
-                " RETURNING created_at",
-                (conversation_id, message_id, b"", now, b"", stale_before),
-            ).fetchone()
-            if mine is not None:
-                return None
-            row = self._x(
-                conn,
-                "SELECT outcome FROM message_outcomes WHERE conversation_id = ? AND message_id = ?",
-                (conversation_id, message_id),
-            ).fetchone()
-        return b"" if row is None else bytes(row[0])
-
-    def release_outcome(self, conversation_id: str, message_id: str) -> None:
-        with self._tx() as conn:
-            self._x(
-                conn,
-                "DELETE FROM message_outcomes"
-                " WHERE conversation_id = ? AND message_id = ? AND outcome = ?",
-                (conversation_id, message_id, b""),
-            )
-
-    def put_outcome(self, conversation_id: str, message_id: str, outcome: bytes) -> None:
-        with self._tx() as conn:
-            self._put_outcomes(conn, [(conversation_id, message_id, outcome)])
-
-    def _put_outcomes(self, conn: Any, outcomes: Sequence[tuple[str, str, bytes]]) -> None:
-        now = time.time()
-        self._xmany(
-            conn,
-            "INSERT INTO message_outcomes (conversation_id, message_id, outcome, created_at)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id)"
-            " DO UPDATE SET outcome = excluded.outcome",
-            [(c, m, o, now) for c, m, o in outcomes],
-        )
-
-    def touch_outcome(self, conversation_id: str, message_id: str, *, now: float) -> None:
-        """Keep a reservation alive (its request is still working on the message)."""
-        with self._tx() as conn:
-            self._x(
-                conn,
-                "UPDATE message_outcomes SET created_at = ?"
-                " WHERE conversation_id = ? AND message_id = ? AND outcome = ?",
-                (now, conversation_id, message_id, b""),
-            )
 
     def backlog(self) -> tuple[int, float | None]:
         row = self._query(
@@ -646,177 +591,3 @@ class SQLStore(ABC):
         )
         decoded = {row[0]: _decode_settings(row[0], row[1:]) for row in rows}
         return {agent_id: s for agent_id, s in decoded.items() if s is not None}
-
-    # the reference runtime's data ------------------------------------------------------------
-
-    def get_agent(self, agent_id: str) -> dict[str, object] | None:
-        row = self._query(
-            lambda c: self._x(
-                c,
-                "SELECT id, name, organization_id, ai_enabled FROM agents WHERE id = ?",
-                (agent_id,),
-            ).fetchone()
-        )
-        if row is None:
-            return None
-        return {"id": row[0], "name": row[1], "organization_id": row[2], "ai_enabled": bool(row[3])}
-
-    def put_agent(
-        self, agent_id: str, *, name: str | None, organization_id: str | None, ai_enabled: bool
-    ) -> None:
-        with self._tx() as conn:
-            self._x(
-                conn,
-                "INSERT INTO agents (id, name, organization_id, ai_enabled, created_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
-                " organization_id = excluded.organization_id, ai_enabled = excluded.ai_enabled",
-                (agent_id, name, organization_id, int(ai_enabled), time.time()),
-            )
-
-    def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
-        row = self._query(
-            lambda c: self._x(
-                c,
-                "SELECT id, agent_id, channel, ai_enabled, contact, created_at,"
-                " last_user_message_at FROM conversations WHERE id = ?",
-                (conversation_id,),
-            ).fetchone()
-        )
-        if row is None:
-            return None
-        return ConversationRecord(
-            id=row[0],
-            agent_id=row[1],
-            channel=row[2],
-            ai_enabled=bool(row[3]),
-            contact=_contact_decoder.decode(row[4]),
-            created_at=row[5],
-            last_user_message_at=row[6],
-        )
-
-    def put_conversation(self, conversation: ConversationRecord) -> None:
-        with self._tx() as conn:
-            self._put_conversation(conn, conversation)
-
-    def _put_conversation(self, conn: Any, conversation: ConversationRecord) -> None:
-        c = conversation
-        self._x(
-            conn,
-            "INSERT INTO conversations (id, agent_id, channel, ai_enabled, contact,"
-            " created_at, last_user_message_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET ai_enabled = excluded.ai_enabled,"
-            " contact = excluded.contact, last_user_message_at = excluded.last_user_message_at",
-            (
-                c.id,
-                c.agent_id,
-                c.channel,
-                int(c.ai_enabled),
-                _json_encode(c.contact),
-                c.created_at,
-                c.last_user_message_at,
-            ),
-        )
-
-    def add_messages(self, messages: Sequence[MessageRecord]) -> None:
-        with self._tx() as conn:
-            self._add_messages(conn, messages)
-
-    def _add_messages(self, conn: Any, messages: Sequence[MessageRecord]) -> None:
-        self._xmany(
-            conn,
-            "INSERT INTO messages (id, conversation_id, author, text, created_at, status,"
-            " attachments) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    m.id,
-                    m.conversation_id,
-                    m.author,
-                    m.text,
-                    m.created_at,
-                    m.status,
-                    _json_encode(m.attachments),
-                )
-                for m in messages
-            ],
-        )
-
-    def list_messages(self, conversation_id: str) -> list[MessageRecord]:
-        rows = self._query(
-            lambda c: self._x(
-                c,
-                "SELECT id, conversation_id, author, text, created_at, status, attachments"
-                " FROM messages WHERE conversation_id = ? ORDER BY seq",
-                (conversation_id,),
-            ).fetchall()
-        )
-        return [
-            MessageRecord(
-                id=r[0],
-                conversation_id=r[1],
-                author=r[2],
-                text=r[3],
-                created_at=r[4],
-                status=r[5],
-                attachments=_attachments_decoder.decode(r[6]),
-            )
-            for r in rows
-        ]
-
-    def list_agents(self, *, limit: int = 1000) -> list[dict[str, object]]:
-        """Every agent (as :meth:`get_agent` gives one), by name, then id. Read-only."""
-        rows = self._query(
-            lambda c: self._x(
-                c,
-                "SELECT id, name, organization_id, ai_enabled FROM agents"
-                " ORDER BY COALESCE(name, id), id LIMIT ?",
-                (limit,),
-            ).fetchall()
-        )
-        return [
-            {"id": r[0], "name": r[1], "organization_id": r[2], "ai_enabled": bool(r[3])}
-            for r in rows
-        ]
-
-    def list_conversations(
-        self, *, agent_id: str | None = None, limit: int = 100
-    ) -> list[tuple[ConversationRecord, MessageRecord | None]]:
-        """Conversations, the most recently active first (by their last stored
-        message), each with that message (its text cut to 200 characters). Read-only."""
-        where = ""
-        args: list[object] = []
-        if agent_id is not None:
-            where = " WHERE c.agent_id = ?"
-            args.append(agent_id)
-        sql = (
-            "SELECT c.id, c.agent_id, c.channel, c.ai_enabled, c.contact, c.created_at,"
-            " c.last_user_message_at, m.id, m.author, SUBSTR(m.text, 1, 200), m.created_at,"
-            " m.status FROM conversations c LEFT JOIN messages m ON m.seq ="
-            " (SELECT MAX(seq) FROM messages WHERE conversation_id = c.id)"
-            f"{where} ORDER BY COALESCE(m.seq, 0) DESC, c.created_at DESC LIMIT ?"
-        )
-        args.append(limit)
-        rows = self._query(lambda c: self._x(c, sql, args).fetchall())
-        return [
-            (
-                ConversationRecord(
-                    id=r[0],
-                    agent_id=r[1],
-                    channel=r[2],
-                    ai_enabled=bool(r[3]),
-                    contact=_contact_decoder.decode(r[4]),
-                    created_at=r[5],
-                    last_user_message_at=r[6],
-                ),
-                None
-                if r[7] is None
-                else MessageRecord(
-                    id=r[7],
-                    conversation_id=r[0],
-                    author=r[8],
-                    text=r[9],
-                    created_at=r[10],
-                    status=r[11],
-                ),
-            )
-            for r in rows
-        ]

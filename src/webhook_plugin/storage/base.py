@@ -1,9 +1,14 @@
-"""What every storage backend provides, and the records it trades in.
+"""What every delivery store provides, and the records it trades in.
 
-The methods are *synchronous* and may block: the delivery engine and the
-runtime call them in worker threads through anyio, in batches, so that one
-thread hop carries many events. A backend must be safe to call from several
-worker threads at once (it serialises writes itself).
+A delivery store keeps the outbox, the claims, the attempts, the delivery
+log and the agents' webhook settings; it knows deliveries, not
+conversations (the reference runtime keeps its chat data in a store of its
+own, :mod:`webhook_plugin.runtime.chat_store`, which may share the database).
+
+The methods are *synchronous* and may block: the delivery engine calls them
+in worker threads through anyio, in batches, so that one thread hop carries
+many events. A backend must be safe to call from several worker threads at
+once (it serialises writes itself).
 
 Times are Unix seconds (``float``), always UTC.
 """
@@ -22,12 +27,10 @@ __all__ = [
     "AttemptRecord",
     "AttemptResult",
     "ClaimedDelivery",
-    "ConversationRecord",
     "DeliveryRecord",
     "DeliveryStatus",
-    "MessageRecord",
-    "MessageWrite",
     "NewDelivery",
+    "DeliveryStore",
     "Store",
 ]
 
@@ -111,40 +114,8 @@ class DeliveryRecord(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes = b""
 
 
-class ConversationRecord(msgspec.Struct, kw_only=True):
-    id: str
-    agent_id: str
-    channel: str
-    ai_enabled: bool
-    contact: dict[str, str]
-    created_at: float
-    last_user_message_at: float | None = None
-
-
-class MessageRecord(msgspec.Struct, kw_only=True):
-    id: str
-    conversation_id: str
-    #: ``user``, ``agent`` (the AI) or ``operator`` (a human from the Inbox)
-    author: str
-    text: str
-    created_at: float
-    #: ``received``, ``sent``, ``blocked`` or ``noted``
-    status: str
-    attachments: list[dict[str, object]] = msgspec.field(default_factory=list)
-
-
-class MessageWrite(msgspec.Struct, kw_only=True):
-    """Everything one chat message changed, written in one transaction."""
-
-    conversation: ConversationRecord | None = None
-    messages: list[MessageRecord] = msgspec.field(default_factory=list)
-    deliveries: list[NewDelivery] = msgspec.field(default_factory=list)
-    #: ``(conversation_id, message_id, answer)``: what a retry of the message gets
-    outcome: tuple[str, str, bytes] | None = None
-
-
-class Store(Protocol):
-    """A storage backend: outbox, delivery log, settings and the runtime's data."""
+class DeliveryStore(Protocol):
+    """A delivery store: outbox, claims, attempts, the delivery log, settings."""
 
     #: whether :meth:`wait_for_new` can wake a worker in another process
     supports_notify: ClassVar[bool]
@@ -213,36 +184,6 @@ class Store(Protocol):
 
     def all_settings(self) -> dict[str, WebhookSettings]: ...
 
-    # the reference runtime's data ---------------------------------------------
-    def get_agent(self, agent_id: str) -> dict[str, object] | None: ...
-    def put_agent(
-        self, agent_id: str, *, name: str | None, organization_id: str | None, ai_enabled: bool
-    ) -> None: ...
-    def get_conversation(self, conversation_id: str) -> ConversationRecord | None: ...
-    def put_conversation(self, conversation: ConversationRecord) -> None: ...
-    def add_messages(self, messages: Sequence[MessageRecord]) -> None: ...
-    def get_outcome(self, conversation_id: str, message_id: str) -> bytes | None: ...
-    def reserve_outcome(
-        self, conversation_id: str, message_id: str, *, now: float, stale_before: float
-    ) -> bytes | None:
-        """Take a user message's ``messageId`` for processing: ``None`` when it is
-        ours now, ``b""`` while another request processes it, else its outcome."""
-        ...
 
-    def release_outcome(self, conversation_id: str, message_id: str) -> None:
-        """Give up a reservation whose processing failed (a retry may take it)."""
-        ...
-
-    def write_messages(self, writes: Sequence[MessageWrite]) -> None:
-        """Store what chat messages changed, each whole or not at all, in one transaction."""
-        ...
-
-    def touch_outcome(self, conversation_id: str, message_id: str, *, now: float) -> None: ...
-    def put_outcome(self, conversation_id: str, message_id: str, outcome: bytes) -> None: ...
-    def list_messages(self, conversation_id: str) -> list[MessageRecord]: ...
-    def list_agents(self, *, limit: int = 1000) -> list[dict[str, object]]: ...
-    def list_conversations(
-        self, *, agent_id: str | None = None, limit: int = 100
-    ) -> list[tuple[ConversationRecord, MessageRecord | None]]:
-        """Conversations, the most recently active first, each with its last message."""
-        ...
+#: the name the engine and host apps have always used
+Store = DeliveryStore

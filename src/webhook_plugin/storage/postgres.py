@@ -41,10 +41,12 @@ _WAIT_WHILE_DOWN: Final = 0.1
 #: down for up to as long again as the server was
 _RECONNECT: Final = 2.0
 
+#: the delivery store's tables (the runtime's chat store has its own migrations)
 _MIGRATIONS: list[str] = [
-    # version 1
+    # version 1 (IF NOT EXISTS: databases made before the stores were split
+    # already hold these tables)
     """
-    CREATE TABLE deliveries (
+    CREATE TABLE IF NOT EXISTS deliveries (
         id BIGSERIAL PRIMARY KEY,
         webhook_id TEXT NOT NULL UNIQUE,
         agent_id TEXT NOT NULL,
@@ -61,10 +63,11 @@ _MIGRATIONS: list[str] = [
         last_error TEXT,
         updated_at DOUBLE PRECISION
     );
-    CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
-    CREATE INDEX deliveries_agent ON deliveries (agent_id, status, id);
-    CREATE INDEX deliveries_status ON deliveries (status, id);
-    CREATE TABLE attempts (
+    CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at)
+        WHERE status = 'pending';
+    CREATE INDEX IF NOT EXISTS deliveries_agent ON deliveries (agent_id, status, id);
+    CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, id);
+    CREATE TABLE IF NOT EXISTS attempts (
         delivery_id BIGINT NOT NULL,
         attempt INTEGER NOT NULL,
         started_at DOUBLE PRECISION NOT NULL,
@@ -74,7 +77,7 @@ _MIGRATIONS: list[str] = [
         response_excerpt TEXT,
         PRIMARY KEY (delivery_id, attempt)
     );
-    CREATE TABLE webhook_settings (
+    CREATE TABLE IF NOT EXISTS webhook_settings (
         agent_id TEXT PRIMARY KEY,
         data BYTEA NOT NULL,
         disabled INTEGER NOT NULL DEFAULT 0,
@@ -82,45 +85,6 @@ _MIGRATIONS: list[str] = [
         failing_since DOUBLE PRECISION,
         updated_at DOUBLE PRECISION NOT NULL
     );
-    CREATE TABLE agents (
-        id TEXT PRIMARY KEY,
-        name TEXT,
-        organization_id TEXT,
-        ai_enabled INTEGER NOT NULL DEFAULT 1,
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE conversations (
-        id TEXT PRIMARY KEY,
-        agent_id TEXT NOT NULL,
-        channel TEXT NOT NULL,
-        ai_enabled INTEGER NOT NULL,
-        contact BYTEA NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        last_user_message_at DOUBLE PRECISION
-    );
-    CREATE TABLE messages (
-        seq BIGSERIAL PRIMARY KEY,
-        id TEXT NOT NULL,
-        conversation_id TEXT NOT NULL,
-        author TEXT NOT NULL,
-        text TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        status TEXT NOT NULL,
-        attachments BYTEA NOT NULL
-    );
-    CREATE INDEX messages_conversation ON messages (conversation_id, seq);
-    """,
-    # version 2: the answer to each user message with a messageId, so that a
-    # client retrying a request gets the same answer instead of new events
-    """
-    CREATE TABLE message_outcomes (
-        conversation_id TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        outcome BYTEA NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (conversation_id, message_id)
-    );
-    CREATE INDEX message_outcomes_created ON message_outcomes (created_at);
     """,
 ]
 
@@ -146,6 +110,7 @@ class PostgresStore(SQLStore):
 
     _GREATEST: ClassVar[str] = "GREATEST"
     _LOCK_ROW: ClassVar[str] = " FOR UPDATE"
+    dialect: ClassVar[str] = "postgresql"
     _CLAIM: ClassVar[str] = (
         "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending'"
         " AND next_attempt_at <= ? AND lease_until <= ?{skip} ORDER BY next_attempt_at LIMIT ?"
@@ -179,8 +144,7 @@ class PostgresStore(SQLStore):
             return
         psycopg, psycopg_pool = _psycopg()
         try:
-            with psycopg.connect(self.url, autocommit=True) as conn:
-                self._migrate(conn)
+            self.migrate("delivery", _MIGRATIONS)
             self._pool = psycopg_pool.ConnectionPool(
                 self.url,
                 min_size=1,
@@ -201,19 +165,32 @@ class PostgresStore(SQLStore):
             self._pool.close()
             self._pool = None
 
-    def _migrate(self, conn: Any) -> None:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-            conn.execute(f"SET LOCAL search_path = {self.schema}")
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            version = row[0] or 0
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+    def migrate(self, component: str, scripts: Sequence[str]) -> None:
+        psycopg, _ = _psycopg()
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+                conn.execute(f"SET LOCAL search_path = {self.schema}")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_versions"
+                    " (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+                )
+                row = conn.execute(
+                    "SELECT version FROM schema_versions WHERE component = %s", (component,)
+                ).fetchone()
+                version = row[0] if row else 0
+                for number, script in enumerate(scripts[version:], start=version + 1):
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_versions (component, version) VALUES (%s, %s)"
+                        " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                        (component, number),
+                    )
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot migrate PostgreSQL database: {_safe(exc)}") from exc
 
     # plumbing ----------------------------------------------------------------------------
 

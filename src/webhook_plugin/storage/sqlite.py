@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..exceptions import StorageError
 from ._sql import SQLStore
@@ -24,10 +24,12 @@ __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
+#: the delivery store's tables (the runtime's chat store has its own migrations)
 _MIGRATIONS: list[str] = [
-    # version 1
+    # version 1 (IF NOT EXISTS: databases made before the stores were split
+    # already hold these tables)
     """
-    CREATE TABLE deliveries (
+    CREATE TABLE IF NOT EXISTS deliveries (
         id INTEGER PRIMARY KEY,
         webhook_id TEXT NOT NULL UNIQUE,
         agent_id TEXT NOT NULL,
@@ -44,10 +46,11 @@ _MIGRATIONS: list[str] = [
         last_error TEXT,
         updated_at REAL
     );
-    CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
-    CREATE INDEX deliveries_agent ON deliveries (agent_id, status, id);
-    CREATE INDEX deliveries_status ON deliveries (status, id);
-    CREATE TABLE attempts (
+    CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at)
+        WHERE status = 'pending';
+    CREATE INDEX IF NOT EXISTS deliveries_agent ON deliveries (agent_id, status, id);
+    CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, id);
+    CREATE TABLE IF NOT EXISTS attempts (
         delivery_id INTEGER NOT NULL,
         attempt INTEGER NOT NULL,
         started_at REAL NOT NULL,
@@ -57,7 +60,7 @@ _MIGRATIONS: list[str] = [
         response_excerpt TEXT,
         PRIMARY KEY (delivery_id, attempt)
     ) WITHOUT ROWID;
-    CREATE TABLE webhook_settings (
+    CREATE TABLE IF NOT EXISTS webhook_settings (
         agent_id TEXT PRIMARY KEY,
         data BLOB NOT NULL,
         disabled INTEGER NOT NULL DEFAULT 0,
@@ -65,45 +68,6 @@ _MIGRATIONS: list[str] = [
         failing_since REAL,
         updated_at REAL NOT NULL
     );
-    CREATE TABLE agents (
-        id TEXT PRIMARY KEY,
-        name TEXT,
-        organization_id TEXT,
-        ai_enabled INTEGER NOT NULL DEFAULT 1,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE conversations (
-        id TEXT PRIMARY KEY,
-        agent_id TEXT NOT NULL,
-        channel TEXT NOT NULL,
-        ai_enabled INTEGER NOT NULL,
-        contact BLOB NOT NULL,
-        created_at REAL NOT NULL,
-        last_user_message_at REAL
-    );
-    CREATE TABLE messages (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL,
-        conversation_id TEXT NOT NULL,
-        author TEXT NOT NULL,
-        text TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        status TEXT NOT NULL,
-        attachments BLOB NOT NULL
-    );
-    CREATE INDEX messages_conversation ON messages (conversation_id, seq);
-    """,
-    # version 2: the answer to each user message with a messageId, so that a
-    # client retrying a request gets the same answer instead of new events
-    """
-    CREATE TABLE message_outcomes (
-        conversation_id TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        outcome BLOB NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (conversation_id, message_id)
-    );
-    CREATE INDEX message_outcomes_created ON message_outcomes (created_at);
     """,
 ]
 
@@ -127,7 +91,9 @@ def _why_unwritable(path: Path) -> str | None:
 
 
 class SQLiteStore(SQLStore):
-    """A :class:`~webhook_plugin.storage.base.Store` on one SQLite file."""
+    """A :class:`~webhook_plugin.storage.base.DeliveryStore` on one SQLite file."""
+
+    dialect: ClassVar[str] = "sqlite"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -157,7 +123,7 @@ class SQLiteStore(SQLStore):
             if self.path.parent != Path():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._write = self._connect()
-            self._migrate(self._write)
+            self.migrate("delivery", _MIGRATIONS)
             self._probe_write(self._write)
             self._read = self._connect()
         except (sqlite3.Error, OSError) as exc:
@@ -190,19 +156,34 @@ class SQLiteStore(SQLStore):
         finally:
             conn.execute("ROLLBACK")
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    def migrate(self, component: str, scripts: Sequence[str]) -> None:
+        if self._write is None:
+            raise StorageError(f"{self!r} is not open")
+        with self._write_lock:
+            conn = self._write
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_versions"
+                    " (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+                )
+                row = conn.execute(
+                    "SELECT version FROM schema_versions WHERE component = ?", (component,)
+                ).fetchone()
+                version = row[0] if row else 0
+                for number, script in enumerate(scripts[version:], start=version + 1):
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_versions (component, version) VALUES (?, ?)"
+                        " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                        (component, number),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
