@@ -104,3 +104,35 @@ async def test_queued_work_starts_when_slots_free_during_a_claim() -> None:
         await dispatcher.stop(grace=1)
     assert sorted(client.posted) == ["msg_1", "msg_2", "msg_3"]
     assert all(r.status == "succeeded" for r in results)
+
+
+def test_an_endpoint_parked_for_its_lane_is_woken_when_the_lane_frees() -> None:
+    """Two new endpoints, one slot for new ones: the second waits for the lane, not
+    for a slot of its own, and must get it when the first's probe ends (its
+    endpoint becomes quick meanwhile)."""
+    import time as _time
+    from collections import deque
+
+    from webhook_plugin.delivery.dispatcher import Dispatcher
+    from webhook_plugin.delivery.retry import RetryPolicy
+    from webhook_plugin.events import WebhookEventType
+    from webhook_plugin.storage.base import ClaimedDelivery
+
+    def claimed(i: int, agent: str) -> ClaimedDelivery:
+        return ClaimedDelivery(
+            id=i, webhook_id=f"w{i}", agent_id=agent, event_type=WebhookEventType.AGENT_USER_MESSAGE,
+            body=b"{}", created_at=0.0, attempts=0, round_attempts=0,
+            lease_until=_time.time() + 60, settings=None, failing_since=None,
+        )  # fmt: skip
+
+    d = Dispatcher(None, None, lambda r: None, policy=RetryPolicy(), concurrency=2)  # type: ignore[arg-type]
+    d._ready = deque([claimed(1, "a"), claimed(2, "a"), claimed(3, "b")])
+    first = d._next()
+    assert first is not None and first[0].agent_id == "a" and first[1] == "new"
+    assert d._next() is None  # a's second waits for a's probe, b for the new lane
+    d.lanes.observe("a", slow=False)  # a's probe answered quickly
+    d._slot_freed("a", "new")
+    agents = []
+    while (taken := d._next()) is not None:
+        agents.append(taken[0].agent_id)
+    assert sorted(agents) == ["a", "b"]

@@ -293,12 +293,22 @@ class Dispatcher:
         # as many of its parked deliveries as its cap now allows (a probe that
         # went well opens several slots at once)
         room = max(1, self.lanes.cap(agent_id) - left)
-        if self._unpark(agent_id, room) or lane == "quick":
+        self._unpark(agent_id, room)
+        if lane == "quick":
             return
         # a slot of a shared lane is free: another endpoint may wait for it
+        # (this one may have moved to another lane with the attempt that ended)
         for other in self._parked:
-            if self.lanes.lane(other) == lane and self._unpark(other):
+            if other != agent_id and self.lanes.lane(other) == lane and self._unpark(other):
                 return
+
+    def _unpark_stalled(self) -> bool:
+        """Give a turn to a parked endpoint with nothing in flight: no slot of its
+        own will free up to wake it. The workers' safety net when idle."""
+        for agent_id in self._parked:
+            if not self._busy.get(agent_id) and self.lanes.may_start(agent_id, 0):
+                return self._unpark(agent_id)
+        return False
 
     def _unpark(self, agent_id: str, count: int = 1) -> bool:
         parked = self._parked.get(agent_id)
@@ -319,6 +329,8 @@ class Dispatcher:
             if taken is None:
                 if self._stopping:
                     return
+                if self._parked and self._unpark_stalled():
+                    continue
                 work = self._work
                 assert work is not None
                 await work.wait()
