@@ -20,14 +20,19 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from ._version import __version__
 from .exceptions import WebhookPluginError
+
+if TYPE_CHECKING:
+    from .runtime.config import RuntimeConfig
+    from .storage.base import Store
 
 __all__ = ["main"]
 
@@ -93,9 +98,8 @@ def _load(path: str | None):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .runtime.app import create_app
+    from .runtime.server import ServerLimits, serve
 
     config = _load(args.config)
     if not config.runtime.api_token and not _is_loopback(args.host):
@@ -119,15 +123,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "First time here? Run `webhook-plugin demo` to watch six signed webhooks arrive.",
         file=sys.stderr,
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
+    limits = ServerLimits(
+        head_timeout=args.head_timeout,
+        body_timeout=args.body_timeout,
+        timeout_keep_alive=args.timeout_keep_alive,
+        max_connections=args.max_connections,
     )
-    return 0
+    return 0 if serve(app, host=args.host, port=args.port, limits=limits) else 3
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -147,18 +149,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     log = structlog.get_logger("webhook_plugin.cli")
 
     async def run() -> None:
-        async with DeliveryEngine(open_store(config.runtime.database), config.delivery()):
+        async with DeliveryEngine(open_store(config.runtime.database), config.delivery()) as engine:
+            if args.metrics_port is not None:
+                from prometheus_client import start_http_server
+
+                # a thread of its own: a scrape reads the backlog with a blocking call
+                server, _ = start_http_server(
+                    args.metrics_port, addr=args.metrics_host, registry=engine.metrics.registry
+                )
+                log.info("worker.metrics", host=args.metrics_host, port=args.metrics_port)
             log.info("worker.started")
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     log.info("worker.stopping", signal=signal.Signals(signum).name)
                     break
+            if args.metrics_port is not None:
+                server.shutdown()
 
     anyio.run(run)
     return 0
 
 
-def _open_store(config):  # type: ignore[no-untyped-def]
+def _open_store(config: RuntimeConfig) -> Store:
     from .storage import open_store
 
     database = config.runtime.database
@@ -222,10 +234,32 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+#: delivery ids are 1 to this (a signed 64-bit integer)
+_MAX_ID = 2**63 - 1
+#: the longest --failed-since duration: 100 years
+_MAX_SINCE = 100 * 366 * 86400
+
+
+def _bounded_int(what: str, high: int) -> Callable[[str], int]:
+    """An argparse type: a decimal whole number from 1 to ``high``."""
+
+    def parse(value: str) -> int:
+        number = int(value) if re.fullmatch(r"[0-9]{1,30}", value) else 0
+        if not 1 <= number <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value!r:.40} is not a valid {what}: give a whole number from 1 to {high}"
+            )
+        return number
+
+    return parse
+
+
 def _parse_since(value: str) -> float:
-    match = re.fullmatch(r"(\d+)([smhd])", value)
+    match = re.fullmatch(r"(\d{1,30})([smhd])", value, re.ASCII)
     if match:
         seconds = int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        if seconds > _MAX_SINCE:
+            raise argparse.ArgumentTypeError(f"{value!r:.40}: give a duration of 100 years or less")
         return time.time() - seconds
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -298,6 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, summary: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, parents=[logging_options])
 
+    def positive(kind: type[float | int]):  # type: ignore[no-untyped-def]
+        def parse(value: str) -> float | int:
+            try:
+                number = kind(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+            if not number > 0:
+                raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+            return number
+
+        return parse
+
     serve = command("serve", "serve the reference chat runtime")
     serve.add_argument("--config", help="TOML config file (default: embedded SQLite, no agents)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -305,22 +351,63 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-workers", action="store_true", help="serve the API without delivery workers"
     )
+    serve.add_argument(
+        "--head-timeout",
+        type=positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection whose request head is not complete in time (default 10)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=positive(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="answer 408 when a request body takes longer (default 30)",
+    )
+    serve.add_argument(
+        "--timeout-keep-alive",
+        type=positive(float),
+        default=5.0,
+        metavar="SECONDS",
+        help="close a kept-alive connection idle this long (default 5)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="open connections at most; more are answered 503 and closed"
+        " (default half the open-file limit, at most 4096)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     worker = command("worker", "run delivery workers only (PostgreSQL)")
     worker.add_argument("--config", required=True)
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port (GET /metrics); off by default",
+    )
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", help="the address for --metrics-port"
+    )
     worker.set_defaults(func=cmd_worker)
 
     deliveries = command("deliveries", "show the delivery log")
     deliveries.add_argument("--config")
     deliveries.add_argument("--agent")
     deliveries.add_argument("--status", choices=["pending", "succeeded", "failed"])
-    deliveries.add_argument("--limit", type=int, default=50)
+    deliveries.add_argument(
+        "--limit", type=_bounded_int("limit", 100_000), default=50, help="1 to 100000"
+    )
     deliveries.add_argument("--json", action="store_true")
     deliveries.set_defaults(func=cmd_deliveries)
 
     redeliver = command("redeliver", "queue deliveries again (same webhook-id)")
-    redeliver.add_argument("delivery_id", nargs="?", type=int)
+    redeliver.add_argument(
+        "delivery_id", nargs="?", type=_bounded_int("delivery ID", _MAX_ID), metavar="DELIVERY_ID"
+    )
     redeliver.add_argument("--failed-since", type=_parse_since, metavar="WHEN")
     redeliver.add_argument("--agent")
     redeliver.add_argument("--config")

@@ -1,13 +1,15 @@
-"""Pure ASGI middleware that guards the HTTP API: a bearer token and body limits."""
+"""Pure ASGI middleware that guards the HTTP API: a bearer token, body limits and
+a time limit on reading the body."""
 
 from __future__ import annotations
 
 import hmac
 
+import anyio
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimitMiddleware", "TokenAuthMiddleware", "error_response"]
+__all__ = ["BodyLimitMiddleware", "BodyTimeoutMiddleware", "TokenAuthMiddleware", "error_response"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -123,3 +125,71 @@ class BodyLimitMiddleware:
         await error_response(
             send, 413, "body_too_large", f"request body is larger than {self.max_bytes} bytes"
         )
+
+
+class BodyTimeoutMiddleware:
+    """The whole request body must arrive within ``timeout`` seconds of the
+    request's start (its head is complete by then), or the answer is ``408``
+    with ``Connection: close``.
+
+    Only reading the body is timed: once the last chunk (or a disconnect) has
+    arrived, ``receive`` passes through untouched, so a long response that
+    listens for the client going away is not cut short. After a timeout the
+    app reads ``http.disconnect`` and whatever it sends is dropped. If the app
+    had already started its answer, no ``408`` is possible: it only reads the
+    disconnect. Runs on asyncio and trio (anyio).
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float = 30.0) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.timeout
+        body_done = False
+        timed_out = False
+        started = False
+        answered = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        async def guarded_receive() -> Message:
+            nonlocal body_done, timed_out, answered
+            if timed_out:
+                return {"type": "http.disconnect"}
+            if body_done:
+                return await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()) as cancel_scope:
+                message = await receive()
+            if cancel_scope.cancelled_caught:
+                timed_out = True
+                if not started:
+                    answered = True
+                    await error_response(
+                        send,
+                        408,
+                        "request_timeout",
+                        f"the request body did not arrive within {self.timeout:g} seconds",
+                        [(b"connection", b"close")],
+                    )
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if not answered:
+                raise
+            # the app failed to read a body that never came (Starlette raises
+            # ClientDisconnect): expected, and already answered with 408
