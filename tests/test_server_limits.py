@@ -70,8 +70,15 @@ class Serve:
         cli = CLI if fd_limit is None else [sys.executable, "-c", LIMITED, str(fd_limit)]
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [*cli, "serve", "--config", str(write_config(tmp)), "--port", str(self.port)]
-                + list(options),
+                [
+                    *cli,
+                    "serve",
+                    "--config",
+                    str(write_config(tmp)),
+                    "--port",
+                    str(self.port),
+                    *list(options),
+                ],
                 cwd=tmp,
                 stdout=subprocess.DEVNULL,
                 stderr=log,

@@ -25,7 +25,6 @@ from .plugin import WebhookPlugin
 from .settings import WebhookSettings
 
 __all__ = [
-    "NAME",
     "Agent",
     "Attachment",
     "BlockedAddress",
@@ -37,6 +36,7 @@ __all__ = [
     "EndpointTest",
     "Group",
     "Message",
+    "NAME",
     "NotFound",
     "PluginLoadError",
     "PluginManager",

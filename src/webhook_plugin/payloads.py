@@ -21,15 +21,15 @@ from .events import WebhookEventType
 from .models import Agent, Conversation, Group, Message
 
 __all__ = [
-    "PAYLOAD_TYPES",
-    "TEST_EVENT_TYPE",
     "AgentMessageBlocked",
     "AgentMessageNoted",
     "AgentMessageSended",
     "AgentUserMessage",
     "AttachmentPayload",
     "GroupMessageReceived",
+    "PAYLOAD_TYPES",
     "Payload",
+    "TEST_EVENT_TYPE",
     "UserMessageReceived",
     "WebhookTest",
     "build_payload",

@@ -6,6 +6,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from .config import RuntimeConfig
+from .console import Console
 from .middleware import WebhookMiddleware
 from .routes import exception_handlers, routes
 from .security import BodyLimitMiddleware, TokenAuthMiddleware
@@ -19,8 +20,9 @@ def create_app(config: RuntimeConfig | None = None, *, workers: bool = True) -> 
     """Build the runtime's ASGI app.
 
     The layers, outermost first: the webhook middleware (owns the plugins and
-    the delivery engine), the API token check (when ``api_token`` is set), the
-    1 MiB body limit, then Starlette's routes.
+    the delivery engine), the web console (answers its own pages, with its own
+    sign-in, and passes every other path on), the API token check (when
+    ``api_token`` is set), the 1 MiB body limit, then Starlette's routes.
 
     :param workers: ``False`` serves the API without delivery workers
         (``webhook-plugin serve --no-workers``).
@@ -30,4 +32,5 @@ def create_app(config: RuntimeConfig | None = None, *, workers: bool = True) -> 
     app = BodyLimitMiddleware(app, MAX_BODY_BYTES)
     if config.runtime.api_token:
         app = TokenAuthMiddleware(app, config.runtime.api_token)
+    app = Console(app, config.runtime.api_token)
     return WebhookMiddleware(app, config, workers=workers)

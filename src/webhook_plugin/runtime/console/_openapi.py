@@ -1,0 +1,462 @@
+"""``GET /openapi.json``: the ``/v1`` API as an OpenAPI 3.1 document.
+
+Request bodies are the msgspec Structs the routes decode; the six webhook
+payloads, under ``webhooks``, are the Structs the plugin encodes (what
+``webhook-plugin schema`` prints). The answers are described by the Structs
+below, which the tests decode real answers into (unknown fields refused), so
+the document cannot drift from what the API sends.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ..._version import __version__
+from ...delivery.engine import EndpointTest
+from ...events import WebhookEventType
+from ...payloads import PAYLOAD_TYPES, WebhookTest
+from ..routes import ConversationPatch, InboxMessageIn, SettingsIn, UserMessageIn
+
+__all__ = ["ANSWERS", "openapi_document"]
+
+
+class _Answer(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    pass
+
+
+class QueuedEvent(_Answer):
+    """A webhook delivery the call queued."""
+
+    event_type: str
+    webhook_id: str
+
+
+class Reply(_Answer):
+    message_id: str
+    text: str
+
+
+class MessageAnswer(_Answer):
+    """The message is stored and its events durably queued."""
+
+    conversation_id: str
+    message_id: str
+    reply: Reply | None
+    events: list[QueuedEvent]
+
+
+class ConversationAnswer(_Answer):
+    conversation_id: str
+    ai_enabled: bool
+
+
+class InboxMessageAnswer(_Answer):
+    """What the channel did with the operator's message."""
+
+    message_id: str
+    status: Literal["sent", "blocked", "noted"]
+    events: list[QueuedEvent]
+
+
+class InboxMessage(_Answer, omit_defaults=True):
+    id: str
+    author: Literal["user", "agent", "operator"]
+    text: str
+    created_at: str
+    status: Literal["received", "sent", "blocked", "noted"]
+    attachments: list[dict[str, Any]] | UnsetType = UNSET
+
+
+class InboxConversation(_Answer, omit_defaults=True):
+    """The conversation as the Inbox shows it, enriched with the user-info answer."""
+
+    conversation_id: str
+    agent_id: str
+    channel: str
+    ai_enabled: bool
+    contact: dict[str, str]
+    messages: list[InboxMessage]
+    user_info: dict[str, Any] | None
+    user_info_status: Literal["ok", "not_configured", "timeout", "error"]
+    user_info_error: str | UnsetType = UNSET
+
+
+class WebhookSettingsAnswer(_Answer, omit_defaults=True):
+    """An agent's settings: header values masked, the signing secret never shown."""
+
+    agent_id: str
+    url: str | None
+    header: str | None
+    events: list[WebhookEventType] | None
+    user_info_url: str | None
+    user_info_header: str | None
+    disabled: bool
+    disabled_reason: str | None
+    #: with ``?test=true`` only: what one signed test request found (null without a URL)
+    test: EndpointTest | UnsetType | None = UNSET
+
+
+class RotatedSecret(_Answer):
+    """The new secret, shown this once."""
+
+    signing_secret: str
+    previous_secret_expires_at: str | None
+
+
+class Delivery(_Answer):
+    id: int
+    webhook_id: str
+    event_type: str
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    next_attempt_at: str | None
+
+
+class Attempt(_Answer):
+    attempt: int
+    at: str
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    #: the first bytes of the receiver's answer
+    response: str | None
+
+
+class DeliveryDetail(Delivery):
+    payload: dict[str, Any]
+    attempt_log: list[Attempt]
+
+
+class Health(_Answer, omit_defaults=True):
+    status: Literal["ok", "failing"]
+    reason: str | UnsetType = UNSET
+
+
+class ErrorDetail(_Answer):
+    code: str
+    message: str
+
+
+class Error(_Answer):
+    error: ErrorDetail
+
+
+#: what each documented answer decodes into, by name (the tests use it)
+ANSWERS: dict[str, type[Any]] = {
+    t.__name__: t
+    for t in (
+        MessageAnswer,
+        ConversationAnswer,
+        InboxMessageAnswer,
+        InboxConversation,
+        WebhookSettingsAnswer,
+        RotatedSecret,
+        Delivery,
+        DeliveryDetail,
+        Health,
+        Error,
+    )
+}
+
+_REQUESTS = (UserMessageIn, ConversationPatch, InboxMessageIn, SettingsIn)
+
+_AGENT = {"name": "agentId", "in": "path", "required": True, "schema": {"type": "string"}}
+_CONVERSATION = {
+    "name": "conversationId",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_DELIVERY = {
+    "name": "deliveryId",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(
+    summary: str,
+    answer: str | dict[str, Any] | None,
+    *,
+    params: tuple[dict[str, Any], ...] = (),
+    body: str | None = None,
+    errors: tuple[int, ...] = (400,),
+    public: bool = False,
+    description: str | None = None,
+) -> dict[str, Any]:
+    if isinstance(answer, str):
+        answer = _ref(answer)
+    op: dict[str, Any] = {"summary": summary}
+    if description:
+        op["description"] = description
+    if params:
+        op["parameters"] = list(params)
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    op["responses"] = {"200": _json(answer or {}, "OK")}
+    for status in sorted({*errors, *(() if public else (401,))}):
+        what = {
+            400: "invalid input (the message says which field)",
+            401: "missing or wrong API token",
+            404: "unknown agent, conversation or delivery",
+            409: "contradicts what is stored",
+            413: "body over 1 MiB or text over 64 KiB",
+            503: "the database is unavailable",
+        }[status]
+        op["responses"][str(status)] = _json(_ref("Error"), what)
+    if public:
+        op["security"] = []
+    return op
+
+
+def _paths() -> dict[str, Any]:
+    status_q = {
+        "name": "status",
+        "in": "query",
+        "schema": {"enum": ["pending", "succeeded", "failed"]},
+    }
+    limit_q = {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    }
+    before_q = {
+        "name": "before",
+        "in": "query",
+        "description": "a delivery id: older ones only",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+    test_q = {
+        "name": "test",
+        "in": "query",
+        "description": "after saving, send the URL one signed WEBHOOK_TEST request and report it",
+        "schema": {"type": "boolean", "default": False},
+    }
+    grace_q = {
+        "name": "graceSeconds",
+        "in": "query",
+        "description": "the old secret signs too this long",
+        "schema": {"type": "number", "minimum": 0, "maximum": 2592000},
+    }
+    return {
+        "/v1/agents/{agentId}/messages": {
+            "post": _op(
+                "A user's message arrives",
+                "MessageAnswer",
+                params=(_AGENT,),
+                body="UserMessageIn",
+                errors=(400, 409, 413),
+                description="Answers once the events it queued are durably stored. The same"
+                " messageId posted again gets the same answer, with no new events.",
+            )
+        },
+        "/v1/conversations/{conversationId}": {
+            "patch": _op(
+                "Turn the AI on or off for a conversation",
+                "ConversationAnswer",
+                params=(_CONVERSATION,),
+                body="ConversationPatch",
+                errors=(400, 404),
+            )
+        },
+        "/v1/conversations/{conversationId}/inbox-messages": {
+            "post": _op(
+                "A human operator's message from the Inbox",
+                "InboxMessageAnswer",
+                params=(_CONVERSATION,),
+                body="InboxMessageIn",
+                errors=(400, 404, 413),
+                description="The channel decides: sent (AGENT_MESSAGE_SENDED), blocked"
+                " (AGENT_MESSAGE_BLOCKED) or noted (AGENT_MESSAGE_NOTED).",
+            )
+        },
+        "/v1/inbox/conversations/{conversationId}": {
+            "get": _op(
+                "The conversation for the Inbox, with fetched user info",
+                "InboxConversation",
+                params=(_CONVERSATION,),
+                errors=(404,),
+            )
+        },
+        "/v1/agents/{agentId}/webhook": {
+            "get": _op(
+                "The agent's webhook settings",
+                "WebhookSettingsAnswer",
+                params=(_AGENT,),
+                errors=(404,),
+            ),
+            "put": _op(
+                "Replace the agent's webhook settings",
+                "WebhookSettingsAnswer",
+                params=(_AGENT, test_q),
+                body="SettingsIn",
+                errors=(400,),
+                description="A masked header sent back keeps the stored value while the"
+                " URL's origin stays the same.",
+            ),
+        },
+        "/v1/agents/{agentId}/webhook/rotate-secret": {
+            "post": _op(
+                "A new signing secret, shown once",
+                "RotatedSecret",
+                params=(_AGENT, grace_q),
+                errors=(400, 404),
+            )
+        },
+        "/v1/agents/{agentId}/webhook/deliveries": {
+            "get": _op(
+                "The delivery log, newest first",
+                {"type": "array", "items": _ref("Delivery")},
+                params=(_AGENT, status_q, limit_q, before_q),
+                errors=(400, 404),
+            )
+        },
+        "/v1/agents/{agentId}/webhook/deliveries/{deliveryId}": {
+            "get": _op(
+                "One delivery, its payload and every attempt",
+                "DeliveryDetail",
+                params=(_AGENT, _DELIVERY),
+                errors=(404,),
+            )
+        },
+        "/v1/agents/{agentId}/webhook/deliveries/{deliveryId}/redeliver": {
+            "post": _op(
+                "Queue a delivery again, with the same webhook-id",
+                "Delivery",
+                params=(_AGENT, _DELIVERY),
+                errors=(404,),
+            )
+        },
+        "/healthz": {
+            "get": {
+                **_op("Liveness", "Health", errors=(), public=True),
+                "responses": {
+                    "200": _json(_ref("Health"), "healthy"),
+                    "503": _json(_ref("Health"), "failing, with the reason"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                **_op("Prometheus metrics", None, errors=()),
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _json(_ref("Error"), "missing or wrong API token"),
+                },
+            }
+        },
+    }
+
+
+_SIGNATURE_HEADERS = [
+    {
+        "name": "webhook-id",
+        "in": "header",
+        "required": True,
+        "description": "unique per event, the same on every retry of it: deduplicate on it",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "webhook-timestamp",
+        "in": "header",
+        "required": True,
+        "description": "Unix seconds of this attempt",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "webhook-signature",
+        "in": "header",
+        "required": True,
+        "description": "v1,<base64 HMAC-SHA256> of '{webhook-id}.{webhook-timestamp}.{body}'"
+        " with the agent's whsec_ secret (Standard Webhooks); several, space-separated,"
+        " during a rotation's grace period",
+        "schema": {"type": "string"},
+    },
+]
+
+_EVENT_SUMMARIES = {
+    WebhookEventType.USER_MESSAGE_RECEIVED: "A user's message arrived while AI is disabled",
+    WebhookEventType.AGENT_MESSAGE_SENDED: "An operator's message went out from the Inbox",
+    WebhookEventType.AGENT_USER_MESSAGE: "The AI agent answered a user's message",
+    WebhookEventType.AGENT_MESSAGE_BLOCKED: "The channel refused an agent message (24 h window)",
+    WebhookEventType.AGENT_MESSAGE_NOTED: "An agent message was kept as a note (api, dashboard)",
+    WebhookEventType.GROUP_MESSAGE_RECEIVED: "A group message where the agent was not mentioned",
+}
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The document (built once; treat it as read-only)."""
+    payloads = {cls.__name__: cls for cls in PAYLOAD_TYPES.values()}
+    types = [*_REQUESTS, *ANSWERS.values(), *payloads.values(), WebhookTest]
+    _, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    webhooks = {
+        str(event_type): {
+            "post": {
+                "summary": _EVENT_SUMMARIES[event_type],
+                "operationId": str(event_type),
+                "parameters": _SIGNATURE_HEADERS,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(cls.__name__)}},
+                },
+                "responses": {
+                    "2XX": {"description": "received (the body is ignored)"},
+                    "410": {"description": "gone: the endpoint is disabled at once"},
+                    "default": {"description": "anything else is retried"},
+                },
+            }
+        }
+        for event_type, cls in PAYLOAD_TYPES.items()
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "webhook-plugin reference runtime",
+            "version": __version__,
+            "summary": "Agent webhooks for chat pipelines",
+            "description": "The HTTP API of `webhook-plugin serve`. Errors are"
+            ' `{"error": {"code", "message"}}` with a 4xx status. The `webhooks` are'
+            " what an agent's URL receives, signed as Standard Webhooks says; a settings"
+            ' test sends `{"eventType": "WEBHOOK_TEST", "agentId", "createdAt"}`.',
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(),
+        "webhooks": webhooks,
+        "components": {
+            "schemas": dict(sorted(components.items())),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the config's api_token (no token when none is set)",
+                }
+            },
+        },
+    }
