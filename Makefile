@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test bench clean
+.PHONY: run demo lint test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ run: $(VENV)/.installed  ## serve the reference chat runtime on 127.0.0.1:8000 (
 demo: $(VENV)/.installed  ## play a conversation and watch six signed webhooks arrive
 	$(BIN)/webhook-plugin demo
 
-test: $(VENV)/.installed  ## the whole test suite, asyncio and trio
+lint: $(VENV)/.installed  ## ruff, mypy --strict and the import contracts
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy --strict src/webhook_plugin
+	$(BIN)/lint-imports
+
+test: lint  ## the lint, then the whole test suite, asyncio and trio
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed  ## every benchmark, with ratios against same-run baselines
