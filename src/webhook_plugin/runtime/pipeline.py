@@ -140,6 +140,7 @@ class ChatPipeline:
         self.clock = clock
         self._limiter = anyio.CapacityLimiter(4)
         self._agents: dict[str, Agent] = {}
+        self._ai_defaults: dict[str, bool] = {}
         #: what messages change, written in shared transactions
         self._writes: Batcher[MessageWrite] = Batcher(self.store.write_messages, max_batch=512)
         self._writes_running = False
@@ -174,11 +175,15 @@ class ChatPipeline:
             row = {"id": agent_id, "name": name, "organization_id": org, "ai_enabled": ai}
         agent = Agent(id=agent_id, name=row["name"], organization_id=row["organization_id"])  # type: ignore[arg-type]
         self._agents[agent_id] = agent
+        self._ai_defaults[agent_id] = bool(row["ai_enabled"])
         return agent
 
     async def _agent_ai_default(self, agent_id: str) -> bool:
-        row = await self._db(self.store.get_agent, agent_id)
-        return bool(row["ai_enabled"]) if row else True
+        # read with the agent (nothing changes an agent's default once created)
+        if agent_id not in self._ai_defaults:
+            row = await self._db(self.store.get_agent, agent_id)
+            self._ai_defaults[agent_id] = bool(row["ai_enabled"]) if row else True
+        return self._ai_defaults[agent_id]
 
     async def seed_agents(self) -> None:
         """Create the config's agents, and their settings unless saved ones exist."""

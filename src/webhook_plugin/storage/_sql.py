@@ -125,8 +125,16 @@ class SQLStore(ABC):
     )
 
     @abstractmethod
-    def _tx(self) -> AbstractContextManager[Any]:
-        """One write transaction; yields a connection."""
+    def _tx(self, *, durable: bool = True) -> AbstractContextManager[Any]:
+        """One write transaction; yields a connection.
+
+        ``durable=False`` commits without waiting for the disk (SQLite
+        ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): for
+        writes that a crash of the machine may lose at no cost but a repeat,
+        leases and attempt results. A lost result only means the delivery is
+        sent again (at least once); every event and every acknowledged chat
+        message is written durably.
+        """
 
     @abstractmethod
     def _query(self, fn: Callable[[Any], T]) -> T:
@@ -229,7 +237,7 @@ class SQLStore(ABC):
         skip = f" AND agent_id NOT IN ({','.join('?' * len(skip_agents))})" if skip_agents else ""
         claimed: list[ClaimedDelivery] = []
         poison: list[tuple[Sequence[Any], str]] = []
-        with self._tx() as conn:
+        with self._tx(durable=False) as conn:
             params = self._claim_params(now, limit, lease_until, owner, tuple(skip_agents))
             rows = self._x(conn, self._CLAIM.replace("{skip}", skip), params).fetchall()
             endpoints = self._endpoints(conn, {row[2] for row in rows})
@@ -308,7 +316,7 @@ class SQLStore(ABC):
                     failing_since[r.agent_id] = r.started_at
             if r.disable_reason:
                 disable[r.agent_id] = r.disable_reason
-        with self._tx() as conn:
+        with self._tx(durable=False) as conn:
             self._xmany(
                 conn,
                 "UPDATE deliveries SET attempts = attempts + ?, status = ?,"
@@ -376,7 +384,7 @@ class SQLStore(ABC):
     def release(self, delivery_ids: Sequence[int], owner: str) -> None:
         if not delivery_ids:
             return
-        with self._tx() as conn:
+        with self._tx(durable=False) as conn:
             self._xmany(
                 conn,
                 "UPDATE deliveries SET lease_until = 0, lease_owner = NULL"

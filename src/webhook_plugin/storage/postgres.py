@@ -208,12 +208,14 @@ class PostgresStore(SQLStore):
             cur.executemany(self._sql(sql), list(rows))
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, *, durable: bool = True) -> Iterator[Any]:
         if self._pool is None:
             raise StorageError(f"{self!r} is not open")
         psycopg, _ = _psycopg()
         try:
             with self._connection() as conn:
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit TO OFF")
                 yield conn
         except psycopg.Error as exc:
             raise StorageError(f"PostgreSQL write failed: {_safe(exc)}") from exc

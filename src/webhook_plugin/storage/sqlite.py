@@ -186,12 +186,14 @@ class SQLiteStore(SQLStore):
                 raise
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction, serialised with every other writer."""
         if self._write is None:
             raise StorageError(f"{self!r} is not open")
         with self._write_lock:
             conn = self._write
+            if not durable:  # in WAL mode: no fsync; the next durable commit syncs it
+                conn.execute("PRAGMA synchronous=NORMAL")
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
@@ -204,6 +206,9 @@ class SQLiteStore(SQLStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
 
     def _x(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return conn.execute(sql, params)
