@@ -75,7 +75,7 @@ async def test_an_echoing_receiver_does_not_put_our_header_in_the_log(
     assert token not in excerpt and SECRET not in excerpt and SECRET[6:] not in excerpt
     assert "****" in excerpt
     # a secret cut by the excerpt's end leaves no prefix of itself either
-    from webhook_plugin.delivery.dispatcher import redact
+    from webhook_plugin.delivery.redaction import redact
 
     cut = redact(("x" * 500 + token)[:510], (token,))
     assert token[:6] not in cut and cut.endswith("****")

@@ -23,94 +23,28 @@ import functools
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Final
 
 import anyio
 import anyio.abc
-import msgspec
 import structlog
 
 from ..exceptions import RequestTimeout, StorageError, TransportError
-from ..settings import WebhookSettings, parse_header, secret_key
+from ..settings import WebhookSettings
 from ..storage.base import AttemptResult, ClaimedDelivery, Store
 from .client import HttpClient
 from .lanes import EndpointLanes, Lane
 from .outcome import classify
+from .redaction import redact, secrets_of
 from .retry import RetryPolicy
-from .signing import sign
+from .signing import signed_headers
 
-__all__ = ["Dispatcher", "redact", "secrets_of", "signed_headers"]
+__all__ = ["Dispatcher"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
 
 _EXCERPT_BYTES: Final = 512
-#: the shortest text taken for a secret when redacting (shorter ones are not secrets)
-_MIN_SECRET: Final = 4
-
-
-# Settings are validated when saved; decoding the same secret and splitting the
-# same header for every attempt is work the hot path need not repeat.
-_key = functools.lru_cache(maxsize=4096)(secret_key)
-_header = functools.lru_cache(maxsize=4096)(parse_header)
-
-
-def signed_headers(
-    settings: WebhookSettings, webhook_id: str, now: float, body: bytes
-) -> list[tuple[str, str]]:
-    """The request headers of one attempt: Standard Webhooks signature (one per
-    secret in use, space-separated, during a rotation's grace period), then the
-    agent's own header verbatim."""
-    assert settings.signing_secret is not None
-    timestamp = int(now)
-    signature = " ".join(
-        sign(_key(secret), webhook_id, timestamp, body) for secret in settings.signing_secrets(now)
-    )
-    headers = [
-        ("content-type", "application/json"),
-        ("webhook-id", webhook_id),
-        ("webhook-timestamp", str(timestamp)),
-        ("webhook-signature", signature),
-    ]
-    if settings.header:
-        headers.append(_header(settings.header))
-    return headers
-
-
-def secrets_of(settings: WebhookSettings) -> tuple[str, ...]:
-    """What must never be stored from an answer: our header's value (and its
-    token, without an auth scheme) and the signing secrets."""
-    found: list[str] = []
-    if settings.header:
-        value = _header(settings.header)[1]
-        found.append(value)
-        _scheme, _, token = value.partition(" ")
-        if token.strip() and len(token.strip()) >= _MIN_SECRET:
-            found.append(token.strip())
-    for secret in (settings.signing_secret, settings.previous_signing_secret):
-        if secret:
-            found += [secret, secret.removeprefix("whsec_")]
-    return tuple(s for s in found if len(s) >= _MIN_SECRET)
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    """``text`` without any of ``secrets``, as they are or JSON-escaped, and
-    without a secret's beginning where the text was cut."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        escaped = _json_string(secret)
-        for form in {secret, escaped}:
-            if form in text:
-                text = text.replace(form, "****")
-        for form in {secret, escaped}:
-            for k in range(min(len(form) - 1, len(text)), _MIN_SECRET - 1, -1):
-                if text.endswith(form[:k]):
-                    text = text[:-k] + "****"
-                    break
-    return text
-
-
-def _json_string(value: str) -> str:
-    return msgspec.json.encode(value).decode()[1:-1]
 
 
 class Dispatcher:

@@ -26,10 +26,9 @@ from ..settings import WebhookSettings, generate_secret
 from ..storage.base import AttemptResult, Store
 from ._blocking import Blocking
 from .client import HttpClient, Response
-from .dispatcher import signed_headers
 from .outcome import classify
 from .retry import RetryPolicy
-from .signing import new_webhook_id
+from .signing import new_webhook_id, signed_headers
 
 __all__ = ["EndpointTest", "Endpoints"]
 

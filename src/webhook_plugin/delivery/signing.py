@@ -2,20 +2,21 @@
 
 ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``
 where ``key`` is the base64-decoded part of the agent's ``whsec_`` secret.
-Pure: no I/O.
+Pure: no I/O. :func:`signed_headers` makes the headers of one attempt.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
 import time
 
-from ..settings import secret_key
+from ..settings import WebhookSettings, parse_header, secret_key
 
-__all__ = ["new_webhook_id", "sign", "verify"]
+__all__ = ["new_webhook_id", "sign", "signed_headers", "verify"]
 
 
 def new_webhook_id() -> str:
@@ -56,3 +57,31 @@ def verify(
         return False
     expected = sign(secret, webhook_id, ts, body)
     return any(hmac.compare_digest(expected, s) for s in signature_header.split())
+
+
+# Settings are validated when saved; decoding the same secret and splitting the
+# same header for every attempt is work the hot path need not repeat.
+_key = functools.lru_cache(maxsize=4096)(secret_key)
+_header = functools.lru_cache(maxsize=4096)(parse_header)
+
+
+def signed_headers(
+    settings: WebhookSettings, webhook_id: str, now: float, body: bytes
+) -> list[tuple[str, str]]:
+    """The request headers of one attempt: Standard Webhooks signature (one per
+    secret in use, space-separated, during a rotation's grace period), then the
+    agent's own header verbatim."""
+    assert settings.signing_secret is not None
+    timestamp = int(now)
+    signature = " ".join(
+        sign(_key(secret), webhook_id, timestamp, body) for secret in settings.signing_secrets(now)
+    )
+    headers = [
+        ("content-type", "application/json"),
+        ("webhook-id", webhook_id),
+        ("webhook-timestamp", str(timestamp)),
+        ("webhook-signature", signature),
+    ]
+    if settings.header:
+        headers.append(_header(settings.header))
+    return headers
