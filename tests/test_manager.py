@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AGENT, AGENT_MSG, CONVERSATION, USER_MSG
+from helpers import AGENT, AGENT_MSG, CONVERSATION, USER_MSG
 from webhook_plugin import NAME, PluginLoadError, PluginManager, UserInfo
 from webhook_plugin.models import Group
 
@@ -120,7 +120,7 @@ def test_every_hook_has_a_typed_method_with_the_specs_arguments() -> None:
 
 
 def test_the_typed_methods_call_every_plugin() -> None:
-    from conftest import AGENT, CONVERSATION, USER_MSG
+    from helpers import AGENT, CONVERSATION, USER_MSG
     from webhook_plugin import hookimpl
 
     seen: list[str] = []

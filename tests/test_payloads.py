@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import AGENT, AGENT_MSG, CONVERSATION, USER_MSG
+from helpers import AGENT, AGENT_MSG, CONVERSATION, TESTS, USER_MSG
 from webhook_plugin import (
     Agent,
     Attachment,
@@ -23,7 +22,7 @@ from webhook_plugin import (
 )
 from webhook_plugin.payloads import PAYLOAD_TYPES, build_payload, encode, json_schemas
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = TESTS / "golden"
 E = WebhookEventType
 GROUP = Group(id="120363@g.us", name="Clientes VIP", mentioned=False)
 

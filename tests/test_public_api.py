@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import webhook_plugin
+from helpers import ROOT
 from webhook_plugin import hookspecs
 
-ROOT = Path(__file__).parent.parent
 HOOKS = [
     name
     for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)

@@ -9,7 +9,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import AGENT, CONVERSATION
+from helpers import AGENT, CONVERSATION
 from receiver import Receiver, Reply
 from webhook_plugin import (
     Contact,

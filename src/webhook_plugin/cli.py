@@ -1,7 +1,7 @@
 """The ``webhook-plugin`` command.
 
 ``serve``      the reference chat runtime (HTTP API + delivery workers)
-``worker``     delivery workers only (PostgreSQL backend)
+``worker``     delivery workers only (on PostgreSQL, or the same SQLite file as serve --no-workers)
 ``deliveries`` the delivery log as a table
 ``redeliver``  queue deliveries again, one or every failed one since a time
 ``schema``     the JSON Schema of every payload
@@ -114,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_workers and config.runtime.database.startswith("sqlite"):
         structlog.get_logger("webhook_plugin.cli").warning(
             "serve.no_workers_on_sqlite",
-            hint="events are queued but only delivered by a worker on the same file",
+            hint="events are queued, and delivered by `webhook-plugin worker` on the same file",
         )
     app = create_app(config, workers=not args.no_workers)
     print(
@@ -141,11 +141,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .storage import open_store
 
     config = _load(args.config)
-    if not config.runtime.database.startswith(("postgresql://", "postgres://")):
-        raise WebhookPluginError(
-            "`webhook-plugin worker` needs the PostgreSQL backend: set [runtime] database ="
-            ' "postgresql://..." (with SQLite, `serve` delivers by itself)'
-        )
     log = structlog.get_logger("webhook_plugin.cli")
 
     async def run() -> None:
@@ -382,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    worker = command("worker", "run delivery workers only (PostgreSQL)")
+    worker = command("worker", "run delivery workers only (PostgreSQL, or a SQLite file)")
     worker.add_argument("--config", required=True)
     worker.add_argument(
         "--metrics-port",

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 from ..exceptions import StorageError
 from ._sql import SQLStore
@@ -23,6 +24,9 @@ from ._sql import SQLStore
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+
+#: seconds between two looks at ``PRAGMA data_version``
+_WATCH_INTERVAL: Final = 0.005
 
 #: the delivery store's tables (the runtime's chat store has its own migrations)
 _MIGRATIONS: list[str] = [
@@ -94,11 +98,18 @@ class SQLiteStore(SQLStore):
     """A :class:`~webhook_plugin.storage.base.DeliveryStore` on one SQLite file."""
 
     dialect: ClassVar[str] = "sqlite"
+    #: another process on the same file (``webhook-plugin worker``) sees new
+    #: deliveries through ``PRAGMA data_version``, which changes with every
+    #: commit of another connection: cheap to ask, no disk read
+    supports_notify: ClassVar[bool] = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._write: sqlite3.Connection | None = None
         self._read: sqlite3.Connection | None = None
+        #: asks ``PRAGMA data_version`` for :meth:`wait_for_new` (one thread at a time)
+        self._watch: sqlite3.Connection | None = None
+        self._watch_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
 
@@ -135,10 +146,31 @@ class SQLiteStore(SQLStore):
             ) from exc
 
     def close(self) -> None:
-        for conn in (self._read, self._write):
-            if conn is not None:
-                conn.close()
-        self._read = self._write = None
+        with self._watch_lock:
+            for conn in (self._read, self._write, self._watch):
+                if conn is not None:
+                    conn.close()
+            self._read = self._write = self._watch = None
+
+    def wait_for_new(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a commit by another connection (a
+        process queuing events on the same file, or this one's own writers)."""
+        deadline = time.monotonic() + timeout
+        with self._watch_lock:
+            if self._write is None:
+                raise StorageError(f"{self!r} is not open")
+            if self._watch is None:
+                self._watch = sqlite3.connect(self.path, check_same_thread=False)
+            watch = self._watch
+            try:
+                seen = watch.execute("PRAGMA data_version").fetchone()[0]
+                while time.monotonic() < deadline:
+                    time.sleep(_WATCH_INTERVAL)
+                    if watch.execute("PRAGMA data_version").fetchone()[0] != seen:
+                        return True
+            except sqlite3.Error as exc:
+                raise StorageError(f"SQLite read failed: {exc}") from exc
+        return False
 
     @staticmethod
     def _probe_write(conn: sqlite3.Connection) -> None:

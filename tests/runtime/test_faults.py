@@ -26,9 +26,9 @@ from typing import Any, Self
 import httpx
 import pytest
 
-from conftest import POSTGRES_URL
+from helpers import POSTGRES_URL
 from receiver import Receiver
-from test_runtime import AUTH, CLI, Server, postgres_database, write_config
+from servers import AUTH, CLI, Server, postgres_database, write_config
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 

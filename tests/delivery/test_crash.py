@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TESTS
 from receiver import Receiver, Reply
 
 WORKER = Path(__file__).parent / "crash_worker.py"
+#: the worker imports :mod:`helpers`
+WORKER_ENV = {**os.environ, "PYTHONPATH": str(TESTS)}
 
 
 @pytest.mark.slow
@@ -31,6 +34,7 @@ def test_sigkill_mid_delivery_then_restart_delivers_every_stored_event(
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            env=WORKER_ENV,
         )
         try:
             assert producer.stdout is not None
@@ -48,6 +52,7 @@ def test_sigkill_mid_delivery_then_restart_delivers_every_stored_event(
             capture_output=True,
             text=True,
             timeout=90,
+            env=WORKER_ENV,
         )
         assert drained.returncode == 0, drained.stderr[-2000:]
         time.sleep(0.1)

@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import POSTGRES_URL
 from receiver import Receiver, Reply
-from test_runtime import AUTH, CLI, POSTGRES_URL, Server, postgres_database, write_config
+from servers import AUTH, CLI, Server, postgres_database, write_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -100,7 +101,7 @@ async def test_notify_wakes_an_idle_worker_in_another_process(receiver: Receiver
     """A worker polling every 30 s delivers at once what another engine queues."""
     import anyio
 
-    from conftest import config, pipeline, reply
+    from helpers import config, pipeline, reply
     from webhook_plugin import DeliveryEngine, WebhookSettings
     from webhook_plugin.storage.postgres import PostgresStore, drop_schema
 

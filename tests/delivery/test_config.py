@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec import inspect
 
+from helpers import ROOT
 from webhook_plugin import ConfigError
 from webhook_plugin.delivery.config import DeliveryConfig
 from webhook_plugin.delivery.engine import DeliveryConfig as FromEngine
@@ -131,7 +132,7 @@ def test_workers_is_chosen_by_the_command_not_the_file(tmp_path: Path) -> None:
 
 
 def test_the_readme_lists_every_knob() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     missing = [n for n in sorted(set(TYPES) - NOT_IN_TOML) if f"| `{n}` |" not in readme]
     assert not missing, f"README's [webhook] table lacks {missing}"
 

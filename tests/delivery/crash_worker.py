@@ -3,6 +3,8 @@
 ``produce DB URL N IDS_FILE``: queue N events, write their webhook ids to
 IDS_FILE once durably stored, print READY, then deliver until killed.
 ``drain DB URL``: deliver until nothing is pending, then exit.
+
+Run by ``test_crash.py`` with ``tests/`` on ``PYTHONPATH`` (for :mod:`helpers`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import structlog
 
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from conftest import config, pipeline, reply  # noqa: E402
+# tests/ is on the PYTHONPATH the crash test gives this script
+from helpers import config, pipeline, reply  # noqa: E402
 from webhook_plugin import DeliveryEngine, WebhookSettings  # noqa: E402
 from webhook_plugin.storage.sqlite import SQLiteStore  # noqa: E402
 

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from helpers import ROOT
 from receiver import Receiver
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).parent.parent
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 

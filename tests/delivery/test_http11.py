@@ -287,6 +287,8 @@ async def test_body_is_capped_and_the_connection_dropped(scripted: type[Scripted
         second = await c.post(server.url, [], b"{}", timeout=5)
     finally:
         await c.aclose()
+    # the server serves one connection at a time: it accepted a second only once the
+    # client had closed the first (recv answered b"" or the connection was reset)
     assert second.status_code == 200 and server.connections == 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import anyio
@@ -21,11 +22,11 @@ pytestmark = pytest.mark.anyio
 SETTINGS = WebhookSettings.validated(url="http://hooks.example/", signing_secret=generate_secret())
 
 
-def delivery(i: int) -> ClaimedDelivery:
+def delivery(i: int, agent: str = "a") -> ClaimedDelivery:
     return ClaimedDelivery(
         id=i,
         webhook_id=f"msg_{i}",
-        agent_id="a",
+        agent_id=agent,
         event_type=WebhookEventType.AGENT_USER_MESSAGE,
         body=b"{}",
         created_at=0.0,
@@ -37,13 +38,32 @@ def delivery(i: int) -> ClaimedDelivery:
     )
 
 
-class ScriptedStore:
-    """Answers claims from a script; the third claim lets every attempt in flight
-    finish while it runs, as a slow claim on a busy database would."""
+class GatedClient:
+    """Holds every POST until ``release`` is set."""
 
     def __init__(self, release: anyio.Event) -> None:
         self.release = release
+        self.posted: list[str] = []
+
+    async def post(
+        self, url: str, headers: Sequence[tuple[str, str]], body: bytes, **kw: object
+    ) -> Response:
+        self.posted.append(dict(headers)["webhook-id"])
+        await self.release.wait()
+        return Response(200, {}, b"")
+
+
+class ScriptedStore:
+    """Answers claims from a script; the third claim lets every attempt in flight
+    finish while it runs, as a slow claim on a busy database would, and notes what
+    was posted before it returned. It has only what the claim loop calls: nothing
+    is left to release when the dispatcher stops."""
+
+    def __init__(self, release: anyio.Event, client: GatedClient) -> None:
+        self.release = release
+        self.client = client
         self.claims = 0
+        self.posted_during_third_claim: list[str] = []
 
     def claim_due(
         self,
@@ -60,33 +80,18 @@ class ScriptedStore:
         if self.claims == 2:
             return [delivery(3)]  # waits in the local queue: no slot free
         if self.claims == 3:
-            anyio.from_thread.run_sync(self.release.set)
-            time.sleep(0.2)  # the two attempts end meanwhile
+            anyio.from_thread.run_sync(self.release.set)  # the two attempts end
+            deadline = time.monotonic() + 2
+            while "msg_3" not in self.client.posted and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.posted_during_third_claim = list(self.client.posted)
         return []
-
-    def release_leases(self, *args: object) -> None:  # pragma: no cover
-        pass
-
-
-class GatedClient:
-    def __init__(self, release: anyio.Event) -> None:
-        self.release = release
-        self.posted: list[str] = []
-
-    async def post(
-        self, url: str, headers: Sequence[tuple[str, str]], body: bytes, **kw: object
-    ) -> Response:
-        self.posted.append(dict(headers)["webhook-id"])
-        await self.release.wait()
-        return Response(200, {}, b"")
-
-    async def aclose(self) -> None:  # pragma: no cover
-        pass
 
 
 async def test_queued_work_starts_when_slots_free_during_a_claim() -> None:
     release = anyio.Event()
-    store, client = ScriptedStore(release), GatedClient(release)
+    client = GatedClient(release)
+    store = ScriptedStore(release, client)
     results: list[AttemptResult] = []
     dispatcher = Dispatcher(
         store,  # type: ignore[arg-type]
@@ -102,7 +107,10 @@ async def test_queued_work_starts_when_slots_free_during_a_claim() -> None:
             while len(results) < 3:
                 await anyio.sleep(0.01)
         await dispatcher.stop(grace=1)
-    assert sorted(client.posted) == ["msg_1", "msg_2", "msg_3"]
+    # the queued delivery started while the third claim was still running, not after it
+    assert sorted(store.posted_during_third_claim) == ["msg_1", "msg_2", "msg_3"]
+    assert sorted(client.posted) == ["msg_1", "msg_2", "msg_3"]  # each sent once
+    assert sorted(r.delivery_id for r in results) == [1, 2, 3]
     assert all(r.status == "succeeded" for r in results)
 
 
@@ -110,29 +118,17 @@ def test_an_endpoint_parked_for_its_lane_is_woken_when_the_lane_frees() -> None:
     """Two new endpoints, one slot for new ones: the second waits for the lane, not
     for a slot of its own, and must get it when the first's probe ends (its
     endpoint becomes quick meanwhile)."""
-    import time as _time
-    from collections import deque
-
-    from webhook_plugin.delivery.dispatcher import Dispatcher
-    from webhook_plugin.delivery.retry import RetryPolicy
-    from webhook_plugin.events import WebhookEventType
-    from webhook_plugin.storage.base import ClaimedDelivery
-
-    def claimed(i: int, agent: str) -> ClaimedDelivery:
-        return ClaimedDelivery(
-            id=i, webhook_id=f"w{i}", agent_id=agent, event_type=WebhookEventType.AGENT_USER_MESSAGE,
-            body=b"{}", created_at=0.0, attempts=0, round_attempts=0,
-            lease_until=_time.time() + 60, settings=None, failing_since=None,
-        )  # fmt: skip
-
     d = Dispatcher(None, None, lambda r: None, policy=RetryPolicy(), concurrency=2)  # type: ignore[arg-type]
-    d._ready = deque([claimed(1, "a"), claimed(2, "a"), claimed(3, "b")])
+    d._ready = deque([delivery(1, "a"), delivery(2, "a"), delivery(3, "b")])
     first = d._next()
-    assert first is not None and first[0].agent_id == "a" and first[1] == "new"
+    assert first is not None and first[0].id == 1 and first[1] == "new"
     assert d._next() is None  # a's second waits for a's probe, b for the new lane
+    assert {agent: [x.id for x in q] for agent, q in d._parked.items()} == {"a": [2], "b": [3]}
+    assert d.lanes.lane("b") == "new"  # b is parked for its lane: it has no attempt in flight
     d.lanes.observe("a", slow=False)  # a's probe answered quickly
     d._slot_freed("a", "new")
-    agents = []
-    while (taken := d._next()) is not None:
-        agents.append(taken[0].agent_id)
-    assert sorted(agents) == ["a", "b"]
+    taken = []
+    while (next_one := d._next()) is not None:
+        taken.append((next_one[0].id, next_one[1]))
+    assert sorted(taken) == [(2, "quick"), (3, "new")]  # b got the lane a left
+    assert d._parked == {}

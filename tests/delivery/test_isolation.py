@@ -12,7 +12,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import AGENT_MSG, CONVERSATION, USER_MSG, config, pipeline
+from helpers import AGENT_MSG, CONVERSATION, USER_MSG, config, pipeline
 from receiver import Receiver
 from webhook_plugin import Agent, DeliveryEngine, WebhookSettings
 from webhook_plugin.storage.base import Store

@@ -26,9 +26,9 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import closed_port_url
+from helpers import ROOT, closed_port_url
 from receiver import Receiver, Recorded, Reply
-from test_runtime import Server
+from servers import Server
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +36,7 @@ TOKEN = "browser-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 REQUIRE = os.environ.get("WEBHOOK_PLUGIN_REQUIRE_BROWSER") == "1"
 CHROMIUM = os.environ.get("WEBHOOK_PLUGIN_CHROMIUM") or shutil.which("chromium")
-SCREENSHOTS = Path(__file__).parent.parent / "docs" / "img"
+SCREENSHOTS = ROOT / "docs" / "img"
 XSS_TEXT = "<script>window.__xss = 1; alert('text')</script>"
 XSS_NAME = "<img src=x onerror=\"window.__xss = 2; alert('name')\">"
 XSS_INFO = '"><svg onload="window.__xss = 3; alert(\'info\')">'

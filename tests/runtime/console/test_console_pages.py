@@ -12,8 +12,8 @@ import anyio
 import httpx
 import pytest
 
-from conftest import closed_port_url, wait_until
 from console_client import BEARER, csrf_of, post_form, running_console, sign_in
+from helpers import closed_port_url, wait_until
 from receiver import Receiver, Recorded, Reply
 from webhook_plugin.events import WebhookEventType
 

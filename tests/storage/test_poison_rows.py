@@ -17,7 +17,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import AGENT, config, pipeline, reply, wait_until
+from helpers import AGENT, config, pipeline, reply, wait_until
 from receiver import Receiver
 from webhook_plugin import DeliveryEngine, WebhookEventType, WebhookSettings
 from webhook_plugin.storage._sql import SQLStore

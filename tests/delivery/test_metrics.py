@@ -1,5 +1,5 @@
-"""Metrics: what the engine counts, the backlog read at each scrape, and the
-worker's own /metrics port."""
+"""Metrics: what the engine counts (alone, and delivering to a real receiver), the
+backlog read at each scrape, and the worker's own /metrics port."""
 
 from __future__ import annotations
 
@@ -9,9 +9,24 @@ import subprocess
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
+from helpers import (
+    AGENT,
+    POSTGRES_URL,
+    StoreFactory,
+    closed_port_url,
+    config,
+    pipeline,
+    reply,
+    settings,
+    wait_until_status,
+)
+from receiver import Receiver, Reply
+from servers import CLI, free_port, postgres_database
+from webhook_plugin import DeliveryEngine
 from webhook_plugin.delivery.metrics import DeliveryMetrics
 from webhook_plugin.events import WebhookEventType
 from webhook_plugin.exceptions import StorageError
@@ -93,8 +108,6 @@ def test_two_engines_never_mix_their_counts() -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_the_worker_serves_its_metrics(tmp_path: Path) -> None:
-    from test_runtime import CLI, POSTGRES_URL, free_port, postgres_database
-
     database = postgres_database(f"metrics_{os.getpid()}")
     config = tmp_path / "worker.toml"
     config.write_text(f'[runtime]\ndatabase = "{database}"\n')
@@ -124,3 +137,51 @@ def test_the_worker_serves_its_metrics(tmp_path: Path) -> None:
         from webhook_plugin.storage.postgres import drop_schema
 
         drop_schema(POSTGRES_URL, database.rpartition("schema=")[2])
+
+
+def _samples(text: str) -> dict[str, float]:
+    return {
+        line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+@pytest.mark.anyio
+async def test_metrics_count_what_was_queued_attempted_and_is_still_waiting(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    answers = iter([Reply(500), Reply(200), Reply(410)])
+    receiver.behaviour = lambda r: next(answers, Reply(200))
+    # the third attempt would come after a minute: the closed port's delivery stays pending
+    async with DeliveryEngine(make_store(), config(retry_schedule=(0, 0.05, 60))) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        reply(pipeline(engine))
+        await wait_until_status(engine, "succeeded")
+        reply(pipeline(engine))
+        await wait_until_status(engine, "failed")  # 410: failed, endpoint disabled
+        await engine.save_settings("other", settings(closed_port_url()))
+        engine.enqueue("other", WebhookEventType.AGENT_USER_MESSAGE, b"{}")  # retried
+        await wait_until_status_of(engine, "other", min_attempts=1)
+        m = _samples(await engine.render_metrics())
+    assert m['webhook_plugin_events_queued_total{event_type="AGENT_USER_MESSAGE"}'] == 3
+    assert m['webhook_plugin_events_queued_total{event_type="GROUP_MESSAGE_RECEIVED"}'] == 0
+    assert m['webhook_plugin_attempts_total{outcome="succeeded"}'] == 1
+    assert m['webhook_plugin_attempts_total{outcome="failed"}'] == 1
+    assert m['webhook_plugin_attempts_total{outcome="retry"}'] >= 2  # 500, then the closed port
+    assert m['webhook_plugin_deliveries_finished_total{status="succeeded"}'] == 1
+    assert m['webhook_plugin_deliveries_finished_total{status="failed"}'] == 1
+    assert m["webhook_plugin_endpoints_disabled_total"] == 1
+    sent = sum(v for k, v in m.items() if k.startswith("webhook_plugin_attempts_total"))
+    assert m['webhook_plugin_attempt_duration_seconds_bucket{le="+Inf"}'] == sent
+    assert m["webhook_plugin_attempt_duration_seconds_count"] == sent
+    assert m["webhook_plugin_pending_deliveries"] == 1  # the closed port's, retrying
+    assert 0 < m["webhook_plugin_oldest_pending_seconds"] < 30
+
+
+async def wait_until_status_of(engine: DeliveryEngine, agent_id: str, *, min_attempts: int) -> None:
+    with anyio.fail_after(10):
+        while not [
+            d for d in await engine.list_deliveries(agent_id=agent_id) if d.attempts >= min_attempts
+        ]:
+            await anyio.sleep(0.02)

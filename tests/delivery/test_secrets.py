@@ -1,22 +1,30 @@
-"""Secrets stay secret: a rotation cannot be undone by a concurrent save, and what
-a receiver echoes back is stored without our header value or signing secret."""
+"""Secrets stay secret: a rotation cannot be undone by a concurrent save, what a
+receiver echoes back is stored without our header value or signing secret, and the
+engine's logs name events but never a secret."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
-from conftest import config, pipeline, reply, wait_until
+from helpers import (
+    AGENT,
+    SECRET,
+    StoreFactory,
+    config,
+    pipeline,
+    reply,
+    settings,
+    wait_until,
+    wait_until_status,
+)
 from receiver import Receiver, Reply
 from webhook_plugin import DeliveryEngine, WebhookSettings
-from webhook_plugin.storage.base import Store
 
 pytestmark = pytest.mark.anyio
-
-StoreFactory = Callable[[], Store]
 
 
 async def test_a_rotation_racing_a_settings_save_is_never_undone(
@@ -41,9 +49,6 @@ async def test_a_rotation_racing_a_settings_save_is_never_undone(
             stored = await engine.get_settings("support")
             assert stored is not None and stored.signing_secret == rotated[0]
             assert engine.settings_for("support").signing_secret == rotated[0]  # type: ignore[union-attr]
-
-
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 async def test_an_echoing_receiver_does_not_put_our_header_in_the_log(
@@ -155,3 +160,25 @@ async def test_rotations_racing_settings_puts_through_the_api(api) -> None:  # t
             tg.start_soon(rotate)
         stored = await pipeline.engine.get_settings("support")
         assert stored.signing_secret == rotated[0]
+
+
+async def test_logs_name_the_event_but_never_a_secret_or_header_value(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    answers = iter([Reply(500), Reply(200)])
+    receiver.behaviour = lambda r: next(answers)
+    with capture_logs() as logs:
+        async with DeliveryEngine(make_store(), config()) as engine:
+            await engine.save_settings(AGENT.id, settings(receiver.url))
+            reply(pipeline(engine))
+            await wait_until_status(engine, "succeeded")
+            await engine.rotate_secret(AGENT.id)
+    names = [e["event"] for e in logs]
+    assert "delivery.retry_scheduled" in names and "delivery.succeeded" in names
+    succeeded = next(e for e in logs if e["event"] == "delivery.succeeded")
+    assert {"agent_id", "event_type", "webhook_id", "attempt", "status", "duration_ms"} <= set(
+        succeeded
+    )
+    dump = json.dumps(logs, default=str)
+    for secret in ("s3cr3t-token-value", SECRET, SECRET.removeprefix("whsec_")):
+        assert secret not in dump

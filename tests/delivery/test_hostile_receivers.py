@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import config
+from helpers import config
 from hostile_server import Close, Hold, HostileServer, Reset, Sleep, Step, trickle
 from receiver import Receiver
 from webhook_plugin import DeliveryEngine, WebhookEventType, WebhookSettings

@@ -12,8 +12,8 @@ import httpx
 import msgspec
 import pytest
 
-from conftest import wait_until
 from console_client import BEARER, running_console, sign_in
+from helpers import wait_until
 from receiver import Receiver
 from webhook_plugin.events import WebhookEventType
 from webhook_plugin.payloads import json_schemas

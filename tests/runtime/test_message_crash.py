@@ -14,12 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import POSTGRES_URL, TESTS
 from receiver import Receiver, Reply
-from test_runtime import CLI, POSTGRES_URL, free_port, postgres_database
+from servers import CLI, free_port, postgres_database
 
 pytestmark = pytest.mark.slow
-
-TESTS = Path(__file__).parent
 
 
 def serve(config: Path, tmp: Path, marker: Path) -> tuple[subprocess.Popen[bytes], str]:

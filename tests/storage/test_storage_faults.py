@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import config
+from helpers import config
 from webhook_plugin import DeliveryEngine, StorageError, WebhookEventType
 from webhook_plugin.storage.sqlite import SQLiteStore
 

@@ -1,0 +1,182 @@
+"""The `webhook-plugin` commands as users run them: serve, deliveries, redeliver,
+schema, demo, worker; config errors and log formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from receiver import Receiver
+from servers import AUTH, CLI, Server, free_port, post_message, write_config
+
+
+def test_cli_deliveries_and_redeliver(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
+    _server, rx, tmp = env
+    post_message(api, "cli-1")
+    config = str(tmp / "webhook-plugin.toml")
+    out = subprocess.run(
+        [*CLI, "deliveries", "--config", config, "--agent", "support"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:4] == ["ID", "AGENT", "EVENT", "STATUS"]
+    assert any("AGENT_USER_MESSAGE" in line for line in lines[1:])
+    as_json = json.loads(
+        subprocess.run(
+            [*CLI, "deliveries", "--config", config, "--json", "--limit", "1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    [latest] = as_json
+    red = subprocess.run(
+        [*CLI, "redeliver", str(latest["id"]), "--config", config],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"delivery {latest['id']}" in red.stdout
+    hooks = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        hooks = [r for r in rx.requests if r.headers.get("webhook-id") == latest["webhookId"]]
+        if len(hooks) >= 2:
+            break
+        time.sleep(0.05)
+    assert hooks is not None and len(hooks) >= 2
+
+
+def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [*CLI, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "api_token" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            "[webhook]\ntimeout = 'fast'\n",
+            "Expected `float`, got `str` - at `webhook.timeout`",
+        ),
+        ("[webhook]\ntimeout = -1\n", "webhook.timeout"),
+        ("[webhok]\n", "unknown field `webhok`"),
+        ("[runtime]\napi_token = ''\n", "runtime.api_token"),
+        (
+            "[[agents]]\nid = 'a'\n[agents.webhook]\nheader = \"X-A: b\\nc\"\n",
+            "agents[0].webhook.header",
+        ),
+        (
+            "[[agents]]\nid = 'a'\n[agents.webhook]\nevents = ['SENT']\n",
+            "unknown event type",
+        ),
+        ("[[agents]]\nid = 'a'\n[[agents]]\nid = 'a'\n", "appears twice"),
+        ("[runtime]\ndatabase = 'mysql://x'\n", "sqlite:///FILE or postgresql://"),
+        ("not toml at all =\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_say_where_and_what(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    r = subprocess.run(
+        [*CLI, "serve", "--config", str(path), "--port", str(free_port())],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr[-1500:]
+
+
+def test_schema_command_prints_every_payload_schema() -> None:
+    r = subprocess.run([*CLI, "schema"], capture_output=True, text=True, check=True)
+    schemas = json.loads(r.stdout)
+    assert len(schemas) == 6 and "GROUP_MESSAGE_RECEIVED" in schemas
+
+
+@pytest.mark.slow
+def test_demo_shows_all_six_events_with_valid_signatures(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [*CLI, "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ},
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "all 6 event types arrived, every signature valid." in r.stdout
+    assert "INVALID" not in r.stdout
+    assert r.stdout.count("signature valid") >= 6
+    assert list(tmp_path.iterdir()) == []  # the demo leaves nothing behind
+
+
+@pytest.mark.slow
+def test_a_worker_delivers_what_serve_no_workers_queued_on_the_same_sqlite_file(
+    tmp_path: Path,
+) -> None:
+    """The embedded setup in two processes: the API and the deliveries apart,
+    one SQLite file between them; the worker wakes on the API's commits."""
+    import signal
+
+    with Receiver() as rx:
+        config = write_config(tmp_path, rx.url)
+        server = Server(config, tmp_path, "--no-workers")
+        with (tmp_path / "worker.log").open("w") as log:
+            worker = subprocess.Popen(
+                [*CLI, "worker", "--config", str(config)],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        try:
+            with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as api:
+                time.sleep(1.0)  # the worker is up
+                answers = [post_message(api, f"split-{i}") for i in range(5)]
+            queued = {e["webhookId"] for a in answers for e in a["events"]}
+            assert queued
+            rx.wait_for(len(queued), timeout=15)
+            assert {r.headers["webhook-id"] for r in rx.requests if r.path == "/hook"} == queued
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=20) == 0, (tmp_path / "worker.log").read_text()
+            server.stop()
+
+
+def test_cli_on_a_missing_database_says_so(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [*CLI, "deliveries"], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2 and "no database at webhook-plugin.db" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # and does not create one
+
+
+def test_json_logs_on_request(tmp_path: Path) -> None:
+    with Receiver() as rx:
+        server = Server(write_config(tmp_path, rx.url), tmp_path, "--log-format", "json")
+        with httpx.Client(base_url=server.url, headers=AUTH) as api:
+            post_message(api, "json-logs")
+            rx.wait_for(1)
+        log = server.stop()
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    names = {e["event"] for e in events}
+    assert {"engine.started", "runtime.started"} <= names
+    assert all("level" in e and "timestamp" in e for e in events)
