@@ -1,0 +1,168 @@
+"""The delivery log in SQL: listing, attempts, stats, redelivery, the backlog and
+the purge of finished deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..exceptions import NotFound
+from ._plumbing import _DELIVERY_COLUMNS, Plumbing, _delivery
+from .base import (
+    AttemptRecord,
+    DeliveryRecord,
+    DeliveryStatus,
+)
+
+__all__ = ["LogSQL"]
+
+
+class LogSQL(Plumbing):
+    """The delivery-log part of the SQL delivery store."""
+
+    def list_deliveries(
+        self,
+        *,
+        agent_id: str | None = None,
+        status: DeliveryStatus | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[DeliveryRecord]:
+        where: list[str] = []
+        args: list[object] = []
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            args.append(agent_id)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return self._query(lambda c: [_delivery(r) for r in self._x(c, sql, args)])
+
+    def get_delivery(self, delivery_id: int) -> DeliveryRecord:
+        row = self._query(
+            lambda c: self._x(
+                c, f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+        )
+        if row is None:
+            raise NotFound(f"delivery {delivery_id} does not exist")
+        return _delivery(row)
+
+    def list_attempts(self, delivery_id: int) -> list[AttemptRecord]:
+        rows = self._query(
+            lambda c: self._x(
+                c,
+                "SELECT attempt, started_at, duration_ms, status_code, error, response_excerpt"
+                " FROM attempts WHERE delivery_id = ? ORDER BY attempt",
+                (delivery_id,),
+            ).fetchall()
+        )
+        return [
+            AttemptRecord(
+                attempt=r[0],
+                started_at=r[1],
+                duration_ms=r[2],
+                status_code=r[3],
+                error=r[4],
+                response_excerpt=r[5],
+            )
+            for r in rows
+        ]
+
+    def attempt_stats(
+        self, agent_id: str, *, since: float, bucket_seconds: float, buckets: int
+    ) -> list[tuple[int, int, int, float, float]]:
+        """The attempts sent to an agent's endpoint since ``since``, per time bucket
+        (``buckets`` of ``bucket_seconds``): ``(bucket, attempts, succeeded,
+        average ms, longest ms)``, oldest first; buckets without attempts are
+        left out. A 2xx answer is a success. Read-only (the console's health strip)."""
+        # bucket edges as parameters: portable, where FLOOR and integer casts differ
+        case = " ".join(f"WHEN a.started_at < ? THEN {i}" for i in range(buckets))
+        sql = (
+            f"SELECT CASE {case} ELSE {buckets - 1} END AS bucket, COUNT(*),"
+            " SUM(CASE WHEN a.status_code >= 200 AND a.status_code < 300 THEN 1 ELSE 0 END),"
+            " AVG(a.duration_ms), MAX(a.duration_ms)"
+            " FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+            # updated_at is the start of a delivery's last attempt (or later)
+            " WHERE d.agent_id = ? AND d.updated_at >= ? AND a.started_at >= ?"
+            " GROUP BY bucket ORDER BY bucket"
+        )
+        args: list[object] = [since + (i + 1) * bucket_seconds for i in range(buckets)]
+        args += [agent_id, since, since]
+        rows = self._query(lambda c: self._x(c, sql, args).fetchall())
+        return [(int(r[0]), int(r[1]), int(r[2] or 0), float(r[3]), float(r[4])) for r in rows]
+
+    def redeliver(self, delivery_id: int, *, now: float) -> DeliveryRecord:
+        with self._tx() as conn:
+            row = self._x(
+                conn,
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
+                " round_start = attempts, updated_at = ? WHERE id = ?"
+                f" RETURNING {_DELIVERY_COLUMNS}",
+                (now, now, delivery_id),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"delivery {delivery_id} does not exist")
+        return _delivery(row)
+
+    def redeliver_failed(self, *, agent_id: str | None, since: float, now: float) -> int:
+        sql = (
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
+            " round_start = attempts, updated_at = ? WHERE status = 'failed' AND created_at >= ?"
+        )
+        args: list[Any] = [now, now, since]
+        if agent_id is not None:
+            sql += " AND agent_id = ?"
+            args.append(agent_id)
+        with self._tx() as conn:
+            count: int = self._x(conn, sql, args).rowcount
+        return count
+
+    def purge(self, *, before: float, batch: int = 1000) -> int:
+        """Delete finished deliveries (and their attempts) created before ``before``.
+
+        Pending deliveries are never purged. Works in small transactions so
+        that writers are not held up.
+        """
+        removed = 0
+        while True:
+            with self._tx() as conn:
+                ids = [
+                    row[0]
+                    for row in self._x(
+                        conn,
+                        "SELECT id FROM deliveries WHERE status <> 'pending' AND created_at < ?"
+                        " ORDER BY id LIMIT ?",
+                        (before, batch),
+                    ).fetchall()
+                ]
+                if not ids:
+                    return removed
+                self._xmany(conn, "DELETE FROM attempts WHERE delivery_id = ?", [(i,) for i in ids])
+                self._xmany(conn, "DELETE FROM deliveries WHERE id = ?", [(i,) for i in ids])
+            removed += len(ids)
+
+    def backlog(self) -> tuple[int, float | None]:
+        row = self._query(
+            lambda c: self._x(
+                c, "SELECT COUNT(*), MIN(created_at) FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+        )
+        return int(row[0]), row[1]
+
+    def count_deliveries(self) -> dict[str, int]:
+        rows = self._query(
+            lambda c: self._x(
+                c, "SELECT status, COUNT(*) FROM deliveries GROUP BY status"
+            ).fetchall()
+        )
+        counts = {"pending": 0, "succeeded": 0, "failed": 0}
+        counts.update(dict(rows))
+        return counts

@@ -1,0 +1,126 @@
+"""The plumbing every part of the SQL delivery store stands on: a backend's
+connections and transactions (abstract here), and how rows become records.
+
+The store is put together from parts that each keep one job: this base,
+the settings (:mod:`._settings_sql`), the delivery log (:mod:`._log_sql`)
+and the outbox and its claims (:mod:`._sql`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+import structlog
+
+from ..events import WebhookEventType
+from ..settings import WebhookSettings
+from .base import (
+    DeliveryRecord,
+)
+
+__all__ = ["Plumbing"]
+
+T = TypeVar("T")
+
+log = structlog.get_logger("webhook_plugin.storage")
+
+_json_encode = msgspec.json.Encoder().encode
+_settings_decoder = msgspec.json.Decoder(WebhookSettings)
+
+_DELIVERY_COLUMNS = (
+    "id, webhook_id, agent_id, event_type, status, attempts, last_status_code, "
+    "last_error, created_at, next_attempt_at, body"
+)
+
+
+def _event_type(value: Any) -> WebhookEventType | None:
+    """The stored event type, or None when this version does not know it."""
+    try:
+        return WebhookEventType(value)
+    except ValueError:
+        return None
+
+
+def _body(value: object) -> bytes | None:
+    """The stored body, or None when it is not bytes-like."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return None
+
+
+def _delivery(row: Sequence[Any]) -> DeliveryRecord:
+    # The log lists every row, even one this version cannot deliver (written by
+    # a newer version, say): its unknown event type is shown as stored.
+    event_type = _event_type(row[3])
+    return DeliveryRecord(
+        id=row[0],
+        webhook_id=row[1],
+        agent_id=row[2],
+        event_type=str(row[3]) if event_type is None else event_type,
+        status=row[4],
+        attempts=row[5],
+        last_status_code=row[6],
+        last_error=row[7],
+        created_at=row[8],
+        next_attempt_at=row[9] if row[4] == "pending" else None,
+        body=_body(row[10]) or b"",
+    )
+
+
+def _decode_settings(agent_id: str, row: Sequence[Any]) -> WebhookSettings | None:
+    """An agent's stored settings (``data, disabled, disabled_reason``), or None
+    (and a warning) when this version cannot decode them.
+
+    The warning never quotes the row or the decoder's message: settings hold
+    secrets. The JSON path of a validation error is kept, as it quotes nothing.
+    """
+    try:
+        settings = _settings_decoder.decode(row[0])
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        _, at, path = str(exc).rpartition(" - at `")
+        log.warning(
+            "settings.undecodable",
+            agent_id=agent_id,
+            error=type(exc).__name__,
+            at=path.rstrip("`") if at else None,
+        )
+        return None
+    return msgspec.structs.replace(settings, disabled=bool(row[1]), disabled_reason=row[2])
+
+
+class Plumbing(ABC):
+    """What a backend supplies: connections, transactions, its placeholders."""
+
+    #: the function that picks the larger of two values
+    _GREATEST: ClassVar[str] = "MAX"
+    #: appended to a SELECT that must hold its row until the transaction ends
+    #: (SQLite's BEGIN IMMEDIATE already holds the whole database)
+    _LOCK_ROW: ClassVar[str] = ""
+
+    @abstractmethod
+    def _tx(self, *, durable: bool = True) -> AbstractContextManager[Any]:
+        """One write transaction; yields a connection.
+
+        ``durable=False`` commits without waiting for the disk (SQLite
+        ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): for
+        writes that a crash of the machine may lose at no cost but a repeat,
+        leases and attempt results. A lost result only means the delivery is
+        sent again (at least once); every event and every acknowledged chat
+        message is written durably.
+        """
+
+    @abstractmethod
+    def _query(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` for a read."""
+
+    @abstractmethod
+    def _x(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute one statement written with ``?`` placeholders; return the cursor."""
+
+    @abstractmethod
+    def _xmany(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Execute one statement for many rows."""

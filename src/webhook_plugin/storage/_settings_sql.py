@@ -1,0 +1,77 @@
+"""The agents' webhook settings in SQL: read, written, and changed in one
+transaction (:meth:`SettingsSQL.update_settings`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ..settings import WebhookSettings
+from ._plumbing import Plumbing, _decode_settings, _json_encode
+
+__all__ = ["SettingsSQL"]
+
+
+class SettingsSQL(Plumbing):
+    """The settings part of the SQL delivery store."""
+
+    def get_settings(self, agent_id: str) -> WebhookSettings | None:
+        """The agent's settings; None when it has none, or none this version can decode."""
+        row = self._query(
+            lambda c: self._x(
+                c,
+                "SELECT data, disabled, disabled_reason FROM webhook_settings WHERE agent_id = ?",
+                (agent_id,),
+            ).fetchone()
+        )
+        return None if row is None else _decode_settings(agent_id, row)
+
+    def put_settings(self, agent_id: str, settings: WebhookSettings) -> None:
+        with self._tx() as conn:
+            self._write_settings(conn, agent_id, settings)
+
+    def update_settings(
+        self,
+        agent_id: str,
+        change: Callable[[WebhookSettings | None], WebhookSettings],
+    ) -> WebhookSettings:
+        """Read an agent's settings, ``change`` them and write the result, in one
+        transaction that holds the row: two updates at once (a secret rotation
+        and a settings save) run one after the other, so neither undoes the
+        other. Whatever ``change`` raises rolls the transaction back."""
+        with self._tx() as conn:
+            row = self._x(
+                conn,
+                "SELECT data, disabled, disabled_reason FROM webhook_settings WHERE agent_id = ?"
+                + self._LOCK_ROW,
+                (agent_id,),
+            ).fetchone()
+            settings = change(None if row is None else _decode_settings(agent_id, row))
+            self._write_settings(conn, agent_id, settings)
+        return settings
+
+    def _write_settings(self, conn: Any, agent_id: str, settings: WebhookSettings) -> None:
+        data = _json_encode(msgspec.structs.replace(settings, disabled=False, disabled_reason=None))
+        self._x(
+            conn,
+            "INSERT INTO webhook_settings (agent_id, data, disabled, disabled_reason,"
+            " failing_since, updated_at) VALUES (?, ?, ?, ?, NULL, ?)"
+            " ON CONFLICT (agent_id) DO UPDATE SET data = excluded.data,"
+            " disabled = excluded.disabled, disabled_reason = excluded.disabled_reason,"
+            " failing_since = NULL, updated_at = excluded.updated_at",
+            (agent_id, data, int(settings.disabled), settings.disabled_reason, time.time()),
+        )
+
+    def all_settings(self) -> dict[str, WebhookSettings]:
+        """Every agent's settings, leaving out (with a warning) rows this version
+        cannot decode: one bad row must not keep the engine from starting."""
+        rows = self._query(
+            lambda c: self._x(
+                c, "SELECT agent_id, data, disabled, disabled_reason FROM webhook_settings"
+            ).fetchall()
+        )
+        decoded = {row[0]: _decode_settings(row[0], row[1:]) for row in rows}
+        return {agent_id: s for agent_id, s in decoded.items() if s is not None}
