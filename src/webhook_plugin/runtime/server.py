@@ -38,19 +38,26 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
-import time
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any
 
-import msgspec
 import structlog
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ._gate import ConnectionGate, GatedSocket
+from ._limits import (
+    ACCEPT_ERRNOS,
+    RESPONSE_408,
+    RESPONSE_431,
+    RESPONSE_503,
+    ServerLimits,
+    Throttle,
+    ThrottleFilter,
+    default_max_connections,
+    open_file_limit,
+    raise_fd_limit,
+)
 from .security import BodyTimeoutMiddleware
 
 __all__ = [
@@ -66,155 +73,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("webhook_plugin.server")
-
-_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """The limits one server applies to its clients (seconds, counts, bytes).
-
-    ``max_connections`` and ``limit_concurrency`` of ``None`` are derived from
-    the file descriptor limit by :meth:`resolved`.
-    """
-
-    head_timeout: float = 10.0
-    body_timeout: float = 30.0
-    timeout_keep_alive: float = 5.0
-    max_connections: int | None = None
-    limit_concurrency: int | None = None
-    max_head_bytes: int = 64 * 1024
-    log_interval: float = 10.0
-
-    def resolved(self, fd_limit: int | None = None) -> ServerLimits:
-        max_connections = self.max_connections
-        if max_connections is None:
-            max_connections = default_max_connections(fd_limit)
-        return replace(
-            self,
-            max_connections=max_connections,
-            limit_concurrency=self.limit_concurrency or 2 * max_connections,
-        )
-
-
-def _fd_limit() -> int | None:
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
-def default_max_connections(fd_limit: int | None = None) -> int:
-    """Half the file descriptor limit (the rest is for delivery, whose client
-    keeps up to 512 idle connections, and the database), between 64 and 4,096."""
-    fd_limit = fd_limit if fd_limit is not None else _fd_limit()
-    if fd_limit is None:
-        return 1024
-    return max(64, min(4096, fd_limit // 2))
-
-
-def raise_fd_limit(target: int = 65536) -> tuple[int, int]:
-    """Raise the soft ``RLIMIT_NOFILE`` towards the hard limit (at most ``target``
-    when the hard limit is unlimited); the limits afterwards as ``(soft, hard)``."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return (-1, -1)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = target if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (ValueError, OSError):  # e.g. macOS refuses values above OPEN_MAX
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-class Throttle:
-    """Report an event at most once per ``interval`` seconds.
-
-    The first event is reported at once; those in the following interval are
-    counted and reported together when it ends (a timer on ``loop``, when
-    given), so no count is lost and a flood costs one line per interval.
-    ``emit`` receives the number of events the report stands for.
-    """
-
-    def __init__(self, interval: float, emit: Callable[[int], None]) -> None:
-        self.interval = interval
-        self.emit = emit
-        self.pending = 0
-        self.next_at = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def hit(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.pending += 1
-        now = time.monotonic()
-        if now >= self.next_at:
-            self.flush()
-        elif self._timer is None and loop is not None:
-            self._timer = loop.call_later(self.next_at - now, self.flush)
-
-    def flush(self) -> None:
-        self._timer = None
-        if self.pending:
-            count, self.pending = self.pending, 0
-            self.next_at = time.monotonic() + self.interval
-            self.emit(count)
-
-
-class ThrottleFilter(logging.Filter):
-    """A logging filter letting through one WARNING (or lower) record per message
-    template per interval; the next one says how many were dropped. Errors pass."""
-
-    def __init__(self, interval: float) -> None:
-        super().__init__()
-        self.interval = interval
-        self._state: dict[str, tuple[float, int]] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            return True
-        key = str(record.msg)
-        now = time.monotonic()
-        next_at, dropped = self._state.get(key, (0.0, 0))
-        if now < next_at:
-            self._state[key] = (next_at, dropped + 1)
-            return False
-        if len(self._state) > 1000:  # templates are few; never grow without bound
-            self._state.clear()
-        self._state[key] = (now + self.interval, 0)
-        if dropped:
-            record.msg = f"{record.msg} ({dropped} more like this in the last {self.interval:g} s)"
-        return True
-
-
-def _response(status: bytes, code: str, message: str, extra: bytes = b"") -> bytes:
-    body = msgspec.json.encode({"error": {"code": code, "message": message}})
-    return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
-        b"content-length: "
-        + str(len(body)).encode()
-        + b"\r\n"
-        + extra
-        + b"connection: close\r\n\r\n"
-        + body
-    )
-
-
-RESPONSE_503 = _response(
-    b"503 Service Unavailable",
-    "overloaded",
-    "too many open connections: try again shortly",
-    b"retry-after: 1\r\n",
-)
-RESPONSE_408 = _response(
-    b"408 Request Timeout", "request_timeout", "the request head did not arrive in time"
-)
-RESPONSE_431 = _response(
-    b"431 Request Header Fields Too Large", "head_too_large", "the request head is too large"
-)
 
 
 class ServerConfig(uvicorn.Config):
@@ -263,140 +121,6 @@ def _limits_of(config: uvicorn.Config) -> tuple[ServerLimits, Throttle]:
             lambda count: log.warning("server.connections_shed", count=count),
         )
     return _DEFAULT_CONFIG_STATE["limits"], _DEFAULT_CONFIG_STATE["throttle"]
-
-
-class ConnectionGate:
-    """Counts a server's connections from ``accept()`` on, to shed those over the cap.
-
-    asyncio accepts up to ``backlog`` connections in one go and builds their
-    protocols a tick or two later, so a cap checked in ``connection_made``
-    alone lets a burst through (2,000 connections at once ran a server with
-    ``ulimit -n 1024`` out of descriptors). :class:`GatedSocket` asks
-    :meth:`admit` in ``accept()`` itself; a connection counts from there until
-    its protocol's ``connection_lost``.
-
-    At the cap, a new connection first takes the place of the one that has
-    waited longest without sending a complete request head (it is closed,
-    with ``408`` if part of a head came): in a flood of idle and half-sent
-    connections, those are the attacker's, and a real client connecting
-    meanwhile is served instead of refused. Connections that have served a
-    request (kept alive between requests) are never closed for room; when
-    none is waiting, the new connection is shed (``503``).
-    """
-
-    def __init__(
-        self,
-        max_connections: int,
-        connections: set[Any],
-        throttle: Throttle,
-        evict_throttle: Throttle | None = None,
-    ) -> None:
-        self.max_connections = max_connections
-        self.connections = connections  # uvicorn's: the protocols after connection_made
-        self.throttle = throttle
-        self.evict_throttle = evict_throttle
-        self.accepted = 0  # accepted, protocol not built yet
-        self.building: weakref.WeakSet[Any] = weakref.WeakSet()  # built, not connected yet
-        self.waiting: dict[Any, None] = {}  # no request head yet; oldest first
-        self.evicting = 0  # closed for room, connection_lost still to come
-        # a closed transport frees its descriptor a turn of the loop later: at most
-        # this many in flight, or the descriptors would overshoot the cap
-        self.max_evicting = max(8, max_connections // 16)
-
-    def _count(self) -> int:
-        return self.accepted + len(self.building) + len(self.connections) - self.evicting
-
-    def must_wait(self) -> bool:
-        """Full, with enough connections closing: accept no more this turn."""
-        return self.evicting >= self.max_evicting and self._count() >= self.max_connections
-
-    def admit(self) -> bool:
-        if self._count() >= self.max_connections and not self._evict_one():
-            return False
-        self.accepted += 1
-        return True
-
-    def _evict_one(self) -> bool:
-        while self.waiting:
-            victim = next(iter(self.waiting))
-            del self.waiting[victim]
-            if victim.evict():
-                self.evicting += 1
-                if self.evict_throttle is not None:
-                    self.evict_throttle.hit(_running_loop())
-                return True
-        return False
-
-    def served(self, protocol: Any) -> None:
-        self.waiting.pop(protocol, None)
-
-    def gone(self, protocol: Any, evicted: bool) -> None:
-        self.waiting.pop(protocol, None)
-        if evicted:
-            self.evicting = max(0, self.evicting - 1)
-
-    def built(self, protocol: Any) -> None:
-        self.accepted = max(0, self.accepted - 1)
-        self.building.add(protocol)
-
-    def connected(self, protocol: Any) -> None:
-        self.building.discard(protocol)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-class GatedSocket(socket.socket):
-    """A listening socket whose ``accept()`` sheds connections over the gate's cap:
-    a minimal ``503`` written straight to the new socket, which is closed at
-    once. asyncio's accept loop only ever sees the admitted ones."""
-
-    gate: ConnectionGate
-    MAX_SHED_PER_CALL = 512
-
-    @classmethod
-    def wrap(cls, sock: socket.socket, gate: ConnectionGate, *, dup: bool) -> GatedSocket:
-        fileno = os.dup(sock.fileno()) if dup else sock.detach()
-        # family, type and protocol read from the socket itself: with the protocol
-        # left at 0 (as uvicorn binds it), asyncio would not set TCP_NODELAY on
-        # the accepted connections, and every answer would wait for a delayed ACK
-        gated = cls(fileno=fileno)
-        gated.gate = gate
-        return gated
-
-    _failed = False
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        if self._failed:
-            # asyncio goes on calling accept() up to `backlog` times after an
-            # EMFILE, reporting each (and arming a retry timer for each): end
-            # its batch after the first failure. It retries a second later.
-            self._failed = False
-            raise BlockingIOError(errno.EAGAIN, "accept() failed: retry later")
-        for _ in range(self.MAX_SHED_PER_CALL):
-            if self.gate.must_wait():  # left in the listen queue until the next turn
-                raise BlockingIOError(errno.EAGAIN, "connections are closing: next turn")
-            try:
-                conn, address = super().accept()  # BlockingIOError when none is waiting
-            except OSError as exc:
-                if exc.errno in _ACCEPT_ERRNOS:
-                    self._failed = True
-                raise
-            if self.gate.admit():
-                return conn, address
-            try:
-                conn.setblocking(False)
-                conn.send(RESPONSE_503)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-            self.gate.throttle.hit(_running_loop())
-        raise BlockingIOError(errno.EAGAIN, "shed enough for one turn of the loop")
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -582,7 +306,7 @@ def install_accept_error_handler(loop: asyncio.AbstractEventLoop, interval: floa
         exc = context.get("exception")
         if (
             isinstance(exc, OSError)
-            and exc.errno in _ACCEPT_ERRNOS
+            and exc.errno in ACCEPT_ERRNOS
             and "accept" in str(context.get("message", ""))
         ):
             last_error[0] = f"[{errno.errorcode.get(exc.errno, exc.errno)}] {exc.strerror}"
@@ -631,7 +355,7 @@ def serve(
         timeout_keep_alive=limits.timeout_keep_alive,
         max_connections=limits.max_connections,
         limit_concurrency=limits.limit_concurrency,
-        fd_limit=_fd_limit(),
+        fd_limit=open_file_limit(),
     )
     server = Server(config)
     server.run()
