@@ -124,3 +124,26 @@ class Plumbing(ABC):
     @abstractmethod
     def _xmany(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Execute one statement for many rows."""
+
+    def _migrate_in(self, conn: Any, component: str, scripts: Sequence[str]) -> None:
+        """In a transaction the caller holds (serialised with other processes):
+        run ``component``'s scripts after the version stored for it."""
+        self._x(
+            conn,
+            "CREATE TABLE IF NOT EXISTS schema_versions"
+            " (component TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+        )
+        row = self._x(
+            conn, "SELECT version FROM schema_versions WHERE component = ?", (component,)
+        ).fetchone()
+        version = row[0] if row else 0
+        for number, script in enumerate(scripts[version:], start=version + 1):
+            for statement in script.split(";"):
+                if statement.strip():
+                    self._x(conn, statement)
+            self._x(
+                conn,
+                "INSERT INTO schema_versions (component, version) VALUES (?, ?)"
+                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (component, number),
+            )

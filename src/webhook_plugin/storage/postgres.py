@@ -172,23 +172,7 @@ class PostgresStore(SQLStore):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
                 conn.execute(f"SET LOCAL search_path = {self.schema}")
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_versions"
-                    " (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-                )
-                row = conn.execute(
-                    "SELECT version FROM schema_versions WHERE component = %s", (component,)
-                ).fetchone()
-                version = row[0] if row else 0
-                for number, script in enumerate(scripts[version:], start=version + 1):
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO schema_versions (component, version) VALUES (%s, %s)"
-                        " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                        (component, number),
-                    )
+                self._migrate_in(conn, component, scripts)
         except psycopg.Error as exc:
             raise StorageError(f"cannot migrate PostgreSQL database: {_safe(exc)}") from exc
 

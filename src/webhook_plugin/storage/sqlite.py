@@ -195,23 +195,7 @@ class SQLiteStore(SQLStore):
             conn = self._write
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_versions"
-                    " (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-                )
-                row = conn.execute(
-                    "SELECT version FROM schema_versions WHERE component = ?", (component,)
-                ).fetchone()
-                version = row[0] if row else 0
-                for number, script in enumerate(scripts[version:], start=version + 1):
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO schema_versions (component, version) VALUES (?, ?)"
-                        " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                        (component, number),
-                    )
+                self._migrate_in(conn, component, scripts)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
