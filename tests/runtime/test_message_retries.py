@@ -14,7 +14,7 @@ import pytest
 from receiver import Receiver
 from webhook_plugin import WebhookSettings, hookimpl
 from webhook_plugin.runtime import WebhookMiddleware
-from webhook_plugin.runtime import pipeline as pipeline_module
+from webhook_plugin.runtime import reservations as reservations_module
 from webhook_plugin.runtime.config import parse_config
 from webhook_plugin.runtime.pipeline import ChatPipeline, Conflict
 
@@ -98,7 +98,7 @@ async def test_a_failed_request_leaves_the_message_to_its_retry(tmp_path: Path) 
 async def test_a_retry_that_waits_too_long_gets_a_conflict(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline_module, "_WAIT_FOR_TWIN", 0.2)
+    monkeypatch.setattr(reservations_module, "WAIT_FOR_TWIN", 0.2)
     llm = SlowLLM(delay=1.0)
     async with running(tmp_path, llm) as pipeline:
         async with anyio.create_task_group() as tg:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -28,12 +27,13 @@ from ..delivery.engine import DeliveryEngine
 from ..delivery.outbox import Batcher, Collected
 from ..exceptions import NotFound, WebhookPluginError
 from ..manager import PluginManager
-from ..models import Agent, Attachment, Contact, Conversation, Group, Message, UserInfo
+from ..models import Agent, Attachment, Contact, Conversation, Group, Message
 from ..settings import WebhookSettings
 from ..storage._sql import SQLStore
-from . import channels
 from .chat_store import ChatStore, ConversationRecord, MessageRecord, MessageWrite, SQLChatStore
 from .config import RuntimeConfig
+from .inbox import Inbox
+from .reservations import Conflict, Reservations
 
 __all__ = [
     "MAX_CREATED_AT",
@@ -51,28 +51,13 @@ T = TypeVar("T")
 QueuedEvents = list[dict[str, str]]
 
 
-class Conflict(WebhookPluginError):
-    """The request contradicts what is stored (another agent's conversation, say)."""
-
-
-#: how long a retry waits for the first request with the same messageId
-_WAIT_FOR_TWIN = 10.0
-#: a request working on a message renews its reservation this often...
-_HEARTBEAT = 1.0
-#: ...so one not renewed for this long was left by a request (or a process)
-#: that died, and a retry takes the message over
-_STALE_RESERVATION = 5.0
-
 _encode_outcome = msgspec.json.Encoder().encode
-_decode_outcome = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 #: a message's ``created_at`` must fall in this range once converted to UTC:
 #: outside it a time cannot be stored as a timestamp and shown again
 MIN_CREATED_AT = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_CREATED_AT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
-_MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
-_MAX_TS = MAX_CREATED_AT.timestamp()
 
 
 def check_created_at(value: datetime) -> datetime:
@@ -89,19 +74,6 @@ def check_created_at(value: datetime) -> datetime:
             " 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z (after conversion to UTC)"
         )
     return aware
-
-
-def _iso(ts: float | None) -> str:
-    # Rows written before created_at was bounded may hold any number: show it
-    # clamped to what a datetime can hold rather than fail the whole Inbox.
-    try:
-        value = float(ts)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        value = 0.0
-    if math.isnan(value):
-        value = 0.0
-    value = min(max(value, _MIN_TS), _MAX_TS)
-    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _contact(data: dict[str, str]) -> Contact:
@@ -144,13 +116,16 @@ class ChatPipeline:
         #: what messages change, written in shared transactions
         self._writes: Batcher[MessageWrite] = Batcher(self.store.write_messages, max_batch=512)
         self._writes_running = False
+        self.reservations = Reservations(self.store, self.blocking, clock)
+        #: the Inbox's stages (an operator's message, the conversation view)
+        self.inbox = Inbox(self)
 
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def open_store(self) -> None:
         """Create or migrate the chat tables (once the engine has opened its store)."""
-        await self._db(self.store.open)
+        await self.blocking(self.store.open)
 
     # agents -------------------------------------------------------------------------------
 
@@ -159,7 +134,7 @@ class ChatPipeline:
         cached = self._agents.get(agent_id)
         if cached is not None:
             return cached
-        row = await self._db(self.store.get_agent, agent_id)
+        row = await self.blocking(self.store.get_agent, agent_id)
         if row is None:
             if not create:
                 raise NotFound(f"agent {agent_id!r} does not exist")
@@ -167,7 +142,7 @@ class ChatPipeline:
             name = configured.name if configured else None
             org = configured.organization_id if configured else None
             ai = configured.ai_enabled if configured else True
-            await self._db(
+            await self.blocking(
                 lambda: self.store.put_agent(
                     agent_id, name=name, organization_id=org, ai_enabled=ai
                 )
@@ -181,16 +156,16 @@ class ChatPipeline:
     async def _agent_ai_default(self, agent_id: str) -> bool:
         # read with the agent (nothing changes an agent's default once created)
         if agent_id not in self._ai_defaults:
-            row = await self._db(self.store.get_agent, agent_id)
+            row = await self.blocking(self.store.get_agent, agent_id)
             self._ai_defaults[agent_id] = bool(row["ai_enabled"]) if row else True
         return self._ai_defaults[agent_id]
 
     async def seed_agents(self) -> None:
         """Create the config's agents, and their settings unless saved ones exist."""
         for configured in self.config.agents:
-            existing = await self._db(self.store.get_agent, configured.id)
+            existing = await self.blocking(self.store.get_agent, configured.id)
             if existing is None:
-                await self._db(
+                await self.blocking(
                     lambda c=configured: self.store.put_agent(
                         c.id,
                         name=c.name,
@@ -209,13 +184,13 @@ class ChatPipeline:
     # conversations -------------------------------------------------------------------------
 
     async def conversation(self, conversation_id: str) -> ConversationRecord:
-        record = await self._db(self.store.get_conversation, conversation_id)
+        record = await self.blocking(self.store.get_conversation, conversation_id)
         if record is None:
             raise NotFound(f"conversation {conversation_id!r} does not exist")
         return record
 
     @staticmethod
-    def _model(record: ConversationRecord) -> Conversation:
+    def model(record: ConversationRecord) -> Conversation:
         return Conversation(
             id=record.id,
             agent_id=record.agent_id,
@@ -227,12 +202,12 @@ class ChatPipeline:
     async def set_ai(self, conversation_id: str, enabled: bool) -> ConversationRecord:
         record = await self.conversation(conversation_id)
         record.ai_enabled = enabled
-        await self._db(self.store.put_conversation, record)
+        await self.blocking(self.store.put_conversation, record)
         return record
 
     # the stages ------------------------------------------------------------------------------
 
-    async def _events(self, results: list[Any], collected: Collected) -> QueuedEvents:
+    async def settle(self, results: list[Any], collected: Collected) -> QueuedEvents:
         """Await what the hooks returned, except the events being collected
         (they are stored with the message); report the queued webhook events."""
         events: QueuedEvents = []
@@ -245,7 +220,7 @@ class ChatPipeline:
                 events.append({"eventType": str(event_type), "webhookId": webhook_id})
         return events
 
-    async def _commit(self, write: MessageWrite, collected: Collected) -> None:
+    async def commit(self, write: MessageWrite, collected: Collected) -> None:
         """Store ``write`` and the events ``collected`` with it, in one transaction
         shared with the other messages being committed (group commit); return
         once it is durable."""
@@ -254,7 +229,7 @@ class ChatPipeline:
             if self._writes_running:
                 await self._writes.submit(write).wait()
             else:  # nobody runs the group commit (an app that embeds us bare)
-                await self._db(self.store.write_messages, [write])
+                await self.blocking(self.store.write_messages, [write])
         except BaseException as exc:
             self.engine.written(collected, exc)
             raise
@@ -279,7 +254,7 @@ class ChatPipeline:
         config = self.engine.config
         while config.retention > 0:
             try:
-                await self._db(
+                await self.blocking(
                     functools.partial(
                         self.store.purge_outcomes, before=self.clock() - config.retention
                     )
@@ -322,13 +297,13 @@ class ChatPipeline:
         )
         if message_id is None:
             return await process()
-        earlier = await self._reserve(conversation_id, message_id)
+        earlier = await self.reservations.take(conversation_id, message_id)
         if earlier is not None:
             return earlier
         failure: Exception | None = None
         outcome: dict[str, Any] = {}
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_reserved, conversation_id, message_id)
+            tg.start_soon(self.reservations.keep, conversation_id, message_id)
             try:
                 # the answer is stored with everything else the message changed
                 outcome = await process()
@@ -338,47 +313,9 @@ class ChatPipeline:
                 tg.cancel_scope.cancel()
         if failure is not None:
             with anyio.CancelScope(shield=True):
-                await self._db(self.store.release_outcome, conversation_id, message_id)
+                await self.reservations.release(conversation_id, message_id)
             raise failure
         return outcome
-
-    async def _keep_reserved(self, conversation_id: str, message_id: str) -> None:
-        """Renew a reservation while its message is being worked on (a slow AI
-        reply, say), so that only a dead request's reservation goes stale."""
-        while True:
-            await anyio.sleep(_HEARTBEAT)
-            try:
-                await self._db(
-                    functools.partial(
-                        self.store.touch_outcome, conversation_id, message_id, now=self.clock()
-                    )
-                )
-            except WebhookPluginError as exc:  # the next beat tries again
-                log.warning("message.heartbeat_failed", error=str(exc))
-
-    async def _reserve(self, conversation_id: str, message_id: str) -> dict[str, Any] | None:
-        deadline = time.monotonic() + _WAIT_FOR_TWIN
-        while True:
-            now = self.clock()
-            earlier = await self._db(
-                functools.partial(
-                    self.store.reserve_outcome,
-                    conversation_id,
-                    message_id,
-                    now=now,
-                    stale_before=now - _STALE_RESERVATION,
-                )
-            )
-            if earlier is None:
-                return None
-            if earlier:
-                return _decode_outcome(earlier)
-            if time.monotonic() >= deadline:
-                raise Conflict(
-                    f"message {message_id!r} is still being processed by an earlier request;"
-                    " retry later for its answer"
-                )
-            await anyio.sleep(0.05)
 
     async def _user_message(
         self,
@@ -396,7 +333,7 @@ class ChatPipeline:
         agent = await self.agent(agent_id, create=True)
         now = self.clock()
         created = check_created_at(created_at) if created_at else datetime.fromtimestamp(now, UTC)
-        record = await self._db(self.store.get_conversation, conversation_id)
+        record = await self.blocking(self.store.get_conversation, conversation_id)
         if record is None:
             record = ConversationRecord(
                 id=conversation_id,
@@ -413,7 +350,7 @@ class ChatPipeline:
         if contact:
             record.contact = {**record.contact, **{k: v for k, v in contact.items() if v}}
         record.last_user_message_at = max(record.last_user_message_at or 0.0, created.timestamp())
-        conversation = self._model(record)
+        conversation = self.model(record)
         message = Message(
             id=message_id or f"msg_{uuid.uuid4().hex}",
             text=text,
@@ -439,10 +376,10 @@ class ChatPipeline:
             "conversationId": conversation.id,
             "messageId": message.id,
             "reply": reply or None,
-            "events": await self._events(results, collected),
+            "events": await self.settle(results, collected),
         }
         key = (conversation.id, message_id, _encode_outcome(outcome)) if message_id else None
-        await self._commit(
+        await self.commit(
             MessageWrite(conversation=record, messages=stored, outcome=key), collected
         )
         return outcome
@@ -497,91 +434,15 @@ class ChatPipeline:
                     )
                     reply_to.update(messageId=agent_message.id, text=agent_message.text)
 
+    # the Inbox (runtime/inbox.py) --------------------------------------------------------
+
     async def inbox_message(self, conversation_id: str, text: str) -> dict[str, Any]:
-        """A human operator writes from the Inbox; the channel decides what happens."""
-        record = await self.conversation(conversation_id)
-        agent = await self.agent(record.agent_id, create=True)
-        conversation = self._model(record)
-        now = self.clock()
-        verdict, reason = channels.decide(record.channel, record.last_user_message_at, now)
-        message = Message(
-            id=f"msg_{uuid.uuid4().hex}", text=text, created_at=datetime.fromtimestamp(now, UTC)
-        )
-        pm = self.pm
-        with self.engine.collecting() as collected:
-            if verdict == "sent":
-                results = pm.on_agent_reply(
-                    agent=agent, conversation=conversation, message=message, in_reply_to=None
-                )
-            elif verdict == "blocked":
-                assert reason is not None  # channels.decide gives one with every refusal
-                results = pm.on_blocked(
-                    agent=agent, conversation=conversation, message=message, reason=reason
-                )
-            else:
-                assert reason is not None
-                results = pm.on_noted(
-                    agent=agent, conversation=conversation, message=message, reason=reason
-                )
-        events = await self._events(results, collected)
-        stored = MessageRecord(
-            id=message.id,
-            conversation_id=conversation.id,
-            author="operator",
-            text=text,
-            created_at=now,
-            status=verdict,
-        )
-        await self._commit(MessageWrite(messages=[stored]), collected)
-        return {"messageId": message.id, "status": verdict, "events": events}
+        """:meth:`Inbox.message <.inbox.Inbox.message>`."""
+        return await self.inbox.message(conversation_id, text)
 
     async def inbox_view(self, conversation_id: str) -> dict[str, Any]:
-        """The conversation as the Inbox shows it, enriched with user info."""
-        record = await self.conversation(conversation_id)
-        agent = await self.agent(record.agent_id, create=True)
-        messages = await self._db(self.store.list_messages, conversation_id)
-        info = await self.user_info(agent, self._model(record))
-        return {
-            "conversationId": record.id,
-            "agentId": record.agent_id,
-            "channel": record.channel,
-            "aiEnabled": record.ai_enabled,
-            "contact": record.contact,
-            "messages": [
-                {
-                    "id": m.id,
-                    "author": m.author,
-                    "text": m.text,
-                    "createdAt": _iso(m.created_at),
-                    "status": m.status,
-                    **({"attachments": m.attachments} if m.attachments else {}),
-                }
-                for m in messages
-            ],
-            "userInfo": info.data,
-            "userInfoStatus": info.status,
-            **({"userInfoError": info.error} if info.error else {}),
-        }
-
-    async def user_info(self, agent: Agent, conversation: Conversation) -> UserInfo:
-        """Ask the plugins; whatever they do, answer within the time box."""
-        try:
-            pending = self.pm.fetch_user_info(agent=agent, conversation=conversation)
-            if pending is None:
-                return UserInfo(status="not_configured")
-            # a little slack over the fetcher's own time box, for third-party plugins
-            box = self.engine.config.user_info_timeout + 0.5
-            with anyio.move_on_after(box):
-                result = await pending
-                if isinstance(result, UserInfo):
-                    return result
-                return UserInfo(
-                    status="error", error="a plugin answered something else than UserInfo"
-                )
-            return UserInfo(status="timeout", error=f"no answer within {box:g} s")
-        except Exception as exc:  # a third-party plugin must not break the Inbox
-            log.warning("user_info.plugin_failed", error=type(exc).__name__)
-            return UserInfo(status="error", error=f"a plugin failed: {type(exc).__name__}")
+        """:meth:`Inbox.view <.inbox.Inbox.view>`."""
+        return await self.inbox.view(conversation_id)
 
 
 def _chat_store_for(engine: DeliveryEngine) -> ChatStore:

@@ -1,0 +1,136 @@
+"""The Inbox's stages: an operator's message, and a conversation as the Inbox
+shows it, with the user information the plugins fetch (never holding the
+page longer than the user-info time box)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from ..models import Agent, Conversation, Message, UserInfo
+from . import channels
+from .chat_store import MessageRecord, MessageWrite
+
+if TYPE_CHECKING:
+    from .pipeline import ChatPipeline
+
+__all__ = ["Inbox"]
+
+log = structlog.get_logger("webhook_plugin.runtime")
+
+_MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_MAX_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
+def _iso(ts: float | None) -> str:
+    # Rows written before created_at was bounded may hold any number: show it
+    # clamped to what a datetime can hold rather than fail the whole Inbox.
+    try:
+        value = float(ts)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = 0.0
+    if math.isnan(value):
+        value = 0.0
+    value = min(max(value, _MIN_TS), _MAX_TS)
+    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+
+
+class Inbox:
+    """The Inbox's stages, on a :class:`~.pipeline.ChatPipeline`'s stores and hooks."""
+
+    def __init__(self, pipeline: ChatPipeline) -> None:
+        self._p = pipeline
+
+    async def message(self, conversation_id: str, text: str) -> dict[str, Any]:
+        """A human operator writes from the Inbox; the channel decides what happens."""
+        p = self._p
+        record = await p.conversation(conversation_id)
+        agent = await p.agent(record.agent_id, create=True)
+        conversation = p.model(record)
+        now = p.clock()
+        verdict, reason = channels.decide(record.channel, record.last_user_message_at, now)
+        message = Message(
+            id=f"msg_{uuid.uuid4().hex}", text=text, created_at=datetime.fromtimestamp(now, UTC)
+        )
+        pm = p.pm
+        with p.engine.collecting() as collected:
+            if verdict == "sent":
+                results = pm.on_agent_reply(
+                    agent=agent, conversation=conversation, message=message, in_reply_to=None
+                )
+            elif verdict == "blocked":
+                assert reason is not None  # channels.decide gives one with every refusal
+                results = pm.on_blocked(
+                    agent=agent, conversation=conversation, message=message, reason=reason
+                )
+            else:
+                assert reason is not None
+                results = pm.on_noted(
+                    agent=agent, conversation=conversation, message=message, reason=reason
+                )
+        events = await p.settle(results, collected)
+        stored = MessageRecord(
+            id=message.id,
+            conversation_id=conversation.id,
+            author="operator",
+            text=text,
+            created_at=now,
+            status=verdict,
+        )
+        await p.commit(MessageWrite(messages=[stored]), collected)
+        return {"messageId": message.id, "status": verdict, "events": events}
+
+    async def view(self, conversation_id: str) -> dict[str, Any]:
+        """The conversation as the Inbox shows it, enriched with user info."""
+        p = self._p
+        record = await p.conversation(conversation_id)
+        agent = await p.agent(record.agent_id, create=True)
+        messages = await p.blocking(p.store.list_messages, conversation_id)
+        info = await self.user_info(agent, p.model(record))
+        return {
+            "conversationId": record.id,
+            "agentId": record.agent_id,
+            "channel": record.channel,
+            "aiEnabled": record.ai_enabled,
+            "contact": record.contact,
+            "messages": [
+                {
+                    "id": m.id,
+                    "author": m.author,
+                    "text": m.text,
+                    "createdAt": _iso(m.created_at),
+                    "status": m.status,
+                    **({"attachments": m.attachments} if m.attachments else {}),
+                }
+                for m in messages
+            ],
+            "userInfo": info.data,
+            "userInfoStatus": info.status,
+            **({"userInfoError": info.error} if info.error else {}),
+        }
+
+    async def user_info(self, agent: Agent, conversation: Conversation) -> UserInfo:
+        """Ask the plugins; whatever they do, answer within the time box."""
+        p = self._p
+        try:
+            pending = p.pm.fetch_user_info(agent=agent, conversation=conversation)
+            if pending is None:
+                return UserInfo(status="not_configured")
+            # a little slack over the fetcher's own time box, for third-party plugins
+            box = p.engine.config.user_info_timeout + 0.5
+            with anyio.move_on_after(box):
+                result = await pending
+                if isinstance(result, UserInfo):
+                    return result
+                return UserInfo(
+                    status="error", error="a plugin answered something else than UserInfo"
+                )
+            return UserInfo(status="timeout", error=f"no answer within {box:g} s")
+        except Exception as exc:  # a third-party plugin must not break the Inbox
+            log.warning("user_info.plugin_failed", error=type(exc).__name__)
+            return UserInfo(status="error", error=f"a plugin failed: {type(exc).__name__}")
