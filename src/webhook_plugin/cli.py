@@ -191,7 +191,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        from .runtime.routes import delivery_json
+        from .runtime.api_io import delivery_json
 
         print(json.dumps([delivery_json(r) for r in rows], indent=2))
         return 0

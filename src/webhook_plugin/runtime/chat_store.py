@@ -22,95 +22,13 @@ import msgspec
 
 from ..storage._sql import SQLStore
 from ..storage.base import NewDelivery
+from ._chat_schema import MIGRATIONS
 
 __all__ = ["ChatStore", "ConversationRecord", "MessageRecord", "MessageWrite", "SQLChatStore"]
 
 _json_encode = msgspec.json.Encoder().encode
 _contact_decoder = msgspec.json.Decoder(dict[str, str])
 _attachments_decoder = msgspec.json.Decoder(list[dict[str, Any]])
-
-#: the chat tables, per SQL dialect (IF NOT EXISTS: databases made before the
-#: stores were split already hold them)
-MIGRATIONS: dict[str, list[str]] = {
-    "sqlite": [
-        """
-    CREATE TABLE IF NOT EXISTS agents (
-        id TEXT PRIMARY KEY,
-        name TEXT,
-        organization_id TEXT,
-        ai_enabled INTEGER NOT NULL DEFAULT 1,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS conversations (
-        id TEXT PRIMARY KEY,
-        agent_id TEXT NOT NULL,
-        channel TEXT NOT NULL,
-        ai_enabled INTEGER NOT NULL,
-        contact BLOB NOT NULL,
-        created_at REAL NOT NULL,
-        last_user_message_at REAL
-    );
-    CREATE TABLE IF NOT EXISTS messages (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL,
-        conversation_id TEXT NOT NULL,
-        author TEXT NOT NULL,
-        text TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        status TEXT NOT NULL,
-        attachments BLOB NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation_id, seq);
-    CREATE TABLE IF NOT EXISTS message_outcomes (
-        conversation_id TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        outcome BLOB NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (conversation_id, message_id)
-    );
-    CREATE INDEX IF NOT EXISTS message_outcomes_created ON message_outcomes (created_at);
-    """,
-    ],
-    "postgresql": [
-        """
-    CREATE TABLE IF NOT EXISTS agents (
-        id TEXT PRIMARY KEY,
-        name TEXT,
-        organization_id TEXT,
-        ai_enabled INTEGER NOT NULL DEFAULT 1,
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS conversations (
-        id TEXT PRIMARY KEY,
-        agent_id TEXT NOT NULL,
-        channel TEXT NOT NULL,
-        ai_enabled INTEGER NOT NULL,
-        contact BYTEA NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        last_user_message_at DOUBLE PRECISION
-    );
-    CREATE TABLE IF NOT EXISTS messages (
-        seq BIGSERIAL PRIMARY KEY,
-        id TEXT NOT NULL,
-        conversation_id TEXT NOT NULL,
-        author TEXT NOT NULL,
-        text TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        status TEXT NOT NULL,
-        attachments BYTEA NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation_id, seq);
-    CREATE TABLE IF NOT EXISTS message_outcomes (
-        conversation_id TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        outcome BYTEA NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (conversation_id, message_id)
-    );
-    CREATE INDEX IF NOT EXISTS message_outcomes_created ON message_outcomes (created_at);
-    """,
-    ],
-}
 
 
 class ConversationRecord(msgspec.Struct, kw_only=True):

@@ -1,0 +1,232 @@
+"""The API's edges: request bodies as msgspec Structs, the checks every input
+goes through once, and the JSON answers, errors included.
+
+Bodies are decoded into Structs, so a wrong type or a missing field is a
+``400 invalid_body`` that says which field; every error is
+``{"error": {"code", "message"}}``. The handlers are in :mod:`.routes`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..exceptions import NotFound, SettingsError, StorageError
+from ..settings import SettingsInput
+from ..storage.base import DeliveryRecord
+from .pipeline import Conflict, check_created_at
+
+__all__ = [
+    "MAX_ID",
+    "MAX_TEXT_BYTES",
+    "ApiError",
+    "ConversationPatch",
+    "InboxMessageIn",
+    "SettingsIn",
+    "UserMessageIn",
+    "check_agent_id",
+    "check_text",
+    "checked_created_at",
+    "decode",
+    "delivery_json",
+    "exception_handlers",
+    "iso",
+    "json",
+    "parse_id",
+]
+
+MAX_TEXT_BYTES = 64 * 1024
+
+
+#: delivery ids and ``before=`` cursors are 1 to this (a signed 64-bit integer)
+MAX_ID = 2**63 - 1
+
+
+Id = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+Short = Annotated[str, Meta(max_length=1000)]
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class ContactIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    id: Short | None = None
+    name: Short | None = None
+    email: Short | None = None
+    phone_number: Short | None = None
+
+
+class GroupIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+    name: Short
+    mentioned: bool = False
+
+
+class AttachmentIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    mime_type: Short | None = None
+    name: Short | None = None
+    size: Annotated[int, Meta(ge=0, le=MAX_ID)] | None = None
+
+
+class UserMessageIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    conversation_id: Id
+    channel: Annotated[str, Meta(min_length=1, max_length=64)]
+    text: str
+    message_id: Id | None = None
+    created_at: datetime | None = None
+    contact: ContactIn | None = None
+    group: GroupIn | None = None
+    attachments: Annotated[list[AttachmentIn], Meta(max_length=20)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class ConversationPatch(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    ai_enabled: bool
+
+
+class InboxMessageIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    text: str
+
+
+#: the body of a settings PUT: the config's ``[agents.webhook]`` table
+#: (:class:`~webhook_plugin.settings.SettingsInput`, the one list of its
+#: fields), in camelCase
+SettingsIn = msgspec.defstruct(
+    "SettingsIn",
+    [(f.name, f.type, f.default) for f in msgspec.structs.fields(SettingsInput)],
+    bases=(SettingsInput,),
+    rename="camel",
+    kw_only=True,
+    forbid_unknown_fields=True,
+    module=__name__,
+)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def json(data: Any, status: int = 200) -> Response:
+    return Response(_encode(data), status_code=status, media_type="application/json")
+
+
+async def decode(request: Request, into: type[Any]) -> Any:
+    body = await request.body()
+    if not body:
+        raise ApiError(400, "invalid_body", "the request needs a JSON body")
+    try:
+        return msgspec.json.decode(body, type=into)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_body", str(exc).replace("$.", "")) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_body", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_body", "the body is nested too deeply") from None
+
+
+def checked_created_at(value: datetime | None) -> datetime | None:
+    """``createdAt`` within 1970-01-01 .. 9999-12-31 UTC; a time without an offset is UTC."""
+    if value is None:
+        return None
+    try:
+        return check_created_at(value)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_body", str(exc)) from None
+
+
+_DIGITS = re.compile(r"[0-9]{1,30}")
+
+
+def parse_id(text: str) -> int | None:
+    """A decimal id from 1 to :data:`MAX_ID`, or None (no sign, spaces, ``_`` or non-ASCII digits)."""
+    if not _DIGITS.fullmatch(text):
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ID else None
+
+
+def check_agent_id(agent_id: str) -> None:
+    if not 0 < len(agent_id) <= 200:
+        raise ApiError(400, "invalid_agent", "agent ids are 1 to 200 characters")
+
+
+def check_text(text: str) -> None:
+    if len(text.encode()) > MAX_TEXT_BYTES:
+        raise ApiError(413, "text_too_large", f"text is larger than {MAX_TEXT_BYTES} bytes")
+    if not text.strip():
+        raise ApiError(400, "invalid_body", "text must not be empty")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def delivery_json(d: DeliveryRecord) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "webhookId": d.webhook_id,
+        "eventType": str(d.event_type),
+        "status": d.status,
+        "attempts": d.attempts,
+        "lastStatusCode": d.last_status_code,
+        "lastError": d.last_error,
+        "createdAt": iso(d.created_at),
+        "nextAttemptAt": iso(d.next_attempt_at),
+    }
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return json({"error": {"code": code, "message": message}}, status)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(exc.status, exc.code, exc.message)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(404, "not_found", str(exc))
+
+
+async def _conflict(request: Request, exc: Exception) -> Response:
+    return _error(409, "conflict", str(exc))
+
+
+async def _settings_error(request: Request, exc: Exception) -> Response:
+    return _error(400, "invalid_settings", str(exc))
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    return _error(503, "storage_unavailable", "the database is unavailable; try again shortly")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes: dict[int, str] = {404: "not_found", 405: "method_not_allowed"}
+    message: Literal["not found"] | str = exc.detail or "error"
+    return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(message).lower())
+
+
+exception_handlers: dict[Any, Any] = {
+    ApiError: _api_error,
+    NotFound: _not_found,
+    Conflict: _conflict,
+    SettingsError: _settings_error,
+    StorageError: _storage_error,
+    HTTPException: _http_error,
+}
