@@ -212,3 +212,20 @@ def test_payloads_round_trip_through_their_struct(drawn: tuple[E, bytes]) -> Non
     event_type, body = drawn
     decoded = msgspec.json.decode(body, type=PAYLOAD_TYPES[event_type])
     assert encode(decoded) == body
+
+
+def test_one_list_of_contact_fields_for_the_api_the_wire_and_the_hooks() -> None:
+    import msgspec
+
+    from webhook_plugin.models import Contact
+    from webhook_plugin.payloads import contact_from_wire, contact_to_wire
+    from webhook_plugin.runtime.api_io import ContactIn
+
+    names = [f.name for f in msgspec.structs.fields(Contact)]
+    assert [f.name for f in msgspec.structs.fields(ContactIn)] == names
+    full = Contact(id="u1", name="Ana", email="a@b.c", phone_number="+55")
+    wire = contact_to_wire(full)
+    assert wire == {"id": "u1", "name": "Ana", "email": "a@b.c", "phoneNumber": "+55"}
+    assert contact_from_wire(wire) == full
+    assert contact_to_wire(Contact(email="a@b.c", name="")) == {"email": "a@b.c"}
+    assert msgspec.to_builtins(ContactIn(**{n: getattr(full, n) for n in names})) == wire

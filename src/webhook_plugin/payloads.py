@@ -18,7 +18,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from .events import WebhookEventType
-from .models import Agent, Conversation, Group, Message
+from .models import Agent, Contact, Conversation, Group, Message
 
 __all__ = [
     "AgentMessageBlocked",
@@ -33,6 +33,8 @@ __all__ = [
     "UserMessageReceived",
     "WebhookTest",
     "build_payload",
+    "contact_from_wire",
+    "contact_to_wire",
     "encode",
     "json_schemas",
 ]
@@ -265,3 +267,28 @@ class WebhookTest(
 def json_schemas() -> dict[str, Any]:
     """The JSON Schema of every event's payload, keyed by event type."""
     return {str(event_type): msgspec.json.schema(cls) for event_type, cls in PAYLOAD_TYPES.items()}
+
+
+#: a contact's fields and their camelCase wire names, the one list of them
+_CONTACT_WIRE: Final = {
+    f.name: f.encode_name
+    for f in msgspec.structs.fields(
+        msgspec.defstruct(
+            "_ContactWire",
+            [(f.name, f.type, f.default) for f in msgspec.structs.fields(Contact)],
+            rename="camel",
+        )
+    )
+}
+
+
+def contact_to_wire(contact: Contact) -> dict[str, str]:
+    """A contact as the wire carries it: camelCase names, fields unset or empty left out."""
+    return {
+        wire: value for name, wire in _CONTACT_WIRE.items() if (value := getattr(contact, name))
+    }
+
+
+def contact_from_wire(data: dict[str, str]) -> Contact:
+    """The contact a wire object (or a stored one) describes; other keys are ignored."""
+    return Contact(**{name: data.get(wire) for name, wire in _CONTACT_WIRE.items()})

@@ -17,11 +17,11 @@ from typing import Any, Final
 import anyio
 import msgspec
 import structlog
-from msgspec import UNSET, UnsetType
 
 from .delivery.client import HttpClient
 from .exceptions import BlockedAddress, RequestTimeout, TransportError
 from .models import Agent, Conversation, UserInfo
+from .payloads import contact_to_wire
 from .settings import WebhookSettings, parse_header
 
 __all__ = ["UserInfoFetcher"]
@@ -34,18 +34,11 @@ FAILURE_TTL: Final = 5.0
 MAX_DEPTH: Final = 32
 
 
-class _Contact(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
-    id: str | UnsetType = UNSET
-    name: str | UnsetType = UNSET
-    email: str | UnsetType = UNSET
-    phone_number: str | UnsetType = UNSET
-
-
 class _Request(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
     agent_id: str
     conversation_id: str
     channel: str
-    contact: _Contact
+    contact: dict[str, str]
 
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -99,12 +92,7 @@ class UserInfoFetcher:
                 agent_id=agent.id,
                 conversation_id=conversation.id,
                 channel=conversation.channel,
-                contact=_Contact(
-                    id=c.id or UNSET,
-                    name=c.name or UNSET,
-                    email=c.email or UNSET,
-                    phone_number=c.phone_number or UNSET,
-                ),
+                contact=contact_to_wire(c),
             )
         )
         key = b"\0".join(

@@ -27,7 +27,8 @@ from ..delivery.engine import DeliveryEngine
 from ..delivery.outbox import Batcher, Collected
 from ..exceptions import NotFound, WebhookPluginError
 from ..manager import PluginManager
-from ..models import Agent, Attachment, Contact, Conversation, Group, Message
+from ..models import Agent, Attachment, Conversation, Group, Message
+from ..payloads import contact_from_wire
 from ..settings import WebhookSettings
 from ..storage._sql import SQLStore
 from .chat_store import ChatStore, ConversationRecord, MessageRecord, MessageWrite, SQLChatStore
@@ -74,15 +75,6 @@ def check_created_at(value: datetime) -> datetime:
             " 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z (after conversion to UTC)"
         )
     return aware
-
-
-def _contact(data: dict[str, str]) -> Contact:
-    return Contact(
-        id=data.get("id"),
-        name=data.get("name"),
-        email=data.get("email"),
-        phone_number=data.get("phoneNumber"),
-    )
 
 
 class ChatPipeline:
@@ -196,7 +188,7 @@ class ChatPipeline:
             agent_id=record.agent_id,
             channel=record.channel,
             ai_enabled=record.ai_enabled,
-            contact=_contact(record.contact),
+            contact=contact_from_wire(record.contact),
         )
 
     async def set_ai(self, conversation_id: str, enabled: bool) -> ConversationRecord:
