@@ -1,0 +1,120 @@
+"""The Inbox: the conversations, one conversation (with the user-info hook's
+answer), an operator's message, and the AI switch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import channels
+from ..middleware import pipeline_from
+from ..routes import MAX_TEXT_BYTES
+from ._render import db, field, redirect, render, seg
+from ._session import read_form, session_of
+
+__all__ = ["conversation", "inbox", "send_message", "set_ai"]
+
+_AUTHORS: Final = {"user": "User", "agent": "AI agent", "operator": "Operator"}
+
+
+async def inbox(request: Request) -> Response:
+    pipeline = pipeline_from(request)
+    agent_filter = request.query_params.get("agent") or None
+    rows = await db(pipeline.store.list_conversations, agent_id=agent_filter, limit=200)
+    names = {
+        str(r["id"]): str(r.get("name") or r["id"]) for r in await db(pipeline.store.list_agents)
+    }
+    conversations = [
+        {
+            "id": record.id,
+            "label": record.contact.get("name") or record.contact.get("phoneNumber")
+            or record.contact.get("email") or record.id,
+            "channel": record.channel,
+            "agent": names.get(record.agent_id, record.agent_id),
+            "ai_enabled": record.ai_enabled,
+            "last": last,
+        }
+        for record, last in rows
+    ]  # fmt: skip
+    return render(
+        request, "inbox.html", section="inbox", conversations=conversations, agent=agent_filter
+    )
+
+
+def _reason(channel: str, status: str) -> str | None:
+    """Why a message was blocked or noted: the channel's rule (they depend on nothing else)."""
+    if status not in ("blocked", "noted"):
+        return None
+    verdict, reason = channels.decide(channel, None, 0.0)
+    return reason if verdict == status and reason else f"the {channel} channel did not carry it"
+
+
+async def conversation(request: Request) -> Response:
+    pipeline = pipeline_from(request)
+    conversation_id: str = request.path_params["conversation_id"]
+    # the user-info hook runs here, before the page renders, within its time box
+    view = await pipeline.inbox_view(conversation_id)
+    record = await pipeline.conversation(conversation_id)
+    agent = await pipeline.agent(record.agent_id)
+    verdict, reason = channels.decide(record.channel, record.last_user_message_at, time.time())
+    messages = [
+        {**m, "who": _AUTHORS.get(m["author"], m["author"]), "reason": _reason(view["channel"], m["status"])}
+        for m in view["messages"]
+    ]  # fmt: skip
+    contact = view["contact"]
+    return render(
+        request,
+        "conversation.html",
+        section="inbox",
+        view=view,
+        messages=messages,
+        label=contact.get("name") or contact.get("phoneNumber") or contact.get("email")
+        or conversation_id,
+        agent_label=agent.name or agent.id,
+        prediction={"verdict": verdict, "reason": reason},
+        info_items=list((view["userInfo"] or {}).items())[:100],
+        timeout=pipeline.engine.config.user_info_timeout,
+        max_text=MAX_TEXT_BYTES,
+    )  # fmt: skip
+
+
+async def send_message(request: Request) -> Response:
+    pipeline = pipeline_from(request)
+    conversation_id: str = request.path_params["conversation_id"]
+    fields = await read_form(request)
+    text = field(fields, "text")
+    page = f"/inbox/{seg(conversation_id)}"
+    record = await pipeline.conversation(conversation_id)  # 404 before anything else
+    session = session_of(request)
+    if not text.strip():
+        session.flash("error", "Type a message first.")
+        return redirect(page)
+    if len(text.encode()) > MAX_TEXT_BYTES:
+        session.flash("error", f"The message is longer than {MAX_TEXT_BYTES} bytes.")
+        return redirect(page)
+    outcome = await pipeline.inbox_message(conversation_id, text)
+    status = outcome["status"]
+    if status == "sent":
+        session.flash("ok", "Sent.")
+    else:
+        what = "Blocked" if status == "blocked" else "Noted"
+        session.flash("warn", f"{what}: {_reason(record.channel, status)}.")
+    return redirect(page)
+
+
+async def set_ai(request: Request) -> Response:
+    conversation_id: str = request.path_params["conversation_id"]
+    fields = await read_form(request)
+    enabled = field(fields, "ai_enabled") == "on"
+    await pipeline_from(request).set_ai(conversation_id, enabled)
+    session_of(request).flash(
+        "ok",
+        "AI enabled: the agent answers this conversation's messages."
+        if enabled
+        else "AI disabled: user messages now wait for an operator (USER_MESSAGE_RECEIVED).",
+    )
+    return redirect(f"/inbox/{seg(conversation_id)}")

@@ -1,0 +1,140 @@
+"""What every console page shares: the Jinja2 templates and their filters,
+:func:`render`, the 303 redirect, and small request and database helpers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+import anyio
+import jinja2
+import msgspec
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from ..._version import __version__
+from ..middleware import pipeline_from
+from ..routes import check_agent_id
+from ._health import duration
+from ._session import session_of
+
+__all__ = [
+    "HERE",
+    "agent_label",
+    "db",
+    "field",
+    "local_target",
+    "path_agent_id",
+    "redirect",
+    "render",
+    "seg",
+    "templates",
+    "when",
+]
+
+HERE: Final = Path(__file__).parent
+
+
+def when(ts: float | str | None, zone: bool = True) -> str:
+    """A time as operators read it: ``2026-11-25 12:00:05 UTC``."""
+    if ts is None:
+        return "—"
+    try:
+        moment = (
+            datetime.fromisoformat(ts) if isinstance(ts, str) else datetime.fromtimestamp(ts, UTC)
+        )
+    except (ValueError, OverflowError, OSError):
+        return str(ts)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" + (" UTC" if zone else ""))
+
+
+def _iso(ts: float | str | None) -> str:
+    if ts is None:
+        return ""
+    if isinstance(ts, str):
+        return ts
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        return ""
+
+
+def seg(value: str) -> str:
+    """One URL path segment."""
+    return quote(str(value), safe="")
+
+
+def _as_text(value: Any) -> str:
+    """A user-info value shown as text: strings as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    return msgspec.json.encode(value).decode()
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,  # every string from users, receivers and user-info endpoints
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(when=when, iso=_iso, seg=seg, as_text=_as_text, duration=duration)
+    env.globals.update(version=__version__, static=lambda name: f"/static/{name}?v={__version__}")
+    return env
+
+
+templates = Jinja2Templates(env=_environment())
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+    session = session_of(request)
+    base = {
+        "csrf": session.csrf,
+        "sign_in_needed": bool(request.app.state.api_token),
+        "flash": session.pop_flash(),
+        "section": "",
+    }
+    return templates.TemplateResponse(request, template, {**base, **context}, status_code=status)
+
+
+def redirect(url: str) -> Response:
+    return RedirectResponse(url, status_code=303)
+
+
+def local_target(target: str | None, default: str) -> str:
+    """``target`` when it is a path on this site, else ``default`` (no open redirect)."""
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and not any(ord(c) < 0x21 or c == "\\" for c in target)
+    ):
+        return target
+    return default
+
+
+def field(fields: dict[str, list[str]], name: str) -> str:
+    return fields.get(name, [""])[0]
+
+
+async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+def path_agent_id(request: Request) -> str:
+    agent_id: str = request.path_params["agent_id"]
+    check_agent_id(agent_id)
+    return agent_id
+
+
+async def agent_label(request: Request, agent_id: str) -> tuple[str, bool]:
+    """The agent's name (or id) and whether it exists."""
+    row = await db(pipeline_from(request).store.get_agent, agent_id)
+    if row is None:
+        return agent_id, False
+    return str(row.get("name") or agent_id), True
