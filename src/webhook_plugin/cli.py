@@ -179,9 +179,9 @@ def _open_store(config: RuntimeConfig) -> Store:
 
 
 def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    from .runtime.timestamps import human
+
+    return "-" if ts is None else human(ts, zone=False)
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ Bodies are decoded into Structs, so a wrong type or a missing field is a
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -21,6 +21,7 @@ from starlette.responses import Response
 from ..exceptions import NotFound, SettingsError, StorageError
 from ..settings import SettingsInput
 from ..storage.base import DeliveryRecord
+from . import timestamps
 from .pipeline import Conflict, check_created_at
 
 __all__ = [
@@ -174,9 +175,8 @@ def check_text(text: str) -> None:
 
 
 def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """A time in an API answer: ISO 8601, UTC, to the millisecond."""
+    return None if ts is None else timestamps.iso(ts, "milliseconds")
 
 
 def delivery_json(d: DeliveryRecord) -> dict[str, Any]:

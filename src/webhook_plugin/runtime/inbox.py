@@ -4,7 +4,6 @@ page longer than the user-info time box)."""
 
 from __future__ import annotations
 
-import math
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ import structlog
 from ..models import Agent, Conversation, Message, UserInfo
 from . import channels
 from .chat_store import MessageRecord, MessageWrite
+from .timestamps import iso
 
 if TYPE_CHECKING:
     from .pipeline import ChatPipeline
@@ -22,22 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["Inbox"]
 
 log = structlog.get_logger("webhook_plugin.runtime")
-
-_MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
-_MAX_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
-
-
-def _iso(ts: float | None) -> str:
-    # Rows written before created_at was bounded may hold any number: show it
-    # clamped to what a datetime can hold rather than fail the whole Inbox.
-    try:
-        value = float(ts)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        value = 0.0
-    if math.isnan(value):
-        value = 0.0
-    value = min(max(value, _MIN_TS), _MAX_TS)
-    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
 
 
 class Inbox:
@@ -103,7 +87,7 @@ class Inbox:
                     "id": m.id,
                     "author": m.author,
                     "text": m.text,
-                    "createdAt": _iso(m.created_at),
+                    "createdAt": iso(m.created_at),
                     "status": m.status,
                     **({"attachments": m.attachments} if m.attachments else {}),
                 }

@@ -5,7 +5,6 @@ of every answer and error, is in :mod:`.api_io`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -19,6 +18,7 @@ from ..exceptions import NotFound, SettingsError
 from ..models import Attachment, Group
 from ..settings import SettingsInput, WebhookSettings, mask_header
 from ..storage.base import DeliveryStatus
+from . import timestamps
 from .api_io import (
     MAX_ID,
     MAX_TEXT_BYTES,
@@ -205,9 +205,7 @@ async def rotate_secret(request: Request) -> Response:
         {
             "signingSecret": secret,
             # until then, webhooks carry a second signature made with the old secret
-            "previousSecretExpiresAt": None
-            if expires_at is None
-            else datetime.fromtimestamp(expires_at, UTC).isoformat().replace("+00:00", "Z"),
+            "previousSecretExpiresAt": None if expires_at is None else timestamps.iso(expires_at),
         }
     )
 

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from ..._version import __version__
+from .. import timestamps
 from ..middleware import pipeline_from
 from ..routes import check_agent_id
 from ._health import duration
@@ -43,24 +44,18 @@ def when(ts: float | str | None, zone: bool = True) -> str:
     """A time as operators read it: ``2026-11-25 12:00:05 UTC``."""
     if ts is None:
         return "—"
-    try:
-        moment = (
-            datetime.fromisoformat(ts) if isinstance(ts, str) else datetime.fromtimestamp(ts, UTC)
-        )
-    except (ValueError, OverflowError, OSError):
-        return str(ts)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" + (" UTC" if zone else ""))
+    if isinstance(ts, str):
+        try:
+            return timestamps.human(datetime.fromisoformat(ts).timestamp(), zone=zone)
+        except ValueError:
+            return ts
+    return timestamps.human(ts, zone=zone)
 
 
 def _iso(ts: float | str | None) -> str:
     if ts is None:
         return ""
-    if isinstance(ts, str):
-        return ts
-    try:
-        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-    except (ValueError, OverflowError, OSError):
-        return ""
+    return ts if isinstance(ts, str) else timestamps.iso(ts)
 
 
 def seg(value: str) -> str:
