@@ -115,3 +115,18 @@ def test_international_host_names_must_be_valid_idna() -> None:
     assert validate_url("https://bücher.example/hook") == "https://bücher.example/hook"
     with pytest.raises(SettingsError, match="IDNA"):
         validate_url("https://a\u200db.example/")
+
+
+def test_the_repr_never_shows_a_header_value_or_a_secret() -> None:
+    """Tracebacks, debuggers and rich's locals panels show reprs."""
+    s = WebhookSettings.validated(
+        url="https://h.example/",
+        header="Authorization: Bearer t0p-s3cret",
+        signing_secret=generate_secret(),
+        user_info_url="https://crm.example/",
+        user_info_header="X-Api-Key: k3y-s3cret",
+    )
+    text = repr(s)
+    assert "https://h.example/" in text and "Authorization: ****" in text
+    assert "s3cret" not in text and s.signing_secret not in text  # type: ignore[operator]
+    assert "s3cret" not in str(list(s.__rich_repr__()))

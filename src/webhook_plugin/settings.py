@@ -14,7 +14,7 @@ import binascii
 import re
 import secrets
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import idna
@@ -85,6 +85,25 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
     user_info_header: str | None = None
     disabled: bool = False
     disabled_reason: str | None = None
+
+    def __repr__(self) -> str:
+        # A repr reaches tracebacks, debuggers and rich's "locals" panels: it
+        # shows what is set, never a header value or a secret.
+        shown = {
+            "url": self.url,
+            "header": mask_header(self.header),
+            "signing_secret": "****" if self.signing_secret else None,
+            "previous_signing_secret": "****" if self.previous_signing_secret else None,
+            "events": sorted(self.events) if self.events is not None else None,
+            "user_info_url": self.user_info_url,
+            "user_info_header": mask_header(self.user_info_header),
+            "disabled": self.disabled,
+        }
+        fields = ", ".join(f"{k}={v!r}" for k, v in shown.items() if v not in (None, False))
+        return f"WebhookSettings({fields})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # msgspec's would list every field
+        return [("repr", repr(self))]
 
     def signing_secrets(self, now: float) -> tuple[str, ...]:
         """The secrets that sign a request made at ``now``: the current one first."""
