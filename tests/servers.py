@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -63,14 +64,21 @@ user_info_header = "X-Api-Key: crm-key-value"
 
 
 class Server:
-    def __init__(self, config: Path, cwd: Path, *extra: str) -> None:
+    """`webhook-plugin serve` in a subprocess; ready once ``/healthz`` answers.
+
+    :param cli: how to run the command (a wrapper may set limits first).
+    """
+
+    def __init__(
+        self, config: Path, cwd: Path, *extra: str, cli: Sequence[str] = tuple(CLI)
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"serve-{self.port}.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
                 [
-                    *CLI,
+                    *cli,
                     "serve",
                     "--config",
                     str(config),

@@ -153,6 +153,23 @@ async def test_an_unreadable_stored_timestamp_does_not_break_the_inbox(
 
 
 @pytest.mark.anyio
+async def test_stored_rows_of_another_shape_do_not_break_the_inbox(
+    client: httpx.AsyncClient,
+) -> None:
+    # a contact and attachments as another version (or a hand edit) may leave them
+    app = client._transport.app  # type: ignore[attr-defined]
+    db = app.pipeline.engine.store
+    with db.transaction() as conn:
+        db.execute(conn, "UPDATE conversations SET contact = ? WHERE id = ?", (b'{"n": 1}', CONV))
+        db.execute(
+            conn, "UPDATE messages SET attachments = ? WHERE conversation_id = ?", (b"{", CONV)
+        )
+    inbox = await client.get(f"/v1/inbox/conversations/{CONV}")
+    assert inbox.status_code == 200, inbox.text
+    assert inbox.json()["contact"] == {}
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("delivery_id", [str(HUGE), str(2**63), "-1", "0", "1e3", "٣"])
 async def test_a_delivery_id_out_of_range_is_not_found(
     client: httpx.AsyncClient, delivery_id: str

@@ -13,9 +13,7 @@ import logging
 import os
 import resource
 import selectors
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -25,11 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from servers import CLI, Server
 from webhook_plugin.runtime.server import Throttle, ThrottleFilter, default_max_connections
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CLI = [sys.executable, "-m", "webhook_plugin.cli"]
 # the CLI under `ulimit -n N` (soft and hard): python -c LIMITED N serve ...
 LIMITED = (
     "import resource, runpy, sys; n = int(sys.argv.pop(1));"
@@ -38,12 +36,6 @@ LIMITED = (
 )
 HEAD_TIMEOUT = 1.0
 MARGIN = 6.0  # seconds a closure may come late on a loaded machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp: Path) -> Path:
@@ -60,40 +52,12 @@ api_token = "{TOKEN}"
     return path
 
 
-class Serve:
+class Serve(Server):
     """`webhook-plugin serve` in a subprocess, started and stopped like a user would."""
 
     def __init__(self, tmp: Path, *options: str, fd_limit: int | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / f"serve-{self.port}.log"
         cli = CLI if fd_limit is None else [sys.executable, "-c", LIMITED, str(fd_limit)]
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *cli,
-                    "serve",
-                    "--config",
-                    str(write_config(tmp)),
-                    "--port",
-                    str(self.port),
-                    *list(options),
-                ],
-                cwd=tmp,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            if self.proc.poll() is not None:
-                break
-        self.stop()
-        raise AssertionError(f"server did not start:\n{self.log.read_text()}")
+        super().__init__(write_config(tmp), tmp, *options, cli=cli)
 
     def connect(self) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
@@ -105,16 +69,6 @@ class Serve:
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.log.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
     finally:
         store.close()
     versions = sqlite3.connect(path).execute("SELECT * FROM schema_versions").fetchall()
-    assert sorted(versions) == [("chat", 1), ("delivery", 1)]
+    assert sorted(versions) == [("chat", 1), ("delivery", 2)]
 
 
 def test_the_delivery_store_alone_has_no_chat_tables(tmp_path: Path) -> None:
@@ -54,7 +55,13 @@ def test_the_delivery_store_alone_has_no_chat_tables(tmp_path: Path) -> None:
             "SELECT name FROM sqlite_master WHERE type = 'table'"
         )
     }
-    assert tables == {"deliveries", "attempts", "webhook_settings", "schema_versions"}
+    assert tables == {
+        "deliveries",
+        "attempts",
+        "webhook_settings",
+        "queued_signal",
+        "schema_versions",
+    }
 
 
 @pytest.mark.parametrize(
@@ -121,3 +128,39 @@ def test_stored_answers_past_the_retention_are_forgotten(make_store: Callable[[]
         assert chat.get_outcome("c", "new") == b"{}"
     finally:
         db.close()
+
+
+def test_a_sqlite_watcher_wakes_on_queued_deliveries_not_on_other_commits(tmp_path: Path) -> None:
+    import threading
+
+    from webhook_plugin.events import WebhookEventType
+    from webhook_plugin.settings import WebhookSettings
+    from webhook_plugin.storage.base import NewDelivery
+
+    store = SQLiteStore(tmp_path / "watch.db")
+    store.open()
+    try:
+        store.put_settings("a", WebhookSettings(url="http://127.0.0.1:9/"))
+        # a commit that queues nothing (as claims and attempt results do) wakes no one
+        woken: list[bool] = []
+        watcher = threading.Thread(target=lambda: woken.append(store.wait_for_new(0.5)))
+        watcher.start()
+        store.put_settings("a", WebhookSettings(url="http://127.0.0.1:9/b"))
+        watcher.join()
+        assert woken == [False]
+        # a transaction that queues deliveries does
+        watcher = threading.Thread(target=lambda: woken.append(store.wait_for_new(5)))
+        watcher.start()
+        time.sleep(0.2)  # it has read the counter
+        store.insert_deliveries(
+            [
+                NewDelivery(
+                    webhook_id="w1", agent_id="a", event_type=WebhookEventType.AGENT_USER_MESSAGE,
+                    body=b"{}", created_at=1.0, next_attempt_at=1.0,
+                )
+            ]
+        )  # fmt: skip
+        watcher.join()
+        assert woken == [False, True]
+    finally:
+        store.close()

@@ -4,7 +4,11 @@
 connection passes through :class:`ConnectionGate` before asyncio or uvicorn
 sees it: over the cap, the connection waiting longest for its first request
 head makes room, or the newcomer gets ``503`` and is closed before it is read.
-"""
+
+asyncio on purpose: like :mod:`.server`, this is a piece of uvicorn's server,
+which runs on asyncio only, and only ``webhook-plugin serve`` imports it. The
+app it serves, the plugin and the delivery engine use anyio and run on trio
+too (the in-process API and console tests run on both)."""
 
 from __future__ import annotations
 

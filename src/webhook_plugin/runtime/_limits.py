@@ -1,6 +1,11 @@
 """The limits ``webhook-plugin serve`` applies to its clients, and the pieces they
 need: the open-file limit, log throttles, the minimal answers sent to refused
-connections. See :mod:`.server` for how they are applied."""
+connections. See :mod:`.server` for how they are applied.
+
+asyncio on purpose: like :mod:`.server`, this is a piece of uvicorn's server,
+which runs on asyncio only, and only ``webhook-plugin serve`` imports it. The
+app it serves, the plugin and the delivery engine use anyio and run on trio
+too (the in-process API and console tests run on both)."""
 
 from __future__ import annotations
 

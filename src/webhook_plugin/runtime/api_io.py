@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..exceptions import NotFound, SettingsError, StorageError
-from ..settings import SettingsInput
+from ..settings import SettingsInput, mask_header
 from ..storage.base import DeliveryRecord
 from . import timestamps
 from .pipeline import Conflict, check_created_at
@@ -41,6 +42,7 @@ __all__ = [
     "iso",
     "json",
     "parse_id",
+    "unmask_header",
 ]
 
 MAX_TEXT_BYTES = 64 * 1024
@@ -233,3 +235,32 @@ exception_handlers: dict[Any, Any] = {
     StorageError: _storage_error,
     HTTPException: _http_error,
 }
+
+
+def unmask_header(
+    field: str, given: str | None, current: str | None, url: str | None, current_url: str | None
+) -> str | None:
+    # A client that GETs the settings and PUTs them back sends the masked
+    # header: keep the stored value rather than saving "****", but only for
+    # the same origin: as browsers drop Authorization on a cross-origin
+    # redirect, a header is never sent to a host it was not typed for.
+    if given is not None and current is not None and given == mask_header(current):
+        if _origin(url) != _origin(current_url):
+            raise SettingsError(
+                field,
+                "is masked, but the URL now points to another host: type the header's value"
+                " again (a masked value is only kept while the scheme, host and port stay)",
+            )
+        return current
+    return given
+
+
+def _origin(url: str | None) -> tuple[str, str, int] | None:
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port

@@ -5,10 +5,11 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
+from .api_io import exception_handlers
 from .config import RuntimeConfig
 from .console import Console
 from .middleware import WebhookMiddleware
-from .routes import exception_handlers, routes
+from .routes import routes
 from .security import BodyLimitMiddleware, TokenAuthMiddleware
 
 __all__ = ["create_app"]

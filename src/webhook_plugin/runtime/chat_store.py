@@ -31,6 +31,22 @@ _contact_decoder = msgspec.json.Decoder(dict[str, str])
 _attachments_decoder = msgspec.json.Decoder(list[dict[str, Any]])
 
 
+def _contact(raw: bytes) -> dict[str, str]:
+    """A stored contact; one written in another shape (another version, a hand
+    edit) reads as unknown rather than failing its conversation's every page."""
+    try:
+        return _contact_decoder.decode(raw)
+    except (msgspec.DecodeError, TypeError):
+        return {}
+
+
+def _attachments(raw: bytes) -> list[dict[str, Any]]:
+    try:
+        return _attachments_decoder.decode(raw)
+    except (msgspec.DecodeError, TypeError):
+        return []
+
+
 class ConversationRecord(msgspec.Struct, kw_only=True):
     id: str
     agent_id: str
@@ -248,7 +264,7 @@ class SQLChatStore:
             agent_id=row[1],
             channel=row[2],
             ai_enabled=bool(row[3]),
-            contact=_contact_decoder.decode(row[4]),
+            contact=_contact(row[4]),
             created_at=row[5],
             last_user_message_at=row[6],
         )
@@ -316,7 +332,7 @@ class SQLChatStore:
                 text=r[3],
                 created_at=r[4],
                 status=r[5],
-                attachments=_attachments_decoder.decode(r[6]),
+                attachments=_attachments(r[6]),
             )
             for r in rows
         ]
@@ -362,7 +378,7 @@ class SQLChatStore:
                     agent_id=r[1],
                     channel=r[2],
                     ai_enabled=bool(r[3]),
-                    contact=_contact_decoder.decode(r[4]),
+                    contact=_contact(r[4]),
                     created_at=r[5],
                     last_user_message_at=r[6],
                 ),

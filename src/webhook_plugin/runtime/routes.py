@@ -6,7 +6,6 @@ of every answer and error, is in :mod:`.api_io`.
 from __future__ import annotations
 
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import msgspec
 from starlette.requests import Request
@@ -16,12 +15,11 @@ from starlette.routing import Route
 from ..delivery.metrics import CONTENT_TYPE
 from ..exceptions import NotFound, SettingsError
 from ..models import Attachment, Group
-from ..settings import SettingsInput, WebhookSettings, mask_header
+from ..settings import SettingsInput, WebhookSettings
 from ..storage.base import DeliveryStatus
 from . import timestamps
 from .api_io import (
     MAX_ID,
-    MAX_TEXT_BYTES,
     ApiError,
     ConversationPatch,
     InboxMessageIn,
@@ -32,26 +30,14 @@ from .api_io import (
     checked_created_at,
     decode,
     delivery_json,
-    exception_handlers,
     iso,
     json,
     parse_id,
+    unmask_header,
 )
 from .middleware import pipeline_from
 
-__all__ = [
-    "MAX_ID",
-    "MAX_TEXT_BYTES",
-    "ApiError",
-    "ConversationPatch",
-    "InboxMessageIn",
-    "SettingsIn",
-    "UserMessageIn",
-    "check_agent_id",
-    "exception_handlers",
-    "parse_id",
-    "routes",
-]
+__all__ = ["routes"]
 
 
 # -- chat -------------------------------------------------------------------------------------
@@ -120,35 +106,6 @@ async def get_webhook(request: Request) -> Response:
     return json({"agentId": agent_id, **settings.public()})
 
 
-def _unmask(
-    field: str, given: str | None, current: str | None, url: str | None, current_url: str | None
-) -> str | None:
-    # A client that GETs the settings and PUTs them back sends the masked
-    # header: keep the stored value rather than saving "****", but only for
-    # the same origin: as browsers drop Authorization on a cross-origin
-    # redirect, a header is never sent to a host it was not typed for.
-    if given is not None and current is not None and given == mask_header(current):
-        if _origin(url) != _origin(current_url):
-            raise SettingsError(
-                field,
-                "is masked, but the URL now points to another host: type the header's value"
-                " again (a masked value is only kept while the scheme, host and port stay)",
-            )
-        return current
-    return given
-
-
-def _origin(url: str | None) -> tuple[str, str, int] | None:
-    if not url:
-        return None
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return None
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port
-
-
 async def put_webhook(request: Request) -> Response:
     pipeline = pipeline_from(request)
     agent_id = request.path_params["agent_id"]
@@ -157,13 +114,13 @@ async def put_webhook(request: Request) -> Response:
     current = await pipeline.engine.get_settings(agent_id) or WebhookSettings()
     settings = WebhookSettings.validated(
         url=body.url,
-        header=_unmask("header", body.header, current.header, body.url, current.url),
+        header=unmask_header("header", body.header, current.header, body.url, current.url),
         # None keeps the current secret, read in the transaction that writes:
         # passing the one read here would undo a rotation made meanwhile
         signing_secret=body.signing_secret,
         events=body.events,
         user_info_url=body.user_info_url,
-        user_info_header=_unmask(
+        user_info_header=unmask_header(
             "userInfoHeader",
             body.user_info_header,
             current.user_info_header,

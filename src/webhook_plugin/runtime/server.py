@@ -31,6 +31,10 @@ times per second. This module adds, in a subclass of uvicorn's
 
 Idle or slow connections are closed silently otherwise: on the internet they
 are routine and a line per connection is what an attacker would like.
+
+asyncio on purpose: uvicorn runs on asyncio only, and only the CLI's
+``serve`` imports this module. The app it serves, the plugin and the delivery
+engine stay on anyio and run on trio too.
 """
 
 from __future__ import annotations

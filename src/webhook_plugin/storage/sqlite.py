@@ -25,8 +25,9 @@ __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-#: seconds between two looks at ``PRAGMA data_version``
-_WATCH_INTERVAL: Final = 0.005
+#: seconds between two looks at the queued-deliveries counter: 5 ms after a
+#: change, growing to 50 ms while nothing happens (an idle process stays idle)
+_WATCH_INTERVAL: Final = (0.005, 0.05)
 
 #: the delivery store's tables (the runtime's chat store has its own migrations)
 _MIGRATIONS: list[str] = [
@@ -73,6 +74,15 @@ _MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    # version 2: a counter bumped by every transaction that queues deliveries,
+    # which a worker on the same file watches (SQLite's NOTIFY, in effect)
+    """
+    CREATE TABLE IF NOT EXISTS queued_signal (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        n INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO queued_signal (id, n) VALUES (1, 0);
+    """,
 ]
 
 
@@ -99,17 +109,17 @@ class SQLiteStore(SQLStore):
 
     dialect: ClassVar[str] = "sqlite"
     #: another process on the same file (``webhook-plugin worker``) sees new
-    #: deliveries through ``PRAGMA data_version``, which changes with every
-    #: commit of another connection: cheap to ask, no disk read
+    #: deliveries through a counter their transactions bump (:meth:`wait_for_new`)
     supports_notify: ClassVar[bool] = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._write: sqlite3.Connection | None = None
         self._read: sqlite3.Connection | None = None
-        #: asks ``PRAGMA data_version`` for :meth:`wait_for_new` (one thread at a time)
+        #: reads the queued-deliveries counter for :meth:`wait_for_new` (one thread at a time)
         self._watch: sqlite3.Connection | None = None
         self._watch_lock = threading.Lock()
+        self._watch_pause = _WATCH_INTERVAL[0]
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
 
@@ -152,22 +162,33 @@ class SQLiteStore(SQLStore):
                     conn.close()
             self._read = self._write = self._watch = None
 
+    def _after_insert(self, conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE queued_signal SET n = n + 1")
+
     def wait_for_new(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a commit by another connection (a
-        process queuing events on the same file, or this one's own writers)."""
+        """Block up to ``timeout`` seconds until a transaction queues deliveries (a
+        process on the same file, such as ``serve --no-workers``, or this one).
+
+        It watches a counter that only those transactions bump, so that
+        claims and recorded attempts, which commit far more often, wake no one.
+        """
         deadline = time.monotonic() + timeout
         with self._watch_lock:
             if self._write is None:
                 raise StorageError(f"{self!r} is not open")
             if self._watch is None:
                 self._watch = sqlite3.connect(self.path, check_same_thread=False)
-            watch = self._watch
+            watch, query = self._watch, "SELECT n FROM queued_signal"
             try:
-                seen = watch.execute("PRAGMA data_version").fetchone()[0]
+                seen = watch.execute(query).fetchone()
+                pause = self._watch_pause
                 while time.monotonic() < deadline:
-                    time.sleep(_WATCH_INTERVAL)
-                    if watch.execute("PRAGMA data_version").fetchone()[0] != seen:
+                    time.sleep(pause)
+                    if watch.execute(query).fetchone() != seen:
+                        self._watch_pause = _WATCH_INTERVAL[0]
                         return True
+                    pause = min(pause * 2, _WATCH_INTERVAL[1])
+                self._watch_pause = pause
             except sqlite3.Error as exc:
                 raise StorageError(f"SQLite read failed: {exc}") from exc
         return False

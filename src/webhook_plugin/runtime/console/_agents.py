@@ -23,8 +23,8 @@ from ...settings import (
     parse_header,
     validate_url,
 )
+from ..api_io import unmask_header
 from ..middleware import pipeline_from
-from ..routes import _unmask
 from ._health import duration
 from ._render import agent_label, db, field, path_agent_id, redirect, render, seg, when
 from ._session import read_form, session_of
@@ -161,7 +161,7 @@ async def webhook_save(request: Request) -> Response:
         ),
     ):  # fmt: skip
         try:
-            value = _unmask(api_name, typed[name] or None, stored, url or None, stored_url)
+            value = unmask_header(api_name, typed[name] or None, stored, url or None, stored_url)
             if value:
                 parse_header(value, api_name)
             headers[name] = value

@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import channels
+from ..api_io import MAX_TEXT_BYTES
 from ..middleware import pipeline_from
-from ..routes import MAX_TEXT_BYTES
 from ._render import db, field, redirect, render, seg
 from ._session import read_form, session_of
 

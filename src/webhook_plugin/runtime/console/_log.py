@@ -15,8 +15,8 @@ from starlette.responses import Response
 from ...exceptions import NotFound
 from ...settings import WebhookSettings
 from ...storage.base import DeliveryStatus
+from ..api_io import parse_id
 from ..middleware import pipeline_from
-from ..routes import parse_id
 from ._health import BUCKET_SECONDS, HOURS, health_strip
 from ._render import db, field, local_target, path_agent_id, redirect, render, seg
 from ._session import read_form, session_of

@@ -17,7 +17,7 @@ import msgspec
 from ..._version import __version__
 from ...events import WebhookEventType
 from ...payloads import PAYLOAD_TYPES, WebhookTest
-from ..routes import ConversationPatch, InboxMessageIn, SettingsIn, UserMessageIn
+from ..api_io import ConversationPatch, InboxMessageIn, SettingsIn, UserMessageIn
 from ._answers import ANSWERS
 
 __all__ = ["ANSWERS", "openapi_document"]

@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ...exceptions import NotFound, StorageError
-from ..routes import ApiError
+from ..api_io import ApiError
 from ._agents import agents, index, open_agent, rotate_secret, webhook_save, webhook_tab
 from ._api_page import api_page, openapi_json
 from ._inbox import conversation, inbox, send_message, set_ai

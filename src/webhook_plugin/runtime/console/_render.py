@@ -18,8 +18,8 @@ from starlette.templating import Jinja2Templates
 
 from ..._version import __version__
 from .. import timestamps
+from ..api_io import check_agent_id
 from ..middleware import pipeline_from
-from ..routes import check_agent_id
 from ._health import duration
 from ._session import session_of
 
