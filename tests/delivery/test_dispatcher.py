@@ -132,3 +132,43 @@ def test_an_endpoint_parked_for_its_lane_is_woken_when_the_lane_frees() -> None:
         taken.append((next_one[0].id, next_one[1]))
     assert sorted(taken) == [(2, "quick"), (3, "new")]  # b got the lane a left
     assert d._parked == {}
+
+
+class ReleasingStore:
+    """Claims nothing; notes what the dispatcher hands back when it stops."""
+
+    def __init__(self) -> None:
+        self.released: list[int] = []
+
+    def claim_due(self, **kw: object) -> list[ClaimedDelivery]:
+        return []
+
+    def release(self, ids: Sequence[int], owner: str) -> None:
+        self.released.extend(ids)
+
+
+async def test_work_handed_to_a_worker_as_stop_comes_is_left_for_the_next_start() -> None:
+    """The handing over and the stop happen with no checkpoint between them, as when
+    the claim that fed the workers returns right before the engine stops: the
+    workers are woken with work, and must leave it rather than start it."""
+    store = ReleasingStore()
+    client = GatedClient(anyio.Event())
+    results: list[AttemptResult] = []
+    d = Dispatcher(
+        store,  # type: ignore[arg-type]
+        client,
+        results.append,
+        policy=RetryPolicy(),
+        concurrency=2,
+        poll_interval=0.05,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        await anyio.sleep(0.05)  # both workers wait for work
+        d._ready.extend([delivery(1, "a"), delivery(2, "b"), delivery(3, "c")])
+        d._hand_over()
+        with anyio.fail_after(2):
+            await d.stop(grace=5)
+    assert client.posted == [] and results == []
+    assert sorted(store.released) == [1, 2, 3]  # every lease handed back, once
+    assert d.lanes.busy == {"quick": 0, "new": 0, "slow": 0}

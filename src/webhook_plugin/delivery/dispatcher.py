@@ -19,16 +19,18 @@ never send the same delivery at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import anyio
 import anyio.abc
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..exceptions import RequestTimeout, StorageError, TransportError
 from ..settings import WebhookSettings
@@ -45,6 +47,8 @@ __all__ = ["Dispatcher"]
 log = structlog.get_logger("webhook_plugin.delivery")
 
 _EXCERPT_BYTES: Final = 512
+
+T = TypeVar("T")
 
 
 class Dispatcher:
@@ -102,24 +106,29 @@ class Dispatcher:
         self._parked: dict[str, deque[ClaimedDelivery]] = {}
         #: deliveries claimed and not yet taken by a worker
         self._ready: deque[ClaimedDelivery] = deque()
-        #: deliveries a worker is attempting
+        #: deliveries handed to a worker and not yet done
         self._in_flight: set[int] = set()
-        self._work: anyio.Event | None = None  # made in run(): it needs a running loop
-        self._wake_event: anyio.Event | None = None
-        self._low_event: anyio.Event | None = None
-        self._idle_event: anyio.Event | None = None
-        self._workers_scope: anyio.CancelScope | None = None
-        self._woken = False
+        #: leases stop() hands back for the next start
+        self._left: list[int] = []
+        #: workers with no attempt in flight and none queued for them
+        self._free = concurrency
         self._next_retry_at: float | None = None
         self._stopping = False
+        # The coordination, made in run() (memory-object streams need a running
+        # loop): attempts handed to the workers (one buffered per free worker, so
+        # handing one over never waits); a wake-up for the claim loop (one token:
+        # wakes that come while it claims are not lost, and many are one); a
+        # token for stop() when the last attempt in flight ends.
+        self._jobs: _Stream[tuple[ClaimedDelivery, Lane]] | None = None
+        self._wakeups: _Stream[None] | None = None
+        self._idle: _Stream[None] | None = None
+        self._workers_scope: anyio.CancelScope | None = None
 
     # signals from the engine ---------------------------------------------------------------
 
     def wake(self) -> None:
         """New deliveries may be due: look now rather than at the next poll."""
-        self._woken = True
-        if self._wake_event is not None:
-            self._wake_event.set()
+        _signal(self._wakeups)
 
     def retry_scheduled(self, at: float) -> None:
         """A retry falls due at ``at``: make sure the claim loop looks then."""
@@ -133,26 +142,39 @@ class Dispatcher:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Claim and deliver until :meth:`stop`."""
-        self._work = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            self._workers_scope = tg.cancel_scope
-            for _ in range(self._concurrency):
-                tg.start_soon(self._worker)
-            task_status.started()
-            await self._claim_loop()
-            # the workers finish their attempts, or stop() cancels them
+        self._jobs = _Stream.open(self._concurrency)
+        self._wakeups = _Stream.open(1)
+        self._idle = _Stream.open(1)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._workers_scope = tg.cancel_scope
+                for _ in range(self._concurrency):
+                    tg.start_soon(self._worker, self._jobs.receive)
+                task_status.started()
+                await self._claim_loop()
+                # the workers finish their attempts and return once stop() has
+                # closed the jobs stream, or stop() cancels them
+        finally:
+            # a crash: what was handed over and not taken goes back to the
+            # front of the queue, for the restarted loop
+            self._ready.extendleft(reversed(self._take_back()))
+            for stream in (self._jobs, self._wakeups, self._idle):
+                stream.close()
+            # no worker is left: whatever a cancelled hand-over lost, every slot is free
+            self._in_flight.clear()
+            self._busy.clear()
+            self.lanes.busy.update(dict.fromkeys(self.lanes.busy, 0))
+            self._free = self._concurrency
 
     async def _claim_loop(self) -> None:
-        ready = self._ready
+        assert self._wakeups is not None
+        wakeups, ready = self._wakeups.receive, self._ready
         # keep up to two rounds of work at hand; claim again below one round
         target, low = 2 * self._concurrency, self._concurrency
         while not self._stopping:
             if len(ready) >= low:
-                self._low_event = anyio.Event()
-                await self._low_event.wait()
-                self._low_event = None
+                await _wait(wakeups)  # the workers ask for more (or the engine wakes us)
                 continue
-            self._woken = False
             now = self._clock()
             limit = max(1, min(target - len(ready), self._claim_batch))
             try:
@@ -190,14 +212,48 @@ class Dispatcher:
                 return
             if claimed:
                 ready.extend(claimed)
-                self._work_arrived()
-            elif not self._stopping:
-                await self._sleep(now)  # nothing due: wait for new work or a retry
+                self._hand_over()
+            else:  # nothing due: wait for new work, a retry or the next poll
+                await _wait(wakeups, self._nothing_due_for(now))
 
-    def _work_arrived(self) -> None:
-        work, self._work = self._work, anyio.Event()
-        if work is not None:
-            work.set()
+    def _nothing_due_for(self, now: float) -> float:
+        delay = self._poll_interval
+        if self._next_retry_at is not None:
+            delay = max(0.0, min(delay, self._next_retry_at - now))
+            if self._next_retry_at <= now + delay:
+                self._next_retry_at = None
+        return delay
+
+    def _hand_over(self) -> None:
+        """Give free workers the next deliveries their endpoints may start, and ask
+        the claim loop for more when the queue runs low."""
+        if self._stopping or self._jobs is None:
+            return
+        while self._free:
+            taken = self._next()
+            if taken is None and not (self._parked and self._unpark_stalled()):
+                break
+            if taken is not None:
+                self._free -= 1
+                self._in_flight.add(taken[0].id)
+                self._jobs.send.send_nowait(taken)  # room for one per free worker
+        if len(self._ready) < self._concurrency:
+            _signal(self._wakeups)
+
+    def _take_back(self) -> list[ClaimedDelivery]:
+        """The deliveries handed to workers and not yet taken, their slots freed."""
+        taken_back: list[ClaimedDelivery] = []
+        if self._jobs is None:
+            return taken_back
+        while True:
+            try:
+                delivery, lane = self._jobs.receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return taken_back
+            self._free += 1
+            self._in_flight.discard(delivery.id)
+            self._release_slot(delivery.agent_id, lane)
+            taken_back.append(delivery)
 
     def _next(self) -> tuple[ClaimedDelivery, Lane] | None:
         """The next delivery whose endpoint may start an attempt, and its lane.
@@ -217,13 +273,17 @@ class Dispatcher:
             return delivery, lane
         return None
 
-    def _slot_freed(self, agent_id: str, lane: Lane) -> None:
+    def _release_slot(self, agent_id: str, lane: Lane) -> int:
         left = self._busy[agent_id] - 1
         if left:
             self._busy[agent_id] = left
         else:
             del self._busy[agent_id]
         self.lanes.busy[lane] -= 1
+        return left
+
+    def _slot_freed(self, agent_id: str, lane: Lane) -> None:
+        left = self._release_slot(agent_id, lane)
         # as many of its parked deliveries as its cap now allows (a probe that
         # went well opens several slots at once)
         room = max(1, self.lanes.cap(agent_id) - left)
@@ -238,7 +298,7 @@ class Dispatcher:
 
     def _unpark_stalled(self) -> bool:
         """Give a turn to a parked endpoint with nothing in flight: no slot of its
-        own will free up to wake it. The workers' safety net when idle."""
+        own will free up to wake it."""
         for agent_id in self._parked:
             if not self._busy.get(agent_id) and self.lanes.may_start(agent_id, 0):
                 return self._unpark(agent_id)
@@ -252,27 +312,15 @@ class Dispatcher:
         self._ready.extendleft(reversed(taken))  # their turn comes first, in order
         if not parked:
             del self._parked[agent_id]
-        self._work_arrived()
         return True
 
-    async def _worker(self) -> None:
-        while True:
-            taken = self._next()
-            if len(self._ready) < self._concurrency and self._low_event is not None:
-                self._low_event.set()  # time to claim more
-            if taken is None:
-                if self._stopping:
-                    return
-                if self._parked and self._unpark_stalled():
-                    continue
-                work = self._work
-                assert work is not None
-                await work.wait()
-                continue
-            delivery, lane = taken
-            self._in_flight.add(delivery.id)
+    async def _worker(self, jobs: MemoryObjectReceiveStream[tuple[ClaimedDelivery, Lane]]) -> None:
+        async for delivery, lane in jobs:
             try:
-                await self._deliver(delivery)
+                if self._stopping:  # handed over as stop() came: leave it for the next start
+                    self._left.append(delivery.id)
+                else:
+                    await self._deliver(delivery)
             except Exception:
                 # Nothing one delivery does may end a worker. Its lease runs
                 # out and it is claimed again.
@@ -281,39 +329,27 @@ class Dispatcher:
                 )
             finally:
                 self._in_flight.discard(delivery.id)
+                self._free += 1
                 self._slot_freed(delivery.agent_id, lane)
-                if self._idle_event is not None and not self._in_flight:
-                    self._idle_event.set()
-
-    async def _sleep(self, now: float) -> None:
-        if self._woken:  # something arrived while we were claiming
-            return
-        delay = self._poll_interval
-        if self._next_retry_at is not None:
-            delay = max(0.0, min(delay, self._next_retry_at - now))
-            if self._next_retry_at <= now + delay:
-                self._next_retry_at = None
-        self._wake_event = anyio.Event()
-        with anyio.move_on_after(delay):
-            await self._wake_event.wait()
-        self._wake_event = None
+                self._hand_over()
+                if self._stopping and not self._in_flight:
+                    _signal(self._idle)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming; give attempts in flight ``grace`` seconds, then cancel them
         and release their leases (and those of work not started) for the next start."""
         self._stopping = True
-        self.wake()
-        if self._low_event is not None:
-            self._low_event.set()
-        left = [d.id for d in self._ready]
+        left = self._left
+        left += [d.id for d in self._take_back()]
+        left += [d.id for d in self._ready]
         left += [d.id for q in self._parked.values() for d in q]
         self._ready.clear()
         self._parked.clear()
-        self._work_arrived()  # idle workers see the stop and return
-        if self._in_flight:
-            self._idle_event = anyio.Event()
-            with anyio.move_on_after(grace):
-                await self._idle_event.wait()
+        if self._jobs is not None:
+            self._jobs.send.close()  # idle workers return; busy ones after their attempt
+        _signal(self._wakeups)  # the claim loop sees the stop
+        if self._in_flight and self._idle is not None:
+            await _wait(self._idle.receive, grace)
         left += self._in_flight
         if self._in_flight and self._workers_scope is not None:
             self._workers_scope.cancel()
@@ -441,3 +477,37 @@ class Dispatcher:
             next_attempt_at=outcome.next_attempt_at,
             disable_reason=outcome.disable_reason,
         )
+
+
+class _Stream(Generic[T]):
+    """Both ends of one memory-object stream."""
+
+    __slots__ = ("receive", "send")
+
+    def __init__(
+        self, send: MemoryObjectSendStream[T], receive: MemoryObjectReceiveStream[T]
+    ) -> None:
+        self.send, self.receive = send, receive
+
+    @classmethod
+    def open(cls, size: int) -> _Stream[T]:
+        send, receive = anyio.create_memory_object_stream[T](size)
+        return cls(send, receive)
+
+    def close(self) -> None:
+        self.send.close()
+        self.receive.close()
+
+
+def _signal(stream: _Stream[None] | None) -> None:
+    """Leave a token (one is enough: a second one is dropped)."""
+    if stream is not None:
+        with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
+            stream.send.send_nowait(None)
+
+
+async def _wait(tokens: MemoryObjectReceiveStream[None], timeout: float | None = None) -> None:
+    """Take a token, or return after ``timeout`` seconds or once the stream is closed."""
+    with anyio.move_on_after(timeout):
+        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
+            await tokens.receive()
