@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Sequence
 
 import anyio
@@ -119,19 +118,22 @@ def test_an_endpoint_parked_for_its_lane_is_woken_when_the_lane_frees() -> None:
     for a slot of its own, and must get it when the first's probe ends (its
     endpoint becomes quick meanwhile)."""
     d = Dispatcher(None, None, lambda r: None, policy=RetryPolicy(), concurrency=2)  # type: ignore[arg-type]
-    d._ready = deque([delivery(1, "a"), delivery(2, "a"), delivery(3, "b")])
-    first = d._next()
+    d.backlog.ready.extend([delivery(1, "a"), delivery(2, "a"), delivery(3, "b")])
+    first = d.backlog.next()
     assert first is not None and first[0].id == 1 and first[1] == "new"
-    assert d._next() is None  # a's second waits for a's probe, b for the new lane
-    assert {agent: [x.id for x in q] for agent, q in d._parked.items()} == {"a": [2], "b": [3]}
+    assert d.backlog.next() is None  # a's second waits for a's probe, b for the new lane
+    assert {agent: [x.id for x in q] for agent, q in d.backlog.parked.items()} == {
+        "a": [2],
+        "b": [3],
+    }
     assert d.lanes.lane("b") == "new"  # b is parked for its lane: it has no attempt in flight
     d.lanes.observe("a", slow=False)  # a's probe answered quickly
-    d._slot_freed("a", "new")
+    d.backlog.done("a", "new")
     taken = []
-    while (next_one := d._next()) is not None:
+    while (next_one := d.backlog.next()) is not None:
         taken.append((next_one[0].id, next_one[1]))
     assert sorted(taken) == [(2, "quick"), (3, "new")]  # b got the lane a left
-    assert d._parked == {}
+    assert d.backlog.parked == {}
 
 
 class ReleasingStore:
@@ -165,7 +167,7 @@ async def test_work_handed_to_a_worker_as_stop_comes_is_left_for_the_next_start(
     async with anyio.create_task_group() as tg:
         await tg.start(d.run)
         await anyio.sleep(0.05)  # both workers wait for work
-        d._ready.extend([delivery(1, "a"), delivery(2, "b"), delivery(3, "c")])
+        d.backlog.ready.extend([delivery(1, "a"), delivery(2, "b"), delivery(3, "c")])
         d._hand_over()
         with anyio.fail_after(2):
             await d.stop(grace=5)

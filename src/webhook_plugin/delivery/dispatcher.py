@@ -1,15 +1,20 @@
-"""The dispatcher: claims due deliveries, POSTs them, records every attempt.
+"""The dispatcher: claims due deliveries, hands them to workers, records every attempt.
 
 A fixed pool of worker tasks (``concurrency`` of them) takes deliveries from
-a local queue; one claim loop keeps that queue filled, leasing due deliveries
-in batches (one thread hop fetches many), so a worker never waits for a claim
-to start its next attempt. Concurrency is capped overall (the pool) and per
-endpoint, by caps that shrink for endpoints that time out
+a memory-object stream; one claim loop keeps a local backlog filled, leasing
+due deliveries in batches (one thread hop fetches many), so a worker never
+waits for a claim to start its next attempt. Concurrency is capped overall
+(the pool) and per endpoint, by caps that shrink for endpoints that time out
 (:mod:`.lanes`), so that endpoints that never answer hold only their own
-slots. Each attempt's outcome is decided by :func:`.outcome.classify`, and
-nothing one delivery does (whatever its receiver answers, whatever an attempt
-raises) can end a loop. Results go to a :class:`Batcher`, so that recording
-thousands of attempts costs a handful of transactions.
+slots. What one attempt is (sign, POST, classify, log) is :mod:`.attempt`'s;
+nothing one delivery does can end a loop. Results go to a :class:`Batcher`,
+so that recording thousands of attempts costs a handful of transactions.
+
+The loops coordinate through memory-object streams only: the jobs stream
+(a delivery goes in only for a free worker, so handing over never waits), a
+one-token stream that wakes the claim loop (a wake-up that comes while it
+claims is kept, and many are one), and a one-token stream that tells
+:meth:`Dispatcher.stop` the last attempt in flight has ended.
 
 A lease is always longer than an attempt can take (``2 x timeout + 5 s``) and a
 delivery whose lease would run out before its attempt could finish (it waited
@@ -23,30 +28,24 @@ import contextlib
 import functools
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from typing import Final, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 import anyio.abc
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..exceptions import RequestTimeout, StorageError, TransportError
-from ..settings import WebhookSettings
+from ..exceptions import StorageError
 from ..storage.base import AttemptResult, ClaimedDelivery, Store
+from .attempt import attempt, give_up
 from .client import HttpClient
-from .lanes import EndpointLanes, Lane
-from .outcome import classify
-from .redaction import redact, secrets_of
+from .lanes import Backlog, EndpointLanes, Lane
 from .retry import RetryPolicy
-from .signing import signed_headers
 
 __all__ = ["Dispatcher"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
-
-_EXCERPT_BYTES: Final = 512
 
 T = TypeVar("T")
 
@@ -94,18 +93,14 @@ class Dispatcher:
         self._limiter = limiter or anyio.CapacityLimiter(1)
         self.owner = uuid.uuid4().hex
         self.lease_seconds = 2 * timeout + 5.0
-        #: attempts in flight per endpoint (agent), capped by ``self.lanes``
-        self._busy: dict[str, int] = {}
         self.lanes = EndpointLanes(
             ceiling=per_endpoint,
             start=4,
             slow_slots=concurrency // 4,
             new_slots=concurrency // 2,
         )
-        #: claimed deliveries waiting for their endpoint to have a free slot
-        self._parked: dict[str, deque[ClaimedDelivery]] = {}
-        #: deliveries claimed and not yet taken by a worker
-        self._ready: deque[ClaimedDelivery] = deque()
+        #: claimed deliveries not yet handed to a worker
+        self.backlog = Backlog(self.lanes)
         #: deliveries handed to a worker and not yet done
         self._in_flight: set[int] = set()
         #: leases stop() hands back for the next start
@@ -157,26 +152,25 @@ class Dispatcher:
         finally:
             # a crash: what was handed over and not taken goes back to the
             # front of the queue, for the restarted loop
-            self._ready.extendleft(reversed(self._take_back()))
+            self.backlog.ready.extendleft(reversed(self._take_back()))
             for stream in (self._jobs, self._wakeups, self._idle):
                 stream.close()
             # no worker is left: whatever a cancelled hand-over lost, every slot is free
             self._in_flight.clear()
-            self._busy.clear()
-            self.lanes.busy.update(dict.fromkeys(self.lanes.busy, 0))
+            self.backlog.reset_slots()
             self._free = self._concurrency
 
     async def _claim_loop(self) -> None:
         assert self._wakeups is not None
-        wakeups, ready = self._wakeups.receive, self._ready
+        wakeups, backlog = self._wakeups.receive, self.backlog
         # keep up to two rounds of work at hand; claim again below one round
         target, low = 2 * self._concurrency, self._concurrency
         while not self._stopping:
-            if len(ready) >= low:
+            if len(backlog) >= low:
                 await _wait(wakeups)  # the workers ask for more (or the engine wakes us)
                 continue
             now = self._clock()
-            limit = max(1, min(target - len(ready), self._claim_batch))
+            limit = max(1, min(target - len(backlog), self._claim_batch))
             try:
                 claimed = await anyio.to_thread.run_sync(
                     functools.partial(
@@ -188,7 +182,7 @@ class Dispatcher:
                         # endpoints with work waiting aside are full: claim for
                         # the others, so a slow endpoint cannot crowd them out
                         # (and no worker hoards its backlog under lease)
-                        skip_agents=tuple(self._parked),
+                        skip_agents=tuple(backlog.parked),
                     ),
                     limiter=self._limiter,
                 )
@@ -211,7 +205,7 @@ class Dispatcher:
                         )
                 return
             if claimed:
-                ready.extend(claimed)
+                backlog.ready.extend(claimed)
                 self._hand_over()
             else:  # nothing due: wait for new work, a retry or the next poll
                 await _wait(wakeups, self._nothing_due_for(now))
@@ -229,15 +223,11 @@ class Dispatcher:
         the claim loop for more when the queue runs low."""
         if self._stopping or self._jobs is None:
             return
-        while self._free:
-            taken = self._next()
-            if taken is None and not (self._parked and self._unpark_stalled()):
-                break
-            if taken is not None:
-                self._free -= 1
-                self._in_flight.add(taken[0].id)
-                self._jobs.send.send_nowait(taken)  # room for one per free worker
-        if len(self._ready) < self._concurrency:
+        while self._free and (taken := self.backlog.next()) is not None:
+            self._free -= 1
+            self._in_flight.add(taken[0].id)
+            self._jobs.send.send_nowait(taken)  # room for one per free worker
+        if len(self.backlog) < self._concurrency:
             _signal(self._wakeups)
 
     def _take_back(self) -> list[ClaimedDelivery]:
@@ -252,67 +242,8 @@ class Dispatcher:
                 return taken_back
             self._free += 1
             self._in_flight.discard(delivery.id)
-            self._release_slot(delivery.agent_id, lane)
+            self.backlog.release(delivery.agent_id, lane)
             taken_back.append(delivery)
-
-    def _next(self) -> tuple[ClaimedDelivery, Lane] | None:
-        """The next delivery whose endpoint may start an attempt, and its lane.
-        Others are parked, so that a slow endpoint holds its own slots and
-        never a worker."""
-        ready, lanes = self._ready, self.lanes
-        while ready:
-            delivery = ready.popleft()
-            agent_id = delivery.agent_id
-            busy = self._busy.get(agent_id, 0)
-            if not lanes.may_start(agent_id, busy):
-                self._parked.setdefault(agent_id, deque()).append(delivery)
-                continue
-            self._busy[agent_id] = busy + 1
-            lane = lanes.lane(agent_id)
-            lanes.busy[lane] += 1
-            return delivery, lane
-        return None
-
-    def _release_slot(self, agent_id: str, lane: Lane) -> int:
-        left = self._busy[agent_id] - 1
-        if left:
-            self._busy[agent_id] = left
-        else:
-            del self._busy[agent_id]
-        self.lanes.busy[lane] -= 1
-        return left
-
-    def _slot_freed(self, agent_id: str, lane: Lane) -> None:
-        left = self._release_slot(agent_id, lane)
-        # as many of its parked deliveries as its cap now allows (a probe that
-        # went well opens several slots at once)
-        room = max(1, self.lanes.cap(agent_id) - left)
-        self._unpark(agent_id, room)
-        if lane == "quick":
-            return
-        # a slot of a shared lane is free: another endpoint may wait for it
-        # (this one may have moved to another lane with the attempt that ended)
-        for other in self._parked:
-            if other != agent_id and self.lanes.lane(other) == lane and self._unpark(other):
-                return
-
-    def _unpark_stalled(self) -> bool:
-        """Give a turn to a parked endpoint with nothing in flight: no slot of its
-        own will free up to wake it."""
-        for agent_id in self._parked:
-            if not self._busy.get(agent_id) and self.lanes.may_start(agent_id, 0):
-                return self._unpark(agent_id)
-        return False
-
-    def _unpark(self, agent_id: str, count: int = 1) -> bool:
-        parked = self._parked.get(agent_id)
-        if not parked:
-            return False
-        taken = [parked.popleft() for _ in range(min(count, len(parked)))]
-        self._ready.extendleft(reversed(taken))  # their turn comes first, in order
-        if not parked:
-            del self._parked[agent_id]
-        return True
 
     async def _worker(self, jobs: MemoryObjectReceiveStream[tuple[ClaimedDelivery, Lane]]) -> None:
         async for delivery, lane in jobs:
@@ -330,7 +261,7 @@ class Dispatcher:
             finally:
                 self._in_flight.discard(delivery.id)
                 self._free += 1
-                self._slot_freed(delivery.agent_id, lane)
+                self.backlog.done(delivery.agent_id, lane)
                 self._hand_over()
                 if self._stopping and not self._in_flight:
                     _signal(self._idle)
@@ -341,10 +272,7 @@ class Dispatcher:
         self._stopping = True
         left = self._left
         left += [d.id for d in self._take_back()]
-        left += [d.id for d in self._ready]
-        left += [d.id for q in self._parked.values() for d in q]
-        self._ready.clear()
-        self._parked.clear()
+        left += self.backlog.clear()
         if self._jobs is not None:
             self._jobs.send.close()  # idle workers return; busy ones after their attempt
         _signal(self._wakeups)  # the claim loop sees the stop
@@ -365,118 +293,31 @@ class Dispatcher:
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
         settings = delivery.settings
         if settings is None or settings.url is None:
-            self._give_up(delivery, "endpoint_removed: the agent has no webhook URL")
+            reason = "endpoint_removed: the agent has no webhook URL"
+            self._record(give_up(delivery, reason, now=self._clock()))
             return
         if settings.disabled:
-            self._give_up(delivery, f"endpoint_disabled: {settings.disabled_reason or 'disabled'}")
+            reason = f"endpoint_disabled: {settings.disabled_reason or 'disabled'}"
+            self._record(give_up(delivery, reason, now=self._clock()))
             return
         if self._clock() + self._timeout > delivery.lease_until:
             # Waited too long for its endpoint: another dispatcher may take it
             # once the lease runs out; do not race it.
             return
-        self._record(await self._attempt(delivery, settings))
-
-    def _give_up(self, delivery: ClaimedDelivery, error: str) -> None:
-        log.warning(
-            "delivery.failed",
-            agent_id=delivery.agent_id,
-            event_type=str(delivery.event_type),
-            webhook_id=delivery.webhook_id,
-            error=error,
-        )
-        self._record(
-            AttemptResult(
-                delivery_id=delivery.id,
-                agent_id=delivery.agent_id,
-                attempt=delivery.attempts,
-                started_at=self._clock(),
-                duration_ms=0.0,
-                status_code=None,
-                error=error,
-                response_excerpt=None,
-                status="failed",
-                next_attempt_at=None,
-                sent=False,
-            )
-        )
-
-    async def _attempt(self, d: ClaimedDelivery, settings: WebhookSettings) -> AttemptResult:
-        assert settings.url is not None
-        started = self._clock()
-        attempt = d.attempts + 1
-        t0 = time.perf_counter()
-        response = error = None
-        try:
-            headers = signed_headers(settings, d.webhook_id, started, d.body)
-            response = await self._client.post(
-                settings.url, headers, d.body, timeout=self._timeout, max_body=_EXCERPT_BYTES
-            )
-        except Exception as exc:
-            error = exc
-            if not isinstance(exc, TransportError):
-                # A bug of ours costs one attempt, recorded and retried like
-                # any failure; never the worker and every delivery behind it.
-                log.error(
-                    "delivery.internal_error",
-                    agent_id=d.agent_id,
-                    webhook_id=d.webhook_id,
-                    error_type=type(exc).__name__,
-                    exc_info=exc,
-                )
-        duration = time.perf_counter() - t0
-        outcome = classify(
-            response=response,
-            error=error,
-            started=started,
-            round_attempts=d.round_attempts,
-            failing_since=d.failing_since,
+        done = await attempt(
+            delivery,
+            settings,
+            client=self._client,
+            timeout=self._timeout,
             policy=self._policy,
+            clock=self._clock,
         )
         self.lanes.observe(
-            d.agent_id,
-            slow=isinstance(error, RequestTimeout) or duration > self._timeout / 2,
+            delivery.agent_id, slow=done.timed_out or done.duration > self._timeout / 2
         )
-        fields = {
-            "agent_id": d.agent_id,
-            "event_type": str(d.event_type),
-            "webhook_id": d.webhook_id,
-            "attempt": attempt,
-            "status": outcome.status_code,
-            "duration_ms": round(duration * 1000, 1),
-        }
-        if outcome.status == "succeeded":
-            log.info("delivery.succeeded", **fields)
-        elif outcome.status == "pending":
-            assert outcome.next_attempt_at is not None
-            self.retry_scheduled(outcome.next_attempt_at)
-            log.info(
-                "delivery.retry_scheduled",
-                error=outcome.error,
-                retry_in=round(outcome.next_attempt_at - started, 3),
-                **fields,
-            )
-        else:
-            log.warning("delivery.failed", error=outcome.error, **fields)
-        if outcome.disable_reason:
-            log.warning("endpoint.disabled", agent_id=d.agent_id, reason=outcome.disable_reason)
-        excerpt = None
-        if response is not None and response.body:
-            # a receiver that echoes requests (as httpbin does) must not put our
-            # header or secret into the delivery log
-            excerpt = redact(response.body.decode("utf-8", "replace"), secrets_of(settings))
-        return AttemptResult(
-            delivery_id=d.id,
-            agent_id=d.agent_id,
-            attempt=attempt,
-            started_at=started,
-            duration_ms=duration * 1000,
-            status_code=outcome.status_code,
-            error=outcome.error,
-            response_excerpt=excerpt,
-            status=outcome.status,
-            next_attempt_at=outcome.next_attempt_at,
-            disable_reason=outcome.disable_reason,
-        )
+        if done.outcome.next_attempt_at is not None:
+            self.retry_scheduled(done.outcome.next_attempt_at)
+        self._record(done.result)
 
 
 class _Stream(Generic[T]):

@@ -16,13 +16,20 @@ rules do it:
 
 So five (or five hundred) endpoints that never answer hold a bounded number of
 slots, and a healthy endpoint, new or known, always finds one free.
+
+The :class:`Backlog` applies them to the claimed deliveries waiting for a
+worker: it gives out the next one whose endpoint may start an attempt, and
+sets aside (parks) the others until a slot of theirs frees.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Literal
 
-__all__ = ["EndpointLanes", "Lane"]
+from ..storage.base import ClaimedDelivery
+
+__all__ = ["Backlog", "EndpointLanes", "Lane"]
 
 Lane = Literal["quick", "new", "slow"]
 
@@ -84,3 +91,105 @@ class EndpointLanes:
             self._caps.pop(endpoint, None)
         else:
             self._caps[endpoint] = cap
+
+
+class Backlog:
+    """Claimed deliveries not yet started, in order, and the slots of those started.
+
+    A delivery whose endpoint is at its cap, or whose lane is full, is parked
+    aside rather than holding a worker; it comes back to the front of the line,
+    in order, when a slot it may use frees.
+    """
+
+    __slots__ = ("busy", "lanes", "parked", "ready")
+
+    def __init__(self, lanes: EndpointLanes) -> None:
+        self.lanes = lanes
+        #: claimed deliveries in the order they are to start
+        self.ready: deque[ClaimedDelivery] = deque()
+        #: deliveries waiting for a slot of their endpoint (or of its lane)
+        self.parked: dict[str, deque[ClaimedDelivery]] = {}
+        #: attempts started per endpoint and not yet ended
+        self.busy: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ready)
+
+    def next(self) -> tuple[ClaimedDelivery, Lane] | None:
+        """The next delivery whose endpoint may start an attempt, and its lane (its
+        slot is taken); ``None`` when none may start now."""
+        taken = self._next()
+        if taken is None and self.parked and self._unpark_stalled():
+            taken = self._next()
+        return taken
+
+    def _next(self) -> tuple[ClaimedDelivery, Lane] | None:
+        ready, lanes = self.ready, self.lanes
+        while ready:
+            delivery = ready.popleft()
+            agent_id = delivery.agent_id
+            busy = self.busy.get(agent_id, 0)
+            if not lanes.may_start(agent_id, busy):
+                self.parked.setdefault(agent_id, deque()).append(delivery)
+                continue
+            self.busy[agent_id] = busy + 1
+            lane = lanes.lane(agent_id)
+            lanes.busy[lane] += 1
+            return delivery, lane
+        return None
+
+    def release(self, agent_id: str, lane: Lane) -> int:
+        """Free a slot without waking anyone; how many ``agent_id`` still has."""
+        left = self.busy[agent_id] - 1
+        if left:
+            self.busy[agent_id] = left
+        else:
+            del self.busy[agent_id]
+        self.lanes.busy[lane] -= 1
+        return left
+
+    def done(self, agent_id: str, lane: Lane) -> None:
+        """An attempt ended: its slot frees, and parked deliveries that may use it
+        go back to the front of the line."""
+        left = self.release(agent_id, lane)
+        # as many of its parked deliveries as its cap now allows (a probe that
+        # went well opens several slots at once)
+        self._unpark(agent_id, max(1, self.lanes.cap(agent_id) - left))
+        if lane == "quick":
+            return
+        # a slot of a shared lane is free: another endpoint may wait for it
+        # (this one may have moved to another lane with the attempt that ended)
+        for other in self.parked:
+            if other != agent_id and self.lanes.lane(other) == lane and self._unpark(other):
+                return
+
+    def clear(self) -> list[int]:
+        """Empty the line, parked deliveries included; their ids."""
+        ids = [d.id for d in self.ready]
+        ids += [d.id for q in self.parked.values() for d in q]
+        self.ready.clear()
+        self.parked.clear()
+        return ids
+
+    def reset_slots(self) -> None:
+        """No attempt is in flight any more (the workers are gone)."""
+        self.busy.clear()
+        self.lanes.busy.update(dict.fromkeys(self.lanes.busy, 0))
+
+    def _unpark_stalled(self) -> bool:
+        # a parked endpoint with nothing in flight: no slot of its own will free
+        # to wake it
+        for agent_id in self.parked:
+            if not self.busy.get(agent_id) and self.lanes.may_start(agent_id, 0):
+                return self._unpark(agent_id)
+        return False
+
+    def _unpark(self, agent_id: str, count: int = 1) -> bool:
+        parked = self.parked.get(agent_id)
+        if not parked:
+            return False
+        taken = [parked.popleft() for _ in range(min(count, len(parked)))]
+        self.ready.extendleft(reversed(taken))  # their turn comes first, in order
+        if not parked:
+            del self.parked[agent_id]
+        return True

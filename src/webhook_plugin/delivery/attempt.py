@@ -1,0 +1,157 @@
+"""One attempt: sign, POST, classify, log, and the result to record.
+
+The dispatcher decides *when* a delivery is attempted; this module decides
+what an attempt is. Whatever the receiver answers and whatever the attempt
+raises, :func:`attempt` returns an :class:`AttemptResult`: a bug of ours costs
+one attempt, recorded and retried like any failure, never the worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+
+from ..exceptions import RequestTimeout, TransportError
+from ..settings import WebhookSettings
+from ..storage.base import AttemptResult, ClaimedDelivery
+from .client import HttpClient, Response
+from .outcome import Outcome, classify
+from .redaction import redact, secrets_of
+from .retry import RetryPolicy
+from .signing import signed_headers
+
+__all__ = ["Attempted", "attempt", "give_up"]
+
+log = structlog.get_logger("webhook_plugin.delivery")
+
+#: the most of a receiver's answer kept in the delivery log
+_EXCERPT_BYTES: Final = 512
+
+
+class Attempted:
+    """What the dispatcher needs to know of one attempt, besides its result."""
+
+    __slots__ = ("duration", "outcome", "result", "timed_out")
+
+    def __init__(
+        self, result: AttemptResult, outcome: Outcome, duration: float, timed_out: bool
+    ) -> None:
+        self.result = result
+        self.outcome = outcome
+        #: seconds, measured on the monotonic clock
+        self.duration = duration
+        self.timed_out = timed_out
+
+
+async def attempt(
+    d: ClaimedDelivery,
+    settings: WebhookSettings,
+    *,
+    client: HttpClient,
+    timeout: float,
+    policy: RetryPolicy,
+    clock: Callable[[], float],
+) -> Attempted:
+    """POST ``d`` to its endpoint, signed, and say what came of it."""
+    assert settings.url is not None
+    started = clock()
+    t0 = time.perf_counter()
+    response: Response | None = None
+    error: Exception | None = None
+    try:
+        headers = signed_headers(settings, d.webhook_id, started, d.body)
+        response = await client.post(
+            settings.url, headers, d.body, timeout=timeout, max_body=_EXCERPT_BYTES
+        )
+    except Exception as exc:
+        error = exc
+        if not isinstance(exc, TransportError):
+            log.error(
+                "delivery.internal_error",
+                agent_id=d.agent_id,
+                webhook_id=d.webhook_id,
+                error_type=type(exc).__name__,
+                exc_info=exc,
+            )
+    duration = time.perf_counter() - t0
+    outcome = classify(
+        response=response,
+        error=error,
+        started=started,
+        round_attempts=d.round_attempts,
+        failing_since=d.failing_since,
+        policy=policy,
+    )
+    _log(d, outcome, started, duration)
+    excerpt = None
+    if response is not None and response.body:
+        # a receiver that echoes requests (as httpbin does) must not put our
+        # header or secret into the delivery log
+        excerpt = redact(response.body.decode("utf-8", "replace"), secrets_of(settings))
+    result = AttemptResult(
+        delivery_id=d.id,
+        agent_id=d.agent_id,
+        attempt=d.attempts + 1,
+        started_at=started,
+        duration_ms=duration * 1000,
+        status_code=outcome.status_code,
+        error=outcome.error,
+        response_excerpt=excerpt,
+        status=outcome.status,
+        next_attempt_at=outcome.next_attempt_at,
+        disable_reason=outcome.disable_reason,
+    )
+    return Attempted(result, outcome, duration, timed_out=isinstance(error, RequestTimeout))
+
+
+def give_up(d: ClaimedDelivery, error: str, *, now: float) -> AttemptResult:
+    """The result of a delivery failed without an attempt (its endpoint is gone or
+    disabled)."""
+    log.warning(
+        "delivery.failed",
+        agent_id=d.agent_id,
+        event_type=str(d.event_type),
+        webhook_id=d.webhook_id,
+        error=error,
+    )
+    return AttemptResult(
+        delivery_id=d.id,
+        agent_id=d.agent_id,
+        attempt=d.attempts,
+        started_at=now,
+        duration_ms=0.0,
+        status_code=None,
+        error=error,
+        response_excerpt=None,
+        status="failed",
+        next_attempt_at=None,
+        sent=False,
+    )
+
+
+def _log(d: ClaimedDelivery, outcome: Outcome, started: float, duration: float) -> None:
+    fields = {
+        "agent_id": d.agent_id,
+        "event_type": str(d.event_type),
+        "webhook_id": d.webhook_id,
+        "attempt": d.attempts + 1,
+        "status": outcome.status_code,
+        "duration_ms": round(duration * 1000, 1),
+    }
+    if outcome.status == "succeeded":
+        log.info("delivery.succeeded", **fields)
+    elif outcome.status == "pending":
+        assert outcome.next_attempt_at is not None
+        log.info(
+            "delivery.retry_scheduled",
+            error=outcome.error,
+            retry_in=round(outcome.next_attempt_at - started, 3),
+            **fields,
+        )
+    else:
+        log.warning("delivery.failed", error=outcome.error, **fields)
+    if outcome.disable_reason:
+        log.warning("endpoint.disabled", agent_id=d.agent_id, reason=outcome.disable_reason)
