@@ -1,0 +1,215 @@
+"""What each ``webhook-plugin`` command does (the parser is in :mod:`webhook_plugin.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from .._version import __version__
+from ..exceptions import WebhookPluginError
+from ._logging import configure_logging
+
+if TYPE_CHECKING:
+    from ..runtime.config import RuntimeConfig
+    from ..storage.base import Store
+
+__all__ = [
+    "cmd_deliveries",
+    "cmd_demo",
+    "cmd_redeliver",
+    "cmd_schema",
+    "cmd_serve",
+    "cmd_worker",
+]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _load(path: str | None):  # type: ignore[no-untyped-def]
+    from ..runtime.config import load_config
+
+    return load_config(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..runtime.app import create_app
+    from ..runtime.server import ServerLimits, serve
+
+    config = _load(args.config)
+    if not config.runtime.api_token and not _is_loopback(args.host):
+        raise WebhookPluginError(
+            f"refusing to listen on {args.host} without an API token: set [runtime] api_token"
+            " in the config, or bind 127.0.0.1"
+        )
+    if config.runtime.api_token and len(config.runtime.api_token) < 16:
+        structlog.get_logger("webhook_plugin.cli").warning(
+            "serve.weak_api_token", hint="use 16 or more random characters"
+        )
+    if args.no_workers and config.runtime.database.startswith("sqlite"):
+        structlog.get_logger("webhook_plugin.cli").warning(
+            "serve.no_workers_on_sqlite",
+            hint="events are queued, and delivered by `webhook-plugin worker` on the same file",
+        )
+    app = create_app(config, workers=not args.no_workers)
+    print(
+        f"webhook-plugin {__version__} serving on http://{args.host}:{args.port}"
+        f" (database {_redact(config.runtime.database)})\n"
+        "First time here? Run `webhook-plugin demo` to watch six signed webhooks arrive.",
+        file=sys.stderr,
+    )
+    limits = ServerLimits(
+        head_timeout=args.head_timeout,
+        body_timeout=args.body_timeout,
+        timeout_keep_alive=args.timeout_keep_alive,
+        max_connections=args.max_connections,
+    )
+    return 0 if serve(app, host=args.host, port=args.port, limits=limits) else 3
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    import anyio
+
+    from ..delivery.engine import DeliveryEngine
+    from ..storage import open_store
+
+    config = _load(args.config)
+    log = structlog.get_logger("webhook_plugin.cli")
+
+    async def run() -> None:
+        async with DeliveryEngine(open_store(config.runtime.database), config.delivery()) as engine:
+            if args.metrics_port is not None:
+                from prometheus_client import start_http_server
+
+                # a thread of its own: a scrape reads the backlog with a blocking call
+                server, _ = start_http_server(
+                    args.metrics_port, addr=args.metrics_host, registry=engine.metrics.registry
+                )
+                log.info("worker.metrics", host=args.metrics_host, port=args.metrics_port)
+            log.info("worker.started")
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("worker.stopping", signal=signal.Signals(signum).name)
+                    break
+            if args.metrics_port is not None:
+                server.shutdown()
+
+    anyio.run(run)
+    return 0
+
+
+def _open_store(config: RuntimeConfig) -> Store:
+    from ..storage import open_store
+
+    database = config.runtime.database
+    if database.startswith("sqlite://"):
+        path = Path(database.removeprefix("sqlite://").removeprefix("/"))
+        if not path.exists():
+            raise WebhookPluginError(f"no database at {path}: has `webhook-plugin serve` run here?")
+    store = open_store(database)
+    store.open()
+    return store
+
+
+def _iso(ts: float | None) -> str:
+    from ..runtime.timestamps import human
+
+    return "-" if ts is None else human(ts, zone=False)
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    store = _open_store(_load(args.config))
+    try:
+        rows = store.list_deliveries(agent_id=args.agent, status=args.status, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        from ..runtime.api_io import delivery_json
+
+        print(json.dumps([delivery_json(r) for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no deliveries" + (f" with status {args.status}" if args.status else ""))
+        return 0
+    header = (
+        "ID",
+        "AGENT",
+        "EVENT",
+        "STATUS",
+        "TRIES",
+        "LAST",
+        "CREATED (UTC)",
+        "NEXT (UTC)",
+        "ERROR",
+    )
+    table = [
+        (
+            str(r.id),
+            r.agent_id,
+            str(r.event_type),
+            r.status,
+            str(r.attempts),
+            str(r.last_status_code or "-"),
+            _iso(r.created_at),
+            _iso(r.next_attempt_at),
+            (r.last_error or "")[:60],
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_redeliver(args: argparse.Namespace) -> int:
+    if (args.delivery_id is None) == (args.failed_since is None):
+        raise WebhookPluginError("give either a delivery ID or --failed-since, not both")
+    store = _open_store(_load(args.config))
+    try:
+        if args.delivery_id is not None:
+            record = store.redeliver(args.delivery_id, now=time.time())
+            print(f"delivery {record.id} ({record.webhook_id}) queued again")
+        else:
+            count = store.redeliver_failed(
+                agent_id=args.agent, since=args.failed_since, now=time.time()
+            )
+            print(f"{count} failed deliveries queued again")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from ..payloads import json_schemas
+
+    print(json.dumps(json_schemas(), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..runtime.demo import run_demo
+
+    if args.log_level == "info":  # keep the transcript readable; --log-level debug shows all
+        configure_logging(args.log_format, "warning")
+    return run_demo()
+
+
+def _redact(database: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:****@", database)
