@@ -23,7 +23,8 @@ from ..exceptions import NotFound, SettingsError, StorageError
 from ..settings import SettingsInput, mask_header
 from ..storage.base import DeliveryRecord
 from . import timestamps
-from .pipeline import Conflict, check_created_at
+from .pipeline import Conflict
+from .timestamps import check_created_at
 
 __all__ = [
     "MAX_ID",

@@ -66,7 +66,7 @@ class Inbox:
             created_at=now,
             status=verdict,
         )
-        await p.commit(MessageWrite(messages=[stored]), collected)
+        await p.writes.commit(MessageWrite(messages=[stored]), collected)
         return {"messageId": message.id, "status": verdict, "events": events}
 
     async def view(self, conversation_id: str) -> dict[str, Any]:

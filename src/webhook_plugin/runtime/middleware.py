@@ -109,9 +109,9 @@ class WebhookMiddleware:
         async with engine, anyio.create_task_group() as tg:
             pipeline = ChatPipeline(pm, engine, config)
             await pipeline.open_store()
-            await tg.start(pipeline.run_writes)
+            await tg.start(pipeline.writes.run)
             purge = anyio.CancelScope()
-            tg.start_soon(_run_in, purge, pipeline.purge_loop)
+            tg.start_soon(_run_in, purge, pipeline.writes.purge_loop)
             try:
                 await pipeline.seed_agents()
                 self.pipeline = pipeline
@@ -120,7 +120,7 @@ class WebhookMiddleware:
             finally:
                 self.pipeline = None
                 purge.cancel()
-                pipeline.close_writes()  # the last messages are written, then it returns
+                pipeline.writes.close()  # the last messages are written, then it returns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -24,8 +24,8 @@ import msgspec
 import structlog
 
 from ..delivery.engine import DeliveryEngine
-from ..delivery.outbox import Batcher, Collected
-from ..exceptions import NotFound, WebhookPluginError
+from ..delivery.outbox import Collected
+from ..exceptions import NotFound
 from ..manager import PluginManager
 from ..models import Agent, Attachment, Conversation, Group, Message
 from ..payloads import contact_from_wire
@@ -35,15 +35,10 @@ from .chat_store import ChatStore, ConversationRecord, MessageRecord, MessageWri
 from .config import RuntimeConfig
 from .inbox import Inbox
 from .reservations import Conflict, Reservations
+from .timestamps import check_created_at
+from .writes import MessageWrites
 
-__all__ = [
-    "MAX_CREATED_AT",
-    "MIN_CREATED_AT",
-    "ChatPipeline",
-    "Conflict",
-    "QueuedEvents",
-    "check_created_at",
-]
+__all__ = ["ChatPipeline", "Conflict", "QueuedEvents"]
 
 log = structlog.get_logger("webhook_plugin.runtime")
 
@@ -53,28 +48,6 @@ QueuedEvents = list[dict[str, str]]
 
 
 _encode_outcome = msgspec.json.Encoder().encode
-
-
-#: a message's ``created_at`` must fall in this range once converted to UTC:
-#: outside it a time cannot be stored as a timestamp and shown again
-MIN_CREATED_AT = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_CREATED_AT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
-
-
-def check_created_at(value: datetime) -> datetime:
-    """``value`` made aware (a time without an offset is UTC) and checked against
-    :data:`MIN_CREATED_AT` .. :data:`MAX_CREATED_AT`; :class:`ValueError` if outside."""
-    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value
-    try:
-        utc: datetime | None = aware.astimezone(UTC)
-    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
-        utc = None
-    if utc is None or not MIN_CREATED_AT <= utc <= MAX_CREATED_AT:
-        raise ValueError(
-            f"createdAt {value.isoformat()} is out of range: give a time between"
-            " 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z (after conversion to UTC)"
-        )
-    return aware
 
 
 class ChatPipeline:
@@ -106,8 +79,7 @@ class ChatPipeline:
         self._agents: dict[str, Agent] = {}
         self._ai_defaults: dict[str, bool] = {}
         #: what messages change, written in shared transactions
-        self._writes: Batcher[MessageWrite] = Batcher(self.store.write_messages, max_batch=512)
-        self._writes_running = False
+        self.writes = MessageWrites(self.store, engine, self.blocking, clock=clock)
         self.reservations = Reservations(self.store, self.blocking, clock)
         #: the Inbox's stages (an operator's message, the conversation view)
         self.inbox = Inbox(self)
@@ -211,49 +183,6 @@ class ChatPipeline:
             if event_type is not None and webhook_id is not None:
                 events.append({"eventType": str(event_type), "webhookId": webhook_id})
         return events
-
-    async def commit(self, write: MessageWrite, collected: Collected) -> None:
-        """Store ``write`` and the events ``collected`` with it, in one transaction
-        shared with the other messages being committed (group commit); return
-        once it is durable."""
-        write.deliveries = collected.items
-        try:
-            if self._writes_running:
-                await self._writes.submit(write).wait()
-            else:  # nobody runs the group commit (an app that embeds us bare)
-                await self.blocking(self.store.write_messages, [write])
-        except BaseException as exc:
-            self.engine.written(collected, exc)
-            raise
-        self.engine.written(collected)
-
-    async def run_writes(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Group-commit messages until :meth:`close_writes` (run it in a task)."""
-        self._writes_running = True
-        try:
-            await self._writes.run(task_status=task_status)
-        finally:
-            self._writes_running = False
-
-    def close_writes(self) -> None:
-        self._writes.close()
-
-    async def purge_loop(self) -> None:
-        """Forget stored answers past the delivery log's retention, every
-        ``purge_interval`` (run it in a task; it never returns)."""
-        config = self.engine.config
-        while config.retention > 0:
-            try:
-                await self.blocking(
-                    functools.partial(
-                        self.store.purge_outcomes, before=self.clock() - config.retention
-                    )
-                )
-            except WebhookPluginError as exc:  # the next round tries again
-                log.warning("outcomes.purge_failed", error=str(exc))
-            await anyio.sleep(config.purge_interval)
 
     async def user_message(
         self,
@@ -371,7 +300,7 @@ class ChatPipeline:
             "events": await self.settle(results, collected),
         }
         key = (conversation.id, message_id, _encode_outcome(outcome)) if message_id else None
-        await self.commit(
+        await self.writes.commit(
             MessageWrite(conversation=record, messages=stored, outcome=key), collected
         )
         return outcome

@@ -1,0 +1,97 @@
+"""What chat messages change, written in shared transactions (group commit).
+
+A message's unit of work (its conversation, its messages, the deliveries of
+its events and its stored answer) is handed to :class:`MessageWrites`; the
+units of the messages in flight at the same moment go to the database in one
+transaction, and each message's caller gets its answer back once its unit is
+durable. The outbox does the same for events alone (:mod:`..delivery.outbox`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import structlog
+
+from ..delivery.engine import DeliveryEngine
+from ..delivery.outbox import Batcher, Collected
+from ..exceptions import WebhookPluginError
+from .chat_store import ChatStore, MessageWrite
+
+__all__ = ["MessageWrites"]
+
+log = structlog.get_logger("webhook_plugin.runtime")
+
+T = TypeVar("T")
+
+
+class MessageWrites:
+    """The group commit of messages, and the purge of their stored answers.
+
+    :param store: the chat store that writes them.
+    :param engine: the delivery engine whose events are written with them.
+    :param blocking: runs a blocking call off the event loop.
+    """
+
+    def __init__(
+        self,
+        store: ChatStore,
+        engine: DeliveryEngine,
+        blocking: Callable[..., Awaitable[Any]],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._engine = engine
+        self._blocking = blocking
+        self._clock = clock
+        self._batcher: Batcher[MessageWrite] = Batcher(store.write_messages, max_batch=512)
+        self._running = False
+
+    async def commit(self, write: MessageWrite, collected: Collected) -> None:
+        """Store ``write`` and the events ``collected`` with it, in one transaction
+        shared with the other messages being committed; return once it is durable."""
+        write.deliveries = collected.items
+        try:
+            if self._running:
+                await self._batcher.submit(write).wait()
+            else:  # nobody runs the group commit (an app that embeds us bare)
+                await self._blocking(self._store.write_messages, [write])
+        except BaseException as exc:
+            self._engine.written(collected, exc)
+            raise
+        self._engine.written(collected)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Group-commit messages until :meth:`close` (run it in a task)."""
+        self._running = True
+        try:
+            await self._batcher.run(task_status=task_status)
+        finally:
+            self._running = False
+
+    def close(self) -> None:
+        """Write what was submitted, then let :meth:`run` return."""
+        self._batcher.close()
+
+    async def purge_loop(self) -> None:
+        """Forget stored answers past the delivery log's retention, every
+        ``purge_interval`` (run it in a task; it never returns)."""
+        config = self._engine.config
+        while config.retention > 0:
+            try:
+                await self._blocking(
+                    functools.partial(
+                        self._store.purge_outcomes, before=self._clock() - config.retention
+                    )
+                )
+            except WebhookPluginError as exc:  # the next round tries again
+                log.warning("outcomes.purge_failed", error=str(exc))
+            await anyio.sleep(config.purge_interval)
