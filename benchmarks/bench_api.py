@@ -24,6 +24,13 @@ each server (bare app, `ulimit -n 1024`) also faces the issue's attack:
 1,100 idle, half-sent and trickling connections; the table says how many it
 still holds after 40 s, whether a fresh client got answers meanwhile, and how
 many lines it logged.
+
+With `--setups` (all four by default; `--setups ""` for none), the message
+route also runs on each way the runtime is deployed (`_deployments.py`): one
+`serve` on SQLite, `serve --no-workers` + `worker` on one SQLite file, one
+`serve` on PostgreSQL, and two `serve --no-workers` + two `worker` on one
+PostgreSQL database; with p99 at half load and, with `--long K`, the RSS
+after K times as many messages.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import urllib.request
 from pathlib import Path
 
 from _common import HERE, free_port, receiver, reset, stats
+from _deployments import SETUPS, postgres_up, run_setup
 from _harness import emit, environment, parser
 
 TOKEN = "bench-token-0123456789abcdef"
@@ -304,6 +312,18 @@ def main() -> None:
         metavar="SECONDS",
         help="also run the slowloris test against each server for this long (40 is enough)",
     )
+    p.add_argument(
+        "--setups",
+        default=",".join(SETUPS),
+        help="deployments to run the message route on (comma-separated; '' for none)",
+    )
+    p.add_argument(
+        "--long",
+        type=int,
+        default=1,
+        metavar="K",
+        help="also post K times as many messages to the sqlite setup and report its RSS",
+    )
     args = p.parse_args()
     rounds = 1 if args.quick else min(args.rounds, 3)
     n = 1_000 if args.quick else args.messages
@@ -313,6 +333,11 @@ def main() -> None:
     skipped = [s for s in args.servers.split(",") if s not in servers]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     slow_rows = []
+    setups = [x for x in args.setups.split(",") if x]
+    if any(x.startswith("postgres") for x in setups) and not postgres_up():
+        skipped += [x for x in setups if x.startswith("postgres")]
+        setups = [x for x in setups if not x.startswith("postgres")]
+    by_setup: dict[str, list[dict[str, float]]] = {}
     with receiver() as rx, tempfile.TemporaryDirectory() as tmp:
         if args.slowloris:
             _raise_own_fd_limit(4096)
@@ -325,6 +350,11 @@ def main() -> None:
                     results.setdefault((server, app), []).append(
                         one_run(server, app, rx, count, c, Path(tmp), f"{r}{server}{app}")
                     )
+            for setup in setups:
+                long = args.long if setup == "sqlite" and r == 0 else 1
+                by_setup.setdefault(setup, []).append(
+                    run_setup(setup, rx, n, c, Path(tmp), f"{r}{setup}", long=long)
+                )
 
     def med(server: str, app: str, key: str) -> float:
         values = [x[key] for x in results.get((server, app), []) if key in x]
@@ -370,6 +400,8 @@ def main() -> None:
         rows,
         {"skipped (not installed)": ", ".join(skipped)} if skipped else None,
     )
+    if by_setup:
+        emit_setups(args, by_setup, med(ref, "bare", "acked"), n, c, rounds)
     if slow_rows:
         emit(
             args,
@@ -377,6 +409,63 @@ def main() -> None:
             f" {args.slowloris:g} s later; a fresh /healthz probe once a second",
             ["server", *(f"{g} still open" for g in SLOW_GROUPS), "probe 200", "log lines"],
             slow_rows,
+        )
+
+
+def emit_setups(
+    args: object,
+    by_setup: dict[str, list[dict[str, float]]],
+    bare: float,
+    n: int,
+    c: int,
+    rounds: int,
+) -> None:
+    def med(setup: str, key: str) -> float:
+        values = [x[key] for x in by_setup[setup] if key in x]
+        return statistics.median(values) if values else float("nan")
+
+    rows = []
+    for setup in by_setup:
+        acked = med(setup, "acked")
+        rows.append(
+            [
+                setup,
+                f"{acked:,.0f}",
+                f"{acked / bare:.2f}x",
+                f"{med(setup, 'delivered'):,.0f}",
+                f"{med(setup, 'delivered') / acked:.2f}",
+                med(setup, "p50_ms"),
+                med(setup, "p99_ms"),
+                f"{med(setup, 'half_rate'):,.0f}",
+                med(setup, "half_p99_ms"),
+                f"{med(setup, 'rss_mib'):.0f}",
+            ]
+        )
+    emit(
+        args,
+        f"\nsetups: {n:,} messages, {c} in flight, against the bare endpoint ({bare:,.0f}"
+        f" msg/s, same run); median of {rounds} round(s)",
+        [
+            "setup",
+            "acked msg/s",
+            "vs bare",
+            "delivered ev/s",
+            "delivered/acked",
+            "p50 ms",
+            "p99 ms",
+            "half rate msg/s",
+            "p99 ms at half",
+            "serve RSS MiB",
+        ],
+        rows,
+    )
+    long_runs = [x for x in by_setup.get("sqlite", []) if "rss_now_long" in x]
+    if long_runs:
+        x = long_runs[0]
+        print(
+            f"\nsqlite, RSS of serve now: {x['rss_now_1x']:.0f} MiB after the first {n:,}"
+            f" messages, {x['rss_now_long']:.0f} MiB after {args.long}x as many"  # type: ignore[attr-defined]
+            f" (peak {x['rss_peak_long']:.0f} MiB)"
         )
 
 
