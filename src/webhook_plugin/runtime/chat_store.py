@@ -82,6 +82,10 @@ class MessageWrite(msgspec.Struct, kw_only=True):
 class ChatStore(Protocol):
     """What the chat pipeline keeps: agents, conversations, messages, answers."""
 
+    #: whether :meth:`get_conversation` may be called on the event loop (it is
+    #: a lookup by key that never waits for a writer), rather than in a thread
+    reads_inline: bool
+
     def open(self) -> None:
         """Create or migrate the chat tables (the delivery store is open already)."""
         ...
@@ -130,6 +134,7 @@ class SQLChatStore:
 
     def __init__(self, db: SQLStore) -> None:
         self._db = db
+        self.reads_inline = db.point_reads_inline
 
     def __repr__(self) -> str:
         return f"SQLChatStore({self._db!r})"
@@ -249,7 +254,7 @@ class SQLChatStore:
             )
 
     def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
-        row = self._db.read(
+        row = self._db.point_read(
             lambda c: self._db.execute(
                 c,
                 "SELECT id, agent_id, channel, ai_enabled, contact, created_at,"

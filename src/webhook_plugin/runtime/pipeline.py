@@ -147,8 +147,15 @@ class ChatPipeline:
 
     # conversations -------------------------------------------------------------------------
 
+    async def find_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        """The stored conversation, or ``None``: on the event loop where the store
+        allows it (a thread hop costs more than the lookup), else in a thread."""
+        if getattr(self.store, "reads_inline", False):  # a host's own store may not say
+            return self.store.get_conversation(conversation_id)
+        return await self.blocking(self.store.get_conversation, conversation_id)
+
     async def conversation(self, conversation_id: str) -> ConversationRecord:
-        record = await self.blocking(self.store.get_conversation, conversation_id)
+        record = await self.find_conversation(conversation_id)
         if record is None:
             raise NotFound(f"conversation {conversation_id!r} does not exist")
         return record
@@ -254,7 +261,7 @@ class ChatPipeline:
         agent = await self.agent(agent_id, create=True)
         now = self.clock()
         created = check_created_at(created_at) if created_at else datetime.fromtimestamp(now, UTC)
-        record = await self.blocking(self.store.get_conversation, conversation_id)
+        record = await self.find_conversation(conversation_id)
         if record is None:
             record = ConversationRecord(
                 id=conversation_id,

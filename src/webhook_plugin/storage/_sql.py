@@ -78,6 +78,15 @@ class SQLStore(LogSQL, SettingsSQL):
         """Run ``fn(connection)`` for a read."""
         return self._query(fn)
 
+    #: whether :meth:`point_read` is cheap enough, and never waits for a writer,
+    #: so that a caller may run it on its event loop rather than in a thread
+    point_reads_inline: ClassVar[bool] = False
+
+    def point_read(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` for a read of a row or two by key (a connection
+        no long read holds, where the backend has one)."""
+        return self._query(fn)
+
     def execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         """One statement with ``?`` placeholders; the cursor."""
         return self._x(conn, sql, params)

@@ -111,6 +111,9 @@ class SQLiteStore(SQLStore):
     #: another process on the same file (``webhook-plugin worker``) sees new
     #: deliveries through a counter their transactions bump (:meth:`wait_for_new`)
     supports_notify: ClassVar[bool] = True
+    #: in WAL mode a reader never waits for a writer, and a lookup by key takes
+    #: microseconds: less than handing it to a thread and back (see :meth:`point_read`)
+    point_reads_inline: ClassVar[bool] = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -122,15 +125,18 @@ class SQLiteStore(SQLStore):
         self._watch_pause = _WATCH_INTERVAL[0]
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        #: lookups by key, usually from the event loop: no long read ever holds it
+        self._point: sqlite3.Connection | None = None
+        self._point_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
 
     # lifecycle -----------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, timeout: float = 30.0) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+            self.path, check_same_thread=False, isolation_level=None, timeout=timeout
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -147,6 +153,9 @@ class SQLiteStore(SQLStore):
             self.migrate("delivery", _MIGRATIONS)
             self._probe_write(self._write)
             self._read = self._connect()
+            # a WAL reader waits only in rare cases (recovery after a crash): a
+            # short busy timeout bounds how long an event loop could wait
+            self._point = self._connect(timeout=1.0)
         except (sqlite3.Error, OSError) as exc:
             self.close()
             why = _why_unwritable(self.path)
@@ -157,10 +166,10 @@ class SQLiteStore(SQLStore):
 
     def close(self) -> None:
         with self._watch_lock:
-            for conn in (self._read, self._write, self._watch):
+            for conn in (self._read, self._write, self._watch, self._point):
                 if conn is not None:
                     conn.close()
-            self._read = self._write = self._watch = None
+            self._read = self._write = self._watch = self._point = None
 
     def _after_insert(self, conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE queued_signal SET n = n + 1")
@@ -259,6 +268,15 @@ class SQLiteStore(SQLStore):
         with self._read_lock:
             try:
                 return fn(self._read)
+            except sqlite3.Error as exc:
+                raise StorageError(f"SQLite read failed: {exc}") from exc
+
+    def point_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._point_lock:
+            if self._point is None:
+                raise StorageError(f"{self!r} is not open")
+            try:
+                return fn(self._point)
             except sqlite3.Error as exc:
                 raise StorageError(f"SQLite read failed: {exc}") from exc
 

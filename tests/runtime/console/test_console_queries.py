@@ -97,3 +97,51 @@ def test_attempt_stats_count_per_hour(make_store: Callable[[], Store]) -> None:
         assert store.attempt_stats("nobody", since=since, bucket_seconds=3600, buckets=24) == []
     finally:
         store.close()
+
+
+def test_a_lookup_by_key_sees_each_commit_and_waits_for_no_long_read(
+    make_store: Callable[[], Store],
+) -> None:
+    """The conversation lookup the pipeline may run on its event loop (SQLite):
+    it sees what was committed just before, and a read holding the shared read
+    connection (a long listing, in another thread) does not hold it up."""
+    import threading
+
+    db = make_store()
+    db.open()
+    store = SQLChatStore(db)  # type: ignore[arg-type]
+    store.open()
+    try:
+        assert store.get_conversation("c1") is None
+        store.put_agent("a1", name=None, organization_id=None, ai_enabled=True)
+        store.put_conversation(_conversation("c1"))
+        found = store.get_conversation("c1")
+        assert found is not None and found.contact == {"name": "c1"}
+        holding, release = threading.Event(), threading.Event()
+
+        def long_read(conn: object) -> None:
+            holding.set()
+            release.wait(10)
+
+        reader = threading.Thread(target=db.read, args=(long_read,))  # type: ignore[attr-defined]
+        reader.start()
+        try:
+            assert holding.wait(5)
+            store.put_conversation(_conversation("c2"))
+            found: list[ConversationRecord | None] = []
+            lookup = threading.Thread(target=lambda: found.append(store.get_conversation("c2")))
+            lookup.start()
+            lookup.join(3)  # on SQLite's shared reader it would wait for the long read
+            assert len(found) == 1 and found[0] is not None and found[0].id == "c2"
+        finally:
+            release.set()
+            reader.join()
+    finally:
+        db.close()
+    if store.reads_inline:  # closed: a clear error, not a crash of the loop
+        import pytest
+
+        from webhook_plugin.exceptions import StorageError
+
+        with pytest.raises(StorageError, match="not open"):
+            store.get_conversation("c1")
