@@ -165,3 +165,33 @@ async def test_an_unexpected_error_costs_one_attempt_not_the_worker(
     assert [a.error for a in attempts] == ["internal_error: KeyError", None]
     assert [e["event"] for e in logs].count("delivery.internal_error") == 1
     assert len(receiver.requests) == 4
+
+
+async def test_events_this_process_queues_go_out_without_a_claim(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    """The store leases fresh deliveries to the local dispatcher as it inserts them:
+    they go out with no claim query between (and no wait for one)."""
+    store = make_store()
+    real = store.claim_due
+    claimed: list[str] = []
+
+    def counting_claim(**kw):  # type: ignore[no-untyped-def]
+        found = real(**kw)
+        claimed.extend(d.webhook_id for d in found)
+        return found
+
+    store.claim_due = counting_claim  # type: ignore[method-assign]
+    # a poll far away: only a wake-up could start a claim soon
+    async with DeliveryEngine(store, config(poll_interval=30)) as engine:
+        await engine.save_settings(AGENT.id, settings(receiver.url))
+        pm = pipeline(engine)
+        tickets = []
+        for _ in range(10):  # a steady trickle, one event at a time
+            [ticket] = reply(pm)
+            await ticket
+            tickets.append(ticket)
+        done = await wait_until_status(engine, "succeeded", 10)
+    assert {d.webhook_id for d in done} == {t.webhook_id for t in tickets}
+    assert claimed == []  # every one was handed over as it was stored
+    assert len(receiver.requests) == 10

@@ -37,7 +37,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..exceptions import StorageError
-from ..storage.base import AttemptResult, ClaimedDelivery, Store
+from ..storage.base import AttemptResult, ClaimedDelivery, Handoff, Store
 from .attempt import attempt, give_up
 from .client import HttpClient
 from .lanes import Backlog, EndpointLanes, Lane
@@ -109,6 +109,10 @@ class Dispatcher:
         self._free = concurrency
         self._next_retry_at: float | None = None
         self._stopping = False
+        #: the last claim found no more due (nothing to ask for until woken)
+        self._drained = False
+        #: fresh deliveries the store leases to us as it inserts them (run() sets it)
+        self._handoff: Handoff | None = None
         # The coordination, made in run() (memory-object streams need a running
         # loop): attempts handed to the workers (one buffered per free worker, so
         # handing one over never waits); a wake-up for the claim loop (one token:
@@ -123,7 +127,33 @@ class Dispatcher:
 
     def wake(self) -> None:
         """New deliveries may be due: look now rather than at the next poll."""
+        self._drained = False
+        self._take_handed()
         _signal(self._wakeups)
+
+    def stored(self) -> None:
+        """This process queued deliveries: take those the store leased to us as it
+        inserted them, and claim the others (if there are any)."""
+        if self._handoff is None or self._take_handed():
+            self.wake()
+
+    def _take_handed(self) -> bool:
+        """Into the backlog with the deliveries handed to us; whether the store
+        queued others meanwhile that no one has leased."""
+        if self._handoff is None:
+            return False
+        taken, unleased = self._handoff.take()
+        if taken:
+            self.backlog.ready.extend(taken)
+            self._hand_over()
+        return unleased
+
+    def _room(self) -> int:
+        """How many fresh deliveries we would take now (read from the writing thread)."""
+        if self._stopping or self._handoff is None:
+            return 0
+        held = len(self.backlog) + len(self._in_flight) + len(self._handoff)
+        return max(0, 2 * self._concurrency - held)
 
     def retry_scheduled(self, at: float) -> None:
         """A retry falls due at ``at``: make sure the claim loop looks then."""
@@ -140,6 +170,11 @@ class Dispatcher:
         self._jobs = _Stream.open(self._concurrency)
         self._wakeups = _Stream.open(1)
         self._idle = _Stream.open(1)
+        if hasattr(self._store, "handoff"):  # a store of ours: fresh work comes straight here
+            self._handoff = Handoff(
+                self.owner, lease_seconds=self.lease_seconds, room=self._room, clock=self._clock
+            )
+            self._store.handoff = self._handoff
         try:
             async with anyio.create_task_group() as tg:
                 self._workers_scope = tg.cancel_scope
@@ -153,6 +188,7 @@ class Dispatcher:
             # a crash: what was handed over and not taken goes back to the
             # front of the queue, for the restarted loop
             self.backlog.ready.extendleft(reversed(self._take_back()))
+            self.backlog.ready.extend(self._close_handoff())
             for stream in (self._jobs, self._wakeups, self._idle):
                 stream.close()
             # no worker is left: whatever a cancelled hand-over lost, every slot is free
@@ -167,7 +203,9 @@ class Dispatcher:
         target, low = 2 * self._concurrency, self._concurrency
         while not self._stopping:
             if len(backlog) >= low:
-                await _wait(wakeups)  # the workers ask for more (or the engine wakes us)
+                # the workers ask for more once below, unless the last claim found
+                # no more (then only the engine's wake-ups, or the next poll)
+                await _wait(wakeups, self._poll_interval)
                 continue
             now = self._clock()
             limit = max(1, min(target - len(backlog), self._claim_batch))
@@ -204,6 +242,9 @@ class Dispatcher:
                             limiter=self._limiter,
                         )
                 return
+            # fewer than asked: none left to claim until something wakes us
+            # (unless endpoints were skipped: theirs are left)
+            self._drained = len(claimed) < limit and not backlog.parked
             if claimed:
                 backlog.ready.extend(claimed)
                 self._hand_over()
@@ -227,8 +268,19 @@ class Dispatcher:
             self._free -= 1
             self._in_flight.add(taken[0].id)
             self._jobs.send.send_nowait(taken)  # room for one per free worker
-        if len(self.backlog) < self._concurrency:
+        if len(self.backlog) < self._concurrency and not self._drained:
             _signal(self._wakeups)
+
+    def _close_handoff(self) -> list[ClaimedDelivery]:
+        """No more fresh deliveries for us; those handed and not yet taken."""
+        handoff = self._handoff
+        if handoff is None:
+            return []
+        self._handoff = None
+        taken = handoff.close()
+        if getattr(self._store, "handoff", None) is handoff:
+            setattr(self._store, "handoff", None)  # noqa: B010  # not on every store
+        return taken
 
     def _take_back(self) -> list[ClaimedDelivery]:
         """The deliveries handed to workers and not yet taken, their slots freed."""
@@ -271,6 +323,7 @@ class Dispatcher:
         and release their leases (and those of work not started) for the next start."""
         self._stopping = True
         left = self._left
+        left += [d.id for d in self._close_handoff()]
         left += [d.id for d in self._take_back()]
         left += self.backlog.clear()
         if self._jobs is not None:

@@ -294,7 +294,7 @@ class DeliveryEngine:
     def _stored(self, items: Sequence[NewDelivery]) -> None:
         self.supervisor.recovered("storage")
         self.metrics.stored(items)
-        self.dispatcher.wake()
+        self.dispatcher.stored()
 
     def _recorded(self, results: Sequence[AttemptResult]) -> None:
         self.supervisor.recovered("storage")

@@ -15,6 +15,7 @@ Times are Unix seconds (``float``), always UTC.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal, Protocol
 
@@ -29,6 +30,7 @@ __all__ = [
     "ClaimedDelivery",
     "DeliveryRecord",
     "DeliveryStatus",
+    "Handoff",
     "NewDelivery",
     "DeliveryStore",
     "Store",
@@ -63,6 +65,74 @@ class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
     lease_until: float
     settings: WebhookSettings | None
     failing_since: float | None
+
+
+class Handoff:
+    """Fresh deliveries leased to a dispatcher of this process as they are stored.
+
+    A store that has a ``handoff`` leases up to ``room()`` due deliveries of
+    each insert to ``owner`` in the inserting transaction, and once that has
+    committed gives them here (:meth:`give`, from whatever thread wrote them).
+    The dispatcher takes them on its event loop (:meth:`take`): no claim query,
+    and no wait for one, for work this process queued itself. Once closed
+    (the dispatcher stops), :meth:`give` refuses, and the store releases them.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_handed",
+        "_lock",
+        "_unleased",
+        "clock",
+        "lease_seconds",
+        "owner",
+        "room",
+    )
+
+    def __init__(
+        self,
+        owner: str,
+        *,
+        lease_seconds: float,
+        room: Callable[[], int],
+        clock: Callable[[], float],
+    ) -> None:
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        #: how many more the dispatcher wants now (called from the writing thread)
+        self.room = room
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._handed: list[ClaimedDelivery] = []
+        self._unleased = False
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._handed)
+
+    def give(self, claimed: Sequence[ClaimedDelivery], *, unleased: bool) -> bool:
+        """Committed: ``claimed`` are the dispatcher's; ``unleased``, others were
+        queued too (they need a claim). False once closed: release them."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._handed += claimed
+            self._unleased = self._unleased or unleased
+            return True
+
+    def take(self) -> tuple[list[ClaimedDelivery], bool]:
+        """What was given since the last call, and whether others were queued too."""
+        with self._lock:
+            taken, self._handed = self._handed, []
+            unleased, self._unleased = self._unleased, False
+        return taken, unleased
+
+    def close(self) -> list[ClaimedDelivery]:
+        """Refuse from now on; what was given and not taken."""
+        with self._lock:
+            self._closed = True
+            taken, self._handed = self._handed, []
+        return taken
 
 
 class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):

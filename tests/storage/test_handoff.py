@@ -1,0 +1,110 @@
+"""Fresh deliveries leased to this process's dispatcher as they are inserted
+(:class:`~webhook_plugin.storage.base.Handoff`), on SQLite and PostgreSQL:
+handed over only once committed, never lost, never held by a stopped dispatcher."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from webhook_plugin.events import WebhookEventType
+from webhook_plugin.settings import WebhookSettings
+from webhook_plugin.storage.base import Handoff, NewDelivery, Store
+
+SETTINGS = WebhookSettings.validated(url="http://hooks.example/")
+
+
+def fresh(i: int, agent: str = "a", due: float = 0.0) -> NewDelivery:
+    return NewDelivery(
+        webhook_id=f"msg_{i}",
+        agent_id=agent,
+        event_type=WebhookEventType.AGENT_USER_MESSAGE,
+        body=b'{"n": %d}' % i,
+        created_at=1.0,
+        next_attempt_at=due,
+    )
+
+
+def handoff(room: int) -> Handoff:
+    return Handoff("me", lease_seconds=60.0, room=lambda: room, clock=time.time)
+
+
+def test_up_to_the_room_asked_for_is_leased_and_handed_once_committed(
+    make_store: Callable[[], Store],
+) -> None:
+    store = make_store()
+    store.open()
+    try:
+        store.put_settings("a", SETTINGS)
+        store.handoff = h = handoff(room=2)  # type: ignore[attr-defined]
+        store.insert_deliveries([fresh(1), fresh(2), fresh(3), fresh(4, due=time.time() + 3600)])
+        taken, unleased = h.take()
+        assert [d.webhook_id for d in taken] == ["msg_1", "msg_2"]
+        assert unleased  # the others need a claim
+        first = taken[0]
+        assert first.attempts == 0 and first.settings is not None
+        assert first.settings.url == SETTINGS.url and first.body == b'{"n": 1}'
+        assert first.lease_until > time.time() + 50
+        # the leased ones are not claimable by anyone else; the due rest is
+        other = store.claim_due(now=time.time(), limit=10, lease_until=time.time() + 60, owner="x")
+        assert [d.webhook_id for d in other] == ["msg_3"]
+        assert {d.id for d in taken} == {
+            r.id for r in store.list_deliveries(limit=10) if r.webhook_id in {"msg_1", "msg_2"}
+        }
+    finally:
+        store.close()
+
+
+def test_an_endpoint_without_settings_is_left_to_a_claim(
+    make_store: Callable[[], Store],
+) -> None:
+    store = make_store()
+    store.open()
+    try:
+        store.handoff = h = handoff(room=10)  # type: ignore[attr-defined]
+        store.insert_deliveries([fresh(1, agent="nobody")])
+        assert h.take() == ([], True)
+    finally:
+        store.close()
+
+
+def test_leases_given_to_a_stopped_dispatcher_are_released_at_once(
+    make_store: Callable[[], Store],
+) -> None:
+    store = make_store()
+    store.open()
+    try:
+        store.put_settings("a", SETTINGS)
+        store.handoff = h = handoff(room=10)  # type: ignore[attr-defined]
+        h.close()  # it stopped while the insert ran
+        store.insert_deliveries([fresh(1), fresh(2)])
+        claimed = store.claim_due(
+            now=time.time(), limit=10, lease_until=time.time() + 60, owner="x"
+        )
+        assert sorted(d.webhook_id for d in claimed) == ["msg_1", "msg_2"]
+    finally:
+        store.close()
+
+
+def test_a_transaction_that_fails_hands_nothing_and_stores_nothing(
+    make_store: Callable[[], Store],
+) -> None:
+    store = make_store()
+    store.open()
+    try:
+        store.put_settings("a", SETTINGS)
+        store.handoff = h = handoff(room=10)  # type: ignore[attr-defined]
+        with pytest.raises(RuntimeError), store.transaction() as conn:  # type: ignore[attr-defined]
+            store.queue_deliveries(conn, [fresh(1)])  # type: ignore[attr-defined]
+            raise RuntimeError("the chat write failed after the events were queued")
+        assert h.take() == ([], False)
+        assert store.list_deliveries(limit=10) == []
+        with store.transaction() as conn:  # type: ignore[attr-defined]
+            store.queue_deliveries(conn, [fresh(2)])  # type: ignore[attr-defined]
+            assert h.take() == ([], False)  # not before the commit
+        taken, unleased = h.take()
+        assert [d.webhook_id for d in taken] == ["msg_2"] and not unleased
+    finally:
+        store.close()
