@@ -24,20 +24,19 @@ never send the same delivery at once.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 import uuid
 from collections.abc import Callable
-from typing import Generic, TypeVar
 
 import anyio
 import anyio.abc
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..exceptions import StorageError
 from ..storage.base import AttemptResult, ClaimedDelivery, Handoff, Store
+from ._streams import Stream, signal, wait
 from .attempt import attempt, give_up
 from .client import HttpClient
 from .lanes import Backlog, EndpointLanes, Lane
@@ -46,8 +45,6 @@ from .retry import RetryPolicy
 __all__ = ["Dispatcher"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
-
-T = TypeVar("T")
 
 
 class Dispatcher:
@@ -118,9 +115,9 @@ class Dispatcher:
         # handing one over never waits); a wake-up for the claim loop (one token:
         # wakes that come while it claims are not lost, and many are one); a
         # token for stop() when the last attempt in flight ends.
-        self._jobs: _Stream[tuple[ClaimedDelivery, Lane]] | None = None
-        self._wakeups: _Stream[None] | None = None
-        self._idle: _Stream[None] | None = None
+        self._jobs: Stream[tuple[ClaimedDelivery, Lane]] | None = None
+        self._wakeups: Stream[None] | None = None
+        self._idle: Stream[None] | None = None
         self._workers_scope: anyio.CancelScope | None = None
 
     # signals from the engine ---------------------------------------------------------------
@@ -129,7 +126,7 @@ class Dispatcher:
         """New deliveries may be due: look now rather than at the next poll."""
         self._drained = False
         self._take_handed()
-        _signal(self._wakeups)
+        signal(self._wakeups)
 
     def stored(self) -> None:
         """This process queued deliveries: take those the store leased to us as it
@@ -167,9 +164,9 @@ class Dispatcher:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Claim and deliver until :meth:`stop`."""
-        self._jobs = _Stream.open(self._concurrency)
-        self._wakeups = _Stream.open(1)
-        self._idle = _Stream.open(1)
+        self._jobs = Stream.open(self._concurrency)
+        self._wakeups = Stream.open(1)
+        self._idle = Stream.open(1)
         if hasattr(self._store, "handoff"):  # a store of ours: fresh work comes straight here
             self._handoff = Handoff(
                 self.owner, lease_seconds=self.lease_seconds, room=self._room, clock=self._clock
@@ -205,7 +202,7 @@ class Dispatcher:
             if len(backlog) >= low:
                 # the workers ask for more once below, unless the last claim found
                 # no more (then only the engine's wake-ups, or the next poll)
-                await _wait(wakeups, self._poll_interval)
+                await wait(wakeups, self._poll_interval)
                 continue
             now = self._clock()
             limit = max(1, min(target - len(backlog), self._claim_batch))
@@ -249,7 +246,7 @@ class Dispatcher:
                 backlog.ready.extend(claimed)
                 self._hand_over()
             else:  # nothing due: wait for new work, a retry or the next poll
-                await _wait(wakeups, self._nothing_due_for(now))
+                await wait(wakeups, self._nothing_due_for(now))
 
     def _nothing_due_for(self, now: float) -> float:
         delay = self._poll_interval
@@ -269,7 +266,7 @@ class Dispatcher:
             self._in_flight.add(taken[0].id)
             self._jobs.send.send_nowait(taken)  # room for one per free worker
         if len(self.backlog) < self._concurrency and not self._drained:
-            _signal(self._wakeups)
+            signal(self._wakeups)
 
     def _close_handoff(self) -> list[ClaimedDelivery]:
         """No more fresh deliveries for us; those handed and not yet taken."""
@@ -316,7 +313,7 @@ class Dispatcher:
                 self.backlog.done(delivery.agent_id, lane)
                 self._hand_over()
                 if self._stopping and not self._in_flight:
-                    _signal(self._idle)
+                    signal(self._idle)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming; give attempts in flight ``grace`` seconds, then cancel them
@@ -328,9 +325,9 @@ class Dispatcher:
         left += self.backlog.clear()
         if self._jobs is not None:
             self._jobs.send.close()  # idle workers return; busy ones after their attempt
-        _signal(self._wakeups)  # the claim loop sees the stop
+        signal(self._wakeups)  # the claim loop sees the stop
         if self._in_flight and self._idle is not None:
-            await _wait(self._idle.receive, grace)
+            await wait(self._idle.receive, grace)
         left += self._in_flight
         if self._in_flight and self._workers_scope is not None:
             self._workers_scope.cancel()
@@ -371,37 +368,3 @@ class Dispatcher:
         if done.outcome.next_attempt_at is not None:
             self.retry_scheduled(done.outcome.next_attempt_at)
         self._record(done.result)
-
-
-class _Stream(Generic[T]):
-    """Both ends of one memory-object stream."""
-
-    __slots__ = ("receive", "send")
-
-    def __init__(
-        self, send: MemoryObjectSendStream[T], receive: MemoryObjectReceiveStream[T]
-    ) -> None:
-        self.send, self.receive = send, receive
-
-    @classmethod
-    def open(cls, size: int) -> _Stream[T]:
-        send, receive = anyio.create_memory_object_stream[T](size)
-        return cls(send, receive)
-
-    def close(self) -> None:
-        self.send.close()
-        self.receive.close()
-
-
-def _signal(stream: _Stream[None] | None) -> None:
-    """Leave a token (one is enough: a second one is dropped)."""
-    if stream is not None:
-        with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
-            stream.send.send_nowait(None)
-
-
-async def _wait(tokens: MemoryObjectReceiveStream[None], timeout: float | None = None) -> None:
-    """Take a token, or return after ``timeout`` seconds or once the stream is closed."""
-    with anyio.move_on_after(timeout):
-        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
-            await tokens.receive()

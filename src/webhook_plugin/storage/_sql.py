@@ -16,21 +16,17 @@ queued commit together.
 
 from __future__ import annotations
 
-import threading
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
 
-from ..settings import WebhookSettings
 from ._log_sql import LogSQL
-from ._plumbing import _body, _decode_settings, _event_type, log
+from ._outbox_sql import OutboxSQL
+from ._plumbing import _body, _event_type, log
 from ._settings_sql import SettingsSQL
 from .base import (
     AttemptResult,
     ClaimedDelivery,
-    Handoff,
-    NewDelivery,
 )
 
 __all__ = ["SQLStore"]
@@ -38,15 +34,7 @@ __all__ = ["SQLStore"]
 T = TypeVar("T")
 
 
-class _Inserted(NamedTuple):
-    """What one insert did: leased to ``handoff``, and whether others need a claim."""
-
-    handoff: Handoff | None
-    claimed: list[ClaimedDelivery]
-    unleased: bool
-
-
-class SQLStore(LogSQL, SettingsSQL):
+class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
     """The operations of :class:`~webhook_plugin.storage.base.DeliveryStore` in
     portable SQL: the outbox, claims and attempts here; the delivery log and the
     settings in their own parts."""
@@ -63,23 +51,10 @@ class SQLStore(LogSQL, SettingsSQL):
     #: whether :meth:`wait_for_new` can wake a worker in another process
     supports_notify: ClassVar[bool] = False
 
-    #: set by a dispatcher of this process: fresh deliveries are leased to it as
-    #: they are inserted (see :class:`~webhook_plugin.storage.base.Handoff`)
-    handoff: Handoff | None = None
-    #: per thread: deliveries leased in the transaction under way
-    _leasing = threading.local()
-
-    #: how many rows one INSERT ... VALUES carries when leasing (9 parameters a
-    #: row, far below SQLite's 32,766 and PostgreSQL's 65,535)
-    _LEASE_CHUNK: ClassVar[int] = 500
-
     def _claim_params(
         self, now: float, limit: int, lease_until: float, owner: str, skip: tuple[str, ...]
     ) -> tuple[Any, ...]:
         return (lease_until, owner, now, now, *skip, limit)
-
-    def _after_insert(self, conn: Any) -> None:
-        """Called in the transaction that queued new deliveries."""
 
     def ping(self) -> None:
         """Raise :class:`StorageError` when the database does not answer a query."""
@@ -89,19 +64,6 @@ class SQLStore(LogSQL, SettingsSQL):
 
     #: ``sqlite`` or ``postgresql``: which DDL a component's migrations use
     dialect: ClassVar[str]
-
-    @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """One write transaction (yields a connection), serialised with the others."""
-        inserted: list[_Inserted] = []
-        self._leasing.inserted = inserted
-        try:
-            with self._tx() as conn:
-                yield conn
-        finally:
-            self._leasing.inserted = None
-        for each in inserted:
-            self._hand(each)
 
     def read(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(connection)`` for a read."""
@@ -123,15 +85,6 @@ class SQLStore(LogSQL, SettingsSQL):
     def execute_many(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._xmany(conn, sql, rows)
 
-    def queue_deliveries(self, conn: Any, items: Sequence[NewDelivery]) -> None:
-        """Queue deliveries in a transaction the caller holds (see :meth:`transaction`)."""
-        # leased only in a transaction of :meth:`transaction`, which hands them
-        # over once it commits
-        pending = getattr(self._leasing, "inserted", None)
-        inserted = self._insert_deliveries(conn, items, lease=pending is not None)
-        if pending is not None:
-            pending.append(inserted)
-
     @abstractmethod
     def migrate(self, component: str, scripts: Sequence[str]) -> None:
         """Bring ``component``'s tables to ``len(scripts)``: run the scripts after
@@ -143,105 +96,6 @@ class SQLStore(LogSQL, SettingsSQL):
         raise NotImplementedError
 
     # outbox and delivery log ---------------------------------------------------------
-
-    def insert_deliveries(self, items: Sequence[NewDelivery]) -> None:
-        with self._tx() as conn:
-            inserted = self._insert_deliveries(conn, items, lease=True)
-        self._hand(inserted)
-
-    def _hand(self, inserted: _Inserted) -> None:
-        """Committed: give the leased deliveries to the dispatcher, or release
-        them if it has stopped meanwhile."""
-        handoff, claimed = inserted.handoff, inserted.claimed
-        if handoff is not None and not handoff.give(claimed, unleased=inserted.unleased):
-            if claimed:
-                self.release([d.id for d in claimed], handoff.owner)
-
-    def _insert_deliveries(
-        self, conn: Any, items: Sequence[NewDelivery], *, lease: bool = False
-    ) -> _Inserted:
-        """Insert ``items``; with ``lease``, those leased to this process's
-        dispatcher (if it has one, and it wants more)."""
-        handoff = self.handoff
-        if not items:
-            return _Inserted(handoff, [], False)
-        claimed: list[ClaimedDelivery] = []
-        if lease and handoff is not None and (room := handoff.room()) > 0:
-            claimed, items = self._insert_leased(conn, items, handoff, room)
-        if items:
-            self._insert_plain(conn, items)
-        self._after_insert(conn)
-        return _Inserted(handoff, claimed, bool(items))
-
-    def _insert_leased(
-        self, conn: Any, items: Sequence[NewDelivery], handoff: Handoff, room: int
-    ) -> tuple[list[ClaimedDelivery], list[NewDelivery]]:
-        """Insert and lease up to ``room`` of ``items`` that are due and whose
-        endpoint reads well; return them, and the others (not yet inserted)."""
-        now = handoff.clock()
-        endpoints = self._endpoints(conn, {d.agent_id for d in items})
-        lease: list[NewDelivery] = []
-        rest: list[NewDelivery] = []
-        for d in items:
-            settings = endpoints.get(d.agent_id, (None, None))[0]
-            if len(lease) < room and settings is not None and d.next_attempt_at <= now:
-                lease.append(d)
-            else:
-                rest.append(d)
-        lease_until = now + handoff.lease_seconds
-        claimed: list[ClaimedDelivery] = []
-        for start in range(0, len(lease), self._LEASE_CHUNK):
-            chunk = lease[start : start + self._LEASE_CHUNK]
-            params: list[Any] = []
-            for d in chunk:
-                params += (d.webhook_id, d.agent_id, d.event_type.value, d.body, d.created_at)
-                params += (d.next_attempt_at, d.created_at, lease_until, handoff.owner)
-            rows = self._x(
-                conn,
-                "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
-                " next_attempt_at, updated_at, lease_until, lease_owner) VALUES "
-                + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-                + " RETURNING id, webhook_id",
-                params,
-            ).fetchall()
-            ids = {webhook_id: delivery_id for delivery_id, webhook_id in rows}
-            for d in chunk:
-                settings, failing_since = endpoints[d.agent_id]
-                claimed.append(
-                    ClaimedDelivery(
-                        id=ids[d.webhook_id],
-                        webhook_id=d.webhook_id,
-                        agent_id=d.agent_id,
-                        event_type=d.event_type,
-                        body=d.body,
-                        created_at=d.created_at,
-                        attempts=0,
-                        round_attempts=0,
-                        lease_until=lease_until,
-                        settings=settings,
-                        failing_since=failing_since,
-                    )
-                )
-        return claimed, rest
-
-    def _insert_plain(self, conn: Any, items: Sequence[NewDelivery]) -> None:
-        self._xmany(
-            conn,
-            "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
-            " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    d.webhook_id,
-                    d.agent_id,
-                    d.event_type.value,
-                    d.body,
-                    d.created_at,
-                    d.next_attempt_at,
-                    d.created_at,
-                )
-                for d in items
-            ],
-        )
 
     def claim_due(
         self,
@@ -304,22 +158,6 @@ class SQLStore(LogSQL, SettingsSQL):
                 reason=reason,
             )
         return claimed
-
-    def _endpoints(
-        self, conn: Any, agent_ids: set[str]
-    ) -> dict[str, tuple[WebhookSettings | None, float | None]]:
-        """The agents' settings and ``failing_since``; settings of None for an
-        agent whose row this version cannot decode (absent: no row)."""
-        if not agent_ids:
-            return {}
-        marks = ",".join("?" * len(agent_ids))
-        rows = self._x(
-            conn,
-            "SELECT agent_id, data, disabled, disabled_reason, failing_since"
-            f" FROM webhook_settings WHERE agent_id IN ({marks})",
-            tuple(agent_ids),
-        ).fetchall()
-        return {row[0]: (_decode_settings(row[0], row[1:4]), row[4]) for row in rows}
 
     def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         # One statement per kind for the whole batch (executemany): on the

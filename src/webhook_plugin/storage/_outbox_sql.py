@@ -1,0 +1,188 @@
+"""The outbox's inserts in SQL: plain, or leased to this process's dispatcher.
+
+A store with a :class:`~webhook_plugin.storage.base.Handoff` (its dispatcher
+runs in this process) leases the due deliveries of each insert to it, as many
+as it asks for, in the inserting transaction, and hands them over once that
+commits: the dispatcher starts them with no claim query in between. The rest
+are inserted plain and claimed as usual.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, NamedTuple
+
+from ..settings import WebhookSettings
+from ._plumbing import Plumbing, _decode_settings
+from .base import ClaimedDelivery, Handoff, NewDelivery
+
+__all__ = ["OutboxSQL"]
+
+
+class _Inserted(NamedTuple):
+    """What one insert did: leased to ``handoff``, and whether others need a claim."""
+
+    handoff: Handoff | None
+    claimed: list[ClaimedDelivery]
+    unleased: bool
+
+
+class OutboxSQL(Plumbing):
+    """The outbox part of the SQL delivery store, and the seam's transaction."""
+
+    #: set by a dispatcher of this process: fresh deliveries are leased to it as
+    #: they are inserted (see :class:`~webhook_plugin.storage.base.Handoff`)
+    handoff: Handoff | None = None
+    #: per thread: deliveries leased in the transaction under way
+    _leasing = threading.local()
+
+    #: how many rows one INSERT ... VALUES carries when leasing (9 parameters a
+    #: row, far below SQLite's 32,766 and PostgreSQL's 65,535)
+    _LEASE_CHUNK: ClassVar[int] = 500
+
+    def _after_insert(self, conn: Any) -> None:
+        """Called in the transaction that queued new deliveries."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One write transaction (yields a connection), serialised with the others."""
+        inserted: list[_Inserted] = []
+        self._leasing.inserted = inserted
+        try:
+            with self._tx() as conn:
+                yield conn
+        finally:
+            self._leasing.inserted = None
+        for each in inserted:
+            self._hand(each)
+
+    def queue_deliveries(self, conn: Any, items: Sequence[NewDelivery]) -> None:
+        """Queue deliveries in a transaction the caller holds (see :meth:`transaction`)."""
+        # leased only in a transaction of :meth:`transaction`, which hands them
+        # over once it commits
+        pending = getattr(self._leasing, "inserted", None)
+        inserted = self._insert_deliveries(conn, items, lease=pending is not None)
+        if pending is not None:
+            pending.append(inserted)
+
+    def insert_deliveries(self, items: Sequence[NewDelivery]) -> None:
+        with self._tx() as conn:
+            inserted = self._insert_deliveries(conn, items, lease=True)
+        self._hand(inserted)
+
+    def _hand(self, inserted: _Inserted) -> None:
+        """Committed: give the leased deliveries to the dispatcher, or release
+        them if it has stopped meanwhile."""
+        handoff, claimed = inserted.handoff, inserted.claimed
+        if handoff is not None and not handoff.give(claimed, unleased=inserted.unleased):
+            if claimed:
+                self.release([d.id for d in claimed], handoff.owner)
+
+    def _insert_deliveries(
+        self, conn: Any, items: Sequence[NewDelivery], *, lease: bool = False
+    ) -> _Inserted:
+        """Insert ``items``; with ``lease``, those leased to this process's
+        dispatcher (if it has one, and it wants more)."""
+        handoff = self.handoff
+        if not items:
+            return _Inserted(handoff, [], False)
+        claimed: list[ClaimedDelivery] = []
+        if lease and handoff is not None and (room := handoff.room()) > 0:
+            claimed, items = self._insert_leased(conn, items, handoff, room)
+        if items:
+            self._insert_plain(conn, items)
+        self._after_insert(conn)
+        return _Inserted(handoff, claimed, bool(items))
+
+    def _insert_leased(
+        self, conn: Any, items: Sequence[NewDelivery], handoff: Handoff, room: int
+    ) -> tuple[list[ClaimedDelivery], list[NewDelivery]]:
+        """Insert and lease up to ``room`` of ``items`` that are due and whose
+        endpoint reads well; return them, and the others (not yet inserted)."""
+        now = handoff.clock()
+        endpoints = self._endpoints(conn, {d.agent_id for d in items})
+        lease: list[NewDelivery] = []
+        rest: list[NewDelivery] = []
+        for d in items:
+            settings = endpoints.get(d.agent_id, (None, None))[0]
+            if len(lease) < room and settings is not None and d.next_attempt_at <= now:
+                lease.append(d)
+            else:
+                rest.append(d)
+        lease_until = now + handoff.lease_seconds
+        claimed: list[ClaimedDelivery] = []
+        for start in range(0, len(lease), self._LEASE_CHUNK):
+            chunk = lease[start : start + self._LEASE_CHUNK]
+            params: list[Any] = []
+            for d in chunk:
+                params += (d.webhook_id, d.agent_id, d.event_type.value, d.body, d.created_at)
+                params += (d.next_attempt_at, d.created_at, lease_until, handoff.owner)
+            rows = self._x(
+                conn,
+                "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
+                " next_attempt_at, updated_at, lease_until, lease_owner) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                + " RETURNING id, webhook_id",
+                params,
+            ).fetchall()
+            ids = {webhook_id: delivery_id for delivery_id, webhook_id in rows}
+            for d in chunk:
+                settings, failing_since = endpoints[d.agent_id]
+                claimed.append(
+                    ClaimedDelivery(
+                        id=ids[d.webhook_id],
+                        webhook_id=d.webhook_id,
+                        agent_id=d.agent_id,
+                        event_type=d.event_type,
+                        body=d.body,
+                        created_at=d.created_at,
+                        attempts=0,
+                        round_attempts=0,
+                        lease_until=lease_until,
+                        settings=settings,
+                        failing_since=failing_since,
+                    )
+                )
+        return claimed, rest
+
+    def _insert_plain(self, conn: Any, items: Sequence[NewDelivery]) -> None:
+        self._xmany(
+            conn,
+            "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
+            " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    d.webhook_id,
+                    d.agent_id,
+                    d.event_type.value,
+                    d.body,
+                    d.created_at,
+                    d.next_attempt_at,
+                    d.created_at,
+                )
+                for d in items
+            ],
+        )
+
+    def _endpoints(
+        self, conn: Any, agent_ids: set[str]
+    ) -> dict[str, tuple[WebhookSettings | None, float | None]]:
+        """The agents' settings and ``failing_since``; settings of None for an
+        agent whose row this version cannot decode (absent: no row)."""
+        if not agent_ids:
+            return {}
+        marks = ",".join("?" * len(agent_ids))
+        rows = self._x(
+            conn,
+            "SELECT agent_id, data, disabled, disabled_reason, failing_since"
+            f" FROM webhook_settings WHERE agent_id IN ({marks})",
+            tuple(agent_ids),
+        ).fetchall()
+        return {row[0]: (_decode_settings(row[0], row[1:4]), row[4]) for row in rows}
+
+    @abstractmethod
+    def release(self, delivery_ids: Sequence[int], owner: str) -> None:
+        """End ``owner``'s leases on these deliveries (the claims' part has it)."""
