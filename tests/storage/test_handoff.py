@@ -108,3 +108,31 @@ def test_a_transaction_that_fails_hands_nothing_and_stores_nothing(
         assert [d.webhook_id for d in taken] == ["msg_2"] and not unleased
     finally:
         store.close()
+
+
+def test_a_write_waits_for_another_processs_writer_and_then_goes_through(
+    tmp_path: object,
+) -> None:
+    """`serve --no-workers` and `worker` share one SQLite file: a transaction that
+    finds the other's write under way waits for it (in short steps of ours, not
+    SQLite's up-to-100 ms sleeps), then commits."""
+    import sqlite3
+    import threading
+    from pathlib import Path
+
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    path = Path(str(tmp_path)) / "shared.db"
+    store = SQLiteStore(path)
+    store.open()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the other process is writing
+        holding = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+        holding.start()
+        store.insert_deliveries([fresh(1)])  # no "database is locked"
+        holding.join()
+        assert [r.webhook_id for r in store.list_deliveries(limit=10)] == ["msg_1"]
+    finally:
+        other.close()
+        store.close()

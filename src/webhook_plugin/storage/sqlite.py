@@ -28,6 +28,28 @@ T = TypeVar("T")
 #: seconds between two looks at the queued-deliveries counter: 5 ms after a
 #: change, growing to 50 ms while nothing happens (an idle process stays idle)
 _WATCH_INTERVAL: Final = (0.005, 0.05)
+#: how long a writer waits for another process's write transaction, and the
+#: longest pause between its tries (SQLite's own busy handler sleeps up to
+#: 100 ms between tries, which is what a message waits when ``serve`` and
+#: ``worker`` share the file)
+_BEGIN_WAIT: Final = 30.0
+_BEGIN_PAUSE: Final = (0.0002, 0.002)
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting in short steps while another process writes."""
+    deadline = time.monotonic() + _BEGIN_WAIT
+    pause = _BEGIN_PAUSE[0]
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, _BEGIN_PAUSE[1])
+
 
 #: the delivery store's tables (the runtime's chat store has its own migrations)
 _MIGRATIONS: list[str] = [
@@ -150,6 +172,8 @@ class SQLiteStore(SQLStore):
             if self.path.parent != Path():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._write = self._connect()
+            # its waits for another process's writer are _begin()'s, in short steps
+            self._write.execute("PRAGMA busy_timeout = 0")
             self.migrate("delivery", _MIGRATIONS)
             self._probe_write(self._write)
             self._read = self._connect()
@@ -206,7 +230,7 @@ class SQLiteStore(SQLStore):
     def _probe_write(conn: sqlite3.Connection) -> None:
         """Fail now, not at the first event, on a file we may read but not write
         (a read-only file or mount): the writes a real transaction makes, rolled back."""
-        conn.execute("BEGIN IMMEDIATE")
+        _begin(conn)
         try:
             conn.execute("CREATE TABLE write_probe (x INTEGER)")
             conn.execute("INSERT INTO write_probe VALUES (1)")
@@ -223,7 +247,7 @@ class SQLiteStore(SQLStore):
             raise StorageError(f"{self!r} is not open")
         with self._write_lock:
             conn = self._write
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             try:
                 self._migrate_in(conn, component, scripts)
                 conn.execute("COMMIT")
@@ -241,7 +265,7 @@ class SQLiteStore(SQLStore):
             if not durable:  # in WAL mode: no fsync; the next durable commit syncs it
                 conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                _begin(conn)
                 yield conn
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
