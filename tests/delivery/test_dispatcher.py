@@ -174,3 +174,79 @@ async def test_work_handed_to_a_worker_as_stop_comes_is_left_for_the_next_start(
     assert client.posted == [] and results == []
     assert sorted(store.released) == [1, 2, 3]  # every lease handed back, once
     assert d.lanes.busy == {"quick": 0, "new": 0, "slow": 0}
+
+
+class FailingReleaseStore(ReleasingStore):
+    """Its release fails, as a database gone away at shutdown would."""
+
+    def release(self, ids: Sequence[int], owner: str) -> None:
+        from webhook_plugin.exceptions import StorageError
+
+        raise StorageError("connection reset")
+
+
+async def test_a_loop_restarted_after_stop_returns_and_a_failed_release_is_logged() -> None:
+    """The supervisor may restart a crashed loop while the engine stops: the new
+    loop must not wait for work for ever, and stop() must not raise because the
+    database could not take the leases back (they run out)."""
+    from structlog.testing import capture_logs
+
+    client = GatedClient(anyio.Event())
+    d = Dispatcher(
+        FailingReleaseStore(),  # type: ignore[arg-type]
+        client,
+        lambda r: None,
+        policy=RetryPolicy(),
+        concurrency=2,
+        poll_interval=0.05,
+    )
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(d.run)
+            d._left.append(7)  # a lease to hand back
+            with anyio.fail_after(2):
+                await d.stop(grace=1)
+        with anyio.fail_after(2):
+            await d.run()  # a restart after stop() returns at once
+    assert any(e["event"] == "dispatcher.release_failed" for e in logs)
+
+
+async def test_a_loop_restarted_with_work_kept_from_a_crash_starts_it() -> None:
+    """After a crash, the restarted loop finds deliveries in its backlog (more
+    than a round of them) and no worker asking for more: it must start them."""
+    release = anyio.Event()
+    release.set()
+    client = GatedClient(release)
+    results: list[AttemptResult] = []
+    d = Dispatcher(
+        ReleasingStore(),  # type: ignore[arg-type]
+        client,
+        results.append,
+        policy=RetryPolicy(),
+        concurrency=2,
+        per_endpoint=4,
+        poll_interval=30,  # no poll to rescue it
+    )
+    d.backlog.ready.extend([delivery(i, f"agent{i}") for i in range(1, 5)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        with anyio.fail_after(3):
+            while len(results) < 4:
+                await anyio.sleep(0.01)
+        await d.stop(grace=1)
+    assert sorted(client.posted) == ["msg_1", "msg_2", "msg_3", "msg_4"]
+
+
+def test_parked_deliveries_leave_no_room_for_more_at_insert() -> None:
+    """One endpoint that never answers must not gather its fresh deliveries under
+    our lease without bound: parked ones count against the room."""
+    from webhook_plugin.storage.base import Handoff
+
+    d = Dispatcher(None, None, lambda r: None, policy=RetryPolicy(), concurrency=4)  # type: ignore[arg-type]
+    d._handoff = Handoff(d.owner, lease_seconds=60, room=d._room, clock=time.time)
+    assert d._room() == 8
+    d.backlog.ready.extend([delivery(i, "slow") for i in range(1, 12)])
+    while d.backlog.next() is not None:
+        pass
+    assert d.backlog.parked_count == 10  # one probe started, the rest parked
+    assert d._room() == 0

@@ -136,3 +136,31 @@ def test_a_write_waits_for_another_processs_writer_and_then_goes_through(
     finally:
         other.close()
         store.close()
+
+
+def test_the_dispatchers_state_never_fails_a_write(
+    make_store: Callable[[], Store],
+) -> None:
+    """Its room cannot be read (a bug, or a dispatcher half stopped), or the
+    leases of a stopped one cannot be released: the events are stored anyway."""
+    store = make_store()
+    store.open()
+    try:
+        store.put_settings("a", SETTINGS)
+
+        def broken() -> int:
+            raise TypeError("object of type 'NoneType' has no len()")
+
+        store.handoff = Handoff("me", lease_seconds=60, room=broken, clock=time.time)  # type: ignore[attr-defined]
+        store.insert_deliveries([fresh(1)])
+        store.handoff = h = handoff(room=10)  # type: ignore[attr-defined]
+        h.close()
+
+        def failing_release(ids: object, owner: str) -> None:
+            raise RuntimeError("connection reset")
+
+        store.release = failing_release  # type: ignore[method-assign]
+        store.insert_deliveries([fresh(2)])
+        assert sorted(r.webhook_id for r in store.list_deliveries(limit=10)) == ["msg_1", "msg_2"]
+    finally:
+        store.close()

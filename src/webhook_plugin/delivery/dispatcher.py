@@ -102,6 +102,8 @@ class Dispatcher:
         self._in_flight: set[int] = set()
         #: leases stop() hands back for the next start
         self._left: list[int] = []
+        #: attempts cancelled mid-way by a crash of the loop (released for the next claim)
+        self._unfinished: list[int] = []
         #: workers with no attempt in flight and none queued for them
         self._free = concurrency
         self._next_retry_at: float | None = None
@@ -146,10 +148,13 @@ class Dispatcher:
         return unleased
 
     def _room(self) -> int:
-        """How many fresh deliveries we would take now (read from the writing thread)."""
-        if self._stopping or self._handoff is None:
+        """How many fresh deliveries we would take now (called from the writing
+        thread: every attribute is read once)."""
+        handoff = self._handoff
+        if self._stopping or handoff is None:
             return 0
-        held = len(self.backlog) + len(self._in_flight) + len(self._handoff)
+        backlog = self.backlog
+        held = len(backlog) + backlog.parked_count + len(self._in_flight) + len(handoff)
         return max(0, 2 * self._concurrency - held)
 
     def retry_scheduled(self, at: float) -> None:
@@ -164,6 +169,9 @@ class Dispatcher:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Claim and deliver until :meth:`stop`."""
+        if self._stopping:  # restarted (after a crash) once stop() had begun
+            task_status.started()
+            return
         self._jobs = Stream.open(self._concurrency)
         self._wakeups = Stream.open(1)
         self._idle = Stream.open(1)
@@ -178,9 +186,11 @@ class Dispatcher:
                 for _ in range(self._concurrency):
                     tg.start_soon(self._worker, self._jobs.receive)
                 task_status.started()
+                self._hand_over()  # after a restart, the backlog kept from the crash
                 await self._claim_loop()
-                # the workers finish their attempts and return once stop() has
-                # closed the jobs stream, or stop() cancels them
+                # the workers finish their attempts and return once the jobs
+                # stream is closed (stop() closes it too), or stop() cancels them
+                self._jobs.send.close()
         finally:
             # a crash: what was handed over and not taken goes back to the
             # front of the queue, for the restarted loop
@@ -188,10 +198,14 @@ class Dispatcher:
             self.backlog.ready.extend(self._close_handoff())
             for stream in (self._jobs, self._wakeups, self._idle):
                 stream.close()
-            # no worker is left: whatever a cancelled hand-over lost, every slot is free
+            # no worker is left: whatever a cancelled hand-over lost, every slot is
+            # free, and the attempts cancelled mid-way are for the next claim
             self._in_flight.clear()
             self.backlog.reset_slots()
             self._free = self._concurrency
+            unfinished, self._unfinished = self._unfinished, []
+            if unfinished and not self._stopping:
+                await self._release(unfinished)
 
     async def _claim_loop(self) -> None:
         assert self._wakeups is not None
@@ -206,6 +220,10 @@ class Dispatcher:
                 continue
             now = self._clock()
             limit = max(1, min(target - len(backlog), self._claim_batch))
+            # endpoints with work waiting aside are full: claim for the others,
+            # so a slow endpoint cannot crowd them out (and no worker hoards its
+            # backlog under lease)
+            skip = tuple(backlog.parked)
             try:
                 claimed = await anyio.to_thread.run_sync(
                     functools.partial(
@@ -214,10 +232,7 @@ class Dispatcher:
                         limit=limit,
                         lease_until=now + self.lease_seconds,
                         owner=self.owner,
-                        # endpoints with work waiting aside are full: claim for
-                        # the others, so a slow endpoint cannot crowd them out
-                        # (and no worker hoards its backlog under lease)
-                        skip_agents=tuple(backlog.parked),
+                        skip_agents=skip,
                     ),
                     limiter=self._limiter,
                 )
@@ -231,22 +246,30 @@ class Dispatcher:
                 continue
             if self._stopping:  # stop() came during the claim: hand these back
                 if claimed:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(
-                            self._store.release,
-                            [d.id for d in claimed],
-                            self.owner,
-                            limiter=self._limiter,
-                        )
+                    await self._release([d.id for d in claimed])
                 return
             # fewer than asked: none left to claim until something wakes us
             # (unless endpoints were skipped: theirs are left)
-            self._drained = len(claimed) < limit and not backlog.parked
+            self._drained = len(claimed) < limit and not skip
             if claimed:
                 backlog.ready.extend(claimed)
                 self._hand_over()
-            else:  # nothing due: wait for new work, a retry or the next poll
+            if self._drained:  # wait for new work, a retry or the next poll
                 await wait(wakeups, self._nothing_due_for(now))
+
+    async def _release(self, ids: list[int]) -> None:
+        """Hand these leases back (shielded); a failure is logged: they run out."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(
+                    self._store.release, ids, self.owner, limiter=self._limiter
+                )
+            except Exception as exc:
+                log.warning(
+                    "dispatcher.release_failed", deliveries=len(ids), error_type=type(exc).__name__
+                )
+            else:
+                log.info("dispatcher.released", deliveries=len(ids))
 
     def _nothing_due_for(self, now: float) -> float:
         delay = self._poll_interval
@@ -307,6 +330,9 @@ class Dispatcher:
                 log.exception(
                     "delivery.crashed", agent_id=delivery.agent_id, webhook_id=delivery.webhook_id
                 )
+            except BaseException:  # cancelled: the attempt did not finish
+                self._unfinished.append(delivery.id)
+                raise
             finally:
                 self._in_flight.discard(delivery.id)
                 self._free += 1
@@ -332,11 +358,7 @@ class Dispatcher:
         if self._in_flight and self._workers_scope is not None:
             self._workers_scope.cancel()
         if left:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(
-                    self._store.release, left, self.owner, limiter=self._limiter
-                )
-            log.info("dispatcher.released", deliveries=len(left))
+            await self._release(left)
 
     # one delivery ---------------------------------------------------------------------------
 

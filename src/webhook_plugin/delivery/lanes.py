@@ -101,7 +101,7 @@ class Backlog:
     in order, when a slot it may use frees.
     """
 
-    __slots__ = ("busy", "lanes", "parked", "ready")
+    __slots__ = ("busy", "lanes", "parked", "parked_count", "ready")
 
     def __init__(self, lanes: EndpointLanes) -> None:
         self.lanes = lanes
@@ -109,6 +109,8 @@ class Backlog:
         self.ready: deque[ClaimedDelivery] = deque()
         #: deliveries waiting for a slot of their endpoint (or of its lane)
         self.parked: dict[str, deque[ClaimedDelivery]] = {}
+        #: how many are parked (read from other threads: no dict to walk)
+        self.parked_count = 0
         #: attempts started per endpoint and not yet ended
         self.busy: dict[str, int] = {}
 
@@ -131,6 +133,7 @@ class Backlog:
             busy = self.busy.get(agent_id, 0)
             if not lanes.may_start(agent_id, busy):
                 self.parked.setdefault(agent_id, deque()).append(delivery)
+                self.parked_count += 1
                 continue
             self.busy[agent_id] = busy + 1
             lane = lanes.lane(agent_id)
@@ -169,6 +172,7 @@ class Backlog:
         ids += [d.id for q in self.parked.values() for d in q]
         self.ready.clear()
         self.parked.clear()
+        self.parked_count = 0
         return ids
 
     def reset_slots(self) -> None:
@@ -189,6 +193,7 @@ class Backlog:
         if not parked:
             return False
         taken = [parked.popleft() for _ in range(min(count, len(parked)))]
+        self.parked_count -= len(taken)
         self.ready.extendleft(reversed(taken))  # their turn comes first, in order
         if not parked:
             del self.parked[agent_id]

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, NamedTuple
 
 from ..settings import WebhookSettings
-from ._plumbing import Plumbing, _decode_settings
+from ._plumbing import Plumbing, _decode_settings, log
 from .base import ClaimedDelivery, Handoff, NewDelivery
 
 __all__ = ["OutboxSQL"]
@@ -28,6 +28,14 @@ class _Inserted(NamedTuple):
     handoff: Handoff | None
     claimed: list[ClaimedDelivery]
     unleased: bool
+
+
+def _room(handoff: Handoff) -> int:
+    """The dispatcher's room; 0 if asking fails (its state must never fail a write)."""
+    try:
+        return handoff.room()
+    except Exception:
+        return 0
 
 
 class OutboxSQL(Plumbing):
@@ -75,11 +83,17 @@ class OutboxSQL(Plumbing):
 
     def _hand(self, inserted: _Inserted) -> None:
         """Committed: give the leased deliveries to the dispatcher, or release
-        them if it has stopped meanwhile."""
+        them if it has stopped meanwhile. Never raises: what it hands over is
+        already stored, and a lease it cannot release runs out."""
         handoff, claimed = inserted.handoff, inserted.claimed
-        if handoff is not None and not handoff.give(claimed, unleased=inserted.unleased):
-            if claimed:
-                self.release([d.id for d in claimed], handoff.owner)
+        if handoff is None or handoff.give(claimed, unleased=inserted.unleased) or not claimed:
+            return
+        try:
+            self.release([d.id for d in claimed], handoff.owner)
+        except Exception as exc:
+            log.warning(
+                "outbox.release_failed", deliveries=len(claimed), error_type=type(exc).__name__
+            )
 
     def _insert_deliveries(
         self, conn: Any, items: Sequence[NewDelivery], *, lease: bool = False
@@ -90,11 +104,13 @@ class OutboxSQL(Plumbing):
         if not items:
             return _Inserted(handoff, [], False)
         claimed: list[ClaimedDelivery] = []
-        if lease and handoff is not None and (room := handoff.room()) > 0:
+        if lease and handoff is not None and (room := _room(handoff)) > 0:
             claimed, items = self._insert_leased(conn, items, handoff, room)
         if items:
             self._insert_plain(conn, items)
-        self._after_insert(conn)
+            # others may claim these (another process, or our claim loop); the
+            # leased ones are ours alone, and wake no one
+            self._after_insert(conn)
         return _Inserted(handoff, claimed, bool(items))
 
     def _insert_leased(

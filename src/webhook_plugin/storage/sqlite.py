@@ -45,7 +45,9 @@ def _begin(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+            # SQLITE_BUSY and its extended codes (SQLITE_BUSY_RECOVERY...)
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, _BEGIN_PAUSE[1])
@@ -189,7 +191,7 @@ class SQLiteStore(SQLStore):
             ) from exc
 
     def close(self) -> None:
-        with self._watch_lock:
+        with self._watch_lock, self._point_lock:
             for conn in (self._read, self._write, self._watch, self._point):
                 if conn is not None:
                     conn.close()
