@@ -49,7 +49,10 @@ def postgres_up() -> bool:
     return True
 
 
-def _config(tmp: Path, receiver_url: str, database: str) -> Path:
+def write_config(tmp: Path, receiver_url: str, database: str | None = None) -> Path:
+    """The config every bench server runs: agent `perf` with a webhook to the
+    receiver, an API token; a fresh SQLite file unless ``database`` is given."""
+    database = database or f"sqlite:///{tmp / f'api-{time.monotonic_ns()}.db'}"
     path = tmp / f"setup-{time.monotonic_ns()}.toml"
     path.write_text(
         f"""
@@ -72,6 +75,21 @@ url = "{receiver_url}/hook"
     return path
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until ``url``/healthz answers 200; RuntimeError if ``proc`` exits first or
+    it takes longer than ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not start") from None
+            time.sleep(0.1)
+
+
 class Deployment:
     """The processes of one setup, started from the `webhook-plugin` command."""
 
@@ -80,12 +98,11 @@ class Deployment:
 
         kind, serves, workers = SETUPS[setup]
         self.schema = None
-        if kind == "sqlite":
-            database = f"sqlite:///{tmp / f'api-{time.monotonic_ns()}.db'}"
-        else:
+        database = None
+        if kind == "postgres":
             self.schema = f"bench_api_{os.getpid()}_{time.monotonic_ns() % 10**9}"
             database = f"{POSTGRES_URL}?schema={self.schema}"
-        config = _config(tmp, receiver_url, database)
+        config = write_config(tmp, receiver_url, database)
         cli = [sys.executable, "-m", "webhook_plugin.cli"]
         self.log = (tmp / f"{setup}-{time.monotonic_ns()}.log").open("w")
         self.serves: list[subprocess.Popen[bytes]] = []
@@ -97,26 +114,17 @@ class Deployment:
             argv += ["--log-level", "warning"] + (["--no-workers"] if workers else [])
             self.serves.append(self._start(argv, tmp))
             self.urls.append(f"http://127.0.0.1:{port}")
-            self._wait_healthy(self.urls[-1])  # one at a time: each creates the tables
+            try:  # one at a time: each creates the tables
+                wait_healthy(self.urls[-1], self.serves[-1])
+            except RuntimeError:
+                self.stop()
+                raise
         for _ in range(workers):
             argv = [*cli, "worker", "--config", str(config), "--log-level", "warning"]
             self.others.append(self._start(argv, tmp))
 
     def _start(self, argv: list[str], tmp: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, cwd=tmp, stdout=subprocess.DEVNULL, stderr=self.log)
-
-    def _wait_healthy(self, url: str) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"{url} did not start") from None
-                time.sleep(0.1)
 
     def rss_mib(self, field: str = "VmHWM") -> float:
         """The serve processes' memory (the peak, VmHWM, or now, VmRSS), summed."""
@@ -180,7 +188,8 @@ async def post(
         return n / (time.perf_counter() - start), events
 
 
-def _arrive(rx: str, events: int, timeout: float = 180) -> dict:
+def arrive(rx: str, events: int, timeout: float = 180) -> dict:
+    """The receiver's stats once ``events`` distinct webhooks have arrived."""
     deadline = time.monotonic() + timeout
     while (s := stats(rx))["unique_ok"] < events:
         if time.monotonic() > deadline:
@@ -197,11 +206,11 @@ def run_setup(
     try:
         reset(rx)
         _, warm = asyncio.run(post(d.urls, min(300, n), c, f"{tag}w"))
-        _arrive(rx, warm)
+        arrive(rx, warm)
         reset(rx)
         start = time.perf_counter()
         acked, events = asyncio.run(post(d.urls, n, c, tag))
-        s = _arrive(rx, events)
+        s = arrive(rx, events)
         result = {
             "acked": acked,
             "delivered": events / (time.perf_counter() - start),
@@ -213,7 +222,7 @@ def run_setup(
         half = acked / 2
         count = max(200, int(half * 3))  # three seconds at half the rate
         _, events = asyncio.run(post(d.urls, count, c, f"{tag}h", rate=half))
-        s = _arrive(rx, events)
+        s = arrive(rx, events)
         result["half_rate"] = half
         result["half_p50_ms"] = s["p50_ms"]
         result["half_p99_ms"] = s["p99_ms"]
@@ -221,7 +230,7 @@ def run_setup(
             result["rss_now_1x"] = d.rss_mib("VmRSS")
             reset(rx)
             _, events = asyncio.run(post(d.urls, n * (long - 1), c, f"{tag}l"))
-            _arrive(rx, events, timeout=600)
+            arrive(rx, events, timeout=600)
             result["rss_now_long"] = d.rss_mib("VmRSS")
             result["rss_peak_long"] = d.rss_mib()
         return result

@@ -36,7 +36,6 @@ after K times as many messages.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import resource
 import selectors
@@ -49,36 +48,19 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import HERE, free_port, receiver, reset, stats
-from _deployments import SETUPS, postgres_up, run_setup
+from _common import HERE, free_port, receiver, reset
+from _deployments import (
+    SETUPS,
+    arrive,
+    post,
+    postgres_up,
+    run_setup,
+    wait_healthy,
+    write_config,
+)
 from _harness import emit, environment, parser
 
-TOKEN = "bench-token-0123456789abcdef"
 SERVERS = ["ours", "uvicorn-httptools", "uvicorn-h11", "hypercorn-asyncio", "hypercorn-trio"]
-
-
-def write_config(tmp: Path, receiver_url: str) -> Path:
-    path = tmp / "bench.toml"
-    database = tmp / f"api-{time.monotonic_ns()}.db"
-    path.write_text(
-        f"""
-[runtime]
-plugins = ["webhook_plugin"]
-database = "sqlite:///{database}"
-api_token = "{TOKEN}"
-
-[webhook]
-allow_private_hosts = ["127.0.0.1"]
-
-[[agents]]
-id = "perf"
-name = "Perf Bot"
-
-[agents.webhook]
-url = "{receiver_url}/hook"
-"""
-    )
-    return path
 
 
 class Served:
@@ -104,17 +86,11 @@ class Served:
         self.proc = subprocess.Popen(
             argv, cwd=tmp, stdout=subprocess.DEVNULL, stderr=self.log, env=env
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"{server}/{app} did not start") from None
-                time.sleep(0.1)
+        try:
+            wait_healthy(self.url, self.proc)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"{server}/{app} did not start") from None
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -135,47 +111,6 @@ class Served:
         self.log.close()
 
 
-async def post_messages(url: str, n: int, c: int, tag: str) -> tuple[float, int]:
-    """Post ``n`` messages with ``c`` in flight: (acknowledged/s, events queued)."""
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    events = 0
-    counter = iter(range(n))
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
-
-        async def worker() -> None:
-            nonlocal events
-            for i in counter:
-                body = json.dumps(
-                    {
-                        "conversationId": f"c_{tag}_{i}",
-                        "channel": "website",
-                        "text": f"t={time.time():.6f} Olá, where is my order? " + "x" * 200,
-                    }
-                )
-                async with session.post(
-                    f"{url}/v1/agents/perf/messages", data=body, headers=headers
-                ) as r:
-                    if r.status != 200:
-                        raise RuntimeError(f"{r.status}: {await r.text()}")
-                    events += len((await r.json())["events"])
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(c)))
-        return n / (time.perf_counter() - start), events
-
-
-def wait_for(rx: str, events: int, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while (s := stats(rx))["unique_ok"] < events:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {s['unique_ok']} of {events} webhooks arrived")
-        time.sleep(0.02)
-    return s
-
-
 def one_run(
     server: str, app: str, rx: str, n: int, c: int, tmp: Path, tag: str
 ) -> dict[str, float]:
@@ -183,14 +118,14 @@ def one_run(
     served = Served(server, app, config, tmp)
     try:
         reset(rx)
-        _, warm = asyncio.run(post_messages(served.url, min(200, n), c, f"{tag}w"))  # warm-up
-        wait_for(rx, warm, 60)  # the warm-up's webhooks arrive first
+        _, warm = asyncio.run(post([served.url], min(200, n), c, f"{tag}w"))  # warm-up
+        arrive(rx, warm, 60)  # the warm-up's webhooks arrive first
         reset(rx)
         start = time.perf_counter()
-        acked, events = asyncio.run(post_messages(served.url, n, c, tag))
+        acked, events = asyncio.run(post([served.url], n, c, tag))
         result = {"acked": acked, "events": events}
         if events:
-            s = wait_for(rx, events, 120)
+            s = arrive(rx, events, 120)
             result["delivered"] = events / (time.perf_counter() - start)
             result["p50_ms"] = s["p50_ms"]
             result["p99_ms"] = s["p99_ms"]
