@@ -164,3 +164,48 @@ def test_the_dispatchers_state_never_fails_a_write(
         assert sorted(r.webhook_id for r in store.list_deliveries(limit=10)) == ["msg_1", "msg_2"]
     finally:
         store.close()
+
+
+@pytest.mark.fuzz
+def test_a_failing_since_of_another_shape_reads_as_not_failing(tmp_path: object) -> None:
+    """A row written by another version or by hand (SQLite stores a text or a
+    blob in a REAL column) must give a delivery its endpoint, not a value the
+    retry policy chokes on at every attempt."""
+    import sqlite3
+    from pathlib import Path
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    path = Path(str(tmp_path)) / "shapes.db"
+    store = SQLiteStore(path)
+    store.open()
+    store.put_settings("a", SETTINGS)
+    raw = sqlite3.connect(path, isolation_level=None)
+    counter = iter(range(10**9))
+    values = st.one_of(
+        st.text(max_size=20),
+        st.binary(max_size=20),
+        st.floats(),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.none(),
+        st.booleans(),
+    )
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(value=values)
+    def check(value: object) -> None:
+        raw.execute("UPDATE webhook_settings SET failing_since = ? WHERE agent_id = 'a'", (value,))
+        store.handoff = h = handoff(room=1)  # type: ignore[attr-defined]
+        store.insert_deliveries([fresh(next(counter))])
+        [taken], _ = h.take()
+        got = taken.failing_since
+        assert got is None or (isinstance(got, float) and got == got and abs(got) != float("inf"))
+
+    try:
+        check()
+    finally:
+        raw.close()
+        store.close()

@@ -9,6 +9,7 @@ are inserted plain and claimed as usual.
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,13 @@ class _Inserted(NamedTuple):
     handoff: Handoff | None
     claimed: list[ClaimedDelivery]
     unleased: bool
+
+
+def _time_or_none(value: object) -> float | None:
+    """A stored time, or None for one written in another shape (a text, a NaN)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _room(handoff: Handoff) -> int:
@@ -187,7 +195,8 @@ class OutboxSQL(Plumbing):
         self, conn: Any, agent_ids: set[str]
     ) -> dict[str, tuple[WebhookSettings | None, float | None]]:
         """The agents' settings and ``failing_since``; settings of None for an
-        agent whose row this version cannot decode (absent: no row)."""
+        agent whose row this version cannot decode (absent: no row), and a
+        ``failing_since`` that is not a time read as None (not failing)."""
         if not agent_ids:
             return {}
         marks = ",".join("?" * len(agent_ids))
@@ -197,7 +206,7 @@ class OutboxSQL(Plumbing):
             f" FROM webhook_settings WHERE agent_id IN ({marks})",
             tuple(agent_ids),
         ).fetchall()
-        return {row[0]: (_decode_settings(row[0], row[1:4]), row[4]) for row in rows}
+        return {row[0]: (_decode_settings(row[0], row[1:4]), _time_or_none(row[4])) for row in rows}
 
     @abstractmethod
     def release(self, delivery_ids: Sequence[int], owner: str) -> None:
