@@ -1,9 +1,12 @@
-"""The dispatcher's claim loop, with a scripted store and client (pure logic)."""
+"""The dispatcher's claim loop, with a scripted store and client (pure logic), and
+its count of what it holds against a real SQLite file."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 import anyio.from_thread
@@ -14,7 +17,7 @@ from webhook_plugin.delivery.dispatcher import Dispatcher
 from webhook_plugin.delivery.retry import RetryPolicy
 from webhook_plugin.events import WebhookEventType
 from webhook_plugin.settings import WebhookSettings, generate_secret
-from webhook_plugin.storage.base import AttemptResult, ClaimedDelivery
+from webhook_plugin.storage.base import AttemptResult, ClaimedDelivery, NewDelivery
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +37,17 @@ def delivery(i: int, agent: str = "a") -> ClaimedDelivery:
         lease_until=time.time() + 60,
         settings=SETTINGS,
         failing_since=None,
+    )
+
+
+def new_delivery(i: int, agent: str) -> NewDelivery:
+    return NewDelivery(
+        webhook_id=f"msg_{i}",
+        agent_id=agent,
+        event_type=WebhookEventType.AGENT_USER_MESSAGE,
+        body=b"{}",
+        created_at=0.0,
+        next_attempt_at=0.0,
     )
 
 
@@ -237,16 +251,110 @@ async def test_a_loop_restarted_with_work_kept_from_a_crash_starts_it() -> None:
     assert sorted(client.posted) == ["msg_1", "msg_2", "msg_3", "msg_4"]
 
 
-def test_parked_deliveries_leave_no_room_for_more_at_insert() -> None:
-    """One endpoint that never answers must not gather its fresh deliveries under
-    our lease without bound: parked ones count against the room."""
-    from webhook_plugin.storage.base import Handoff
+async def test_parked_deliveries_leave_no_room_for_more_at_insert(tmp_path: Path) -> None:
+    """One endpoint that does not answer must not gather its fresh deliveries
+    under our lease without bound: those parked behind its attempt in flight count
+    against the room, and the count comes back to nothing once all are done."""
+    from webhook_plugin.storage.sqlite import SQLiteStore
 
-    d = Dispatcher(None, None, lambda r: None, policy=RetryPolicy(), concurrency=4)  # type: ignore[arg-type]
-    d._handoff = Handoff(d.owner, lease_seconds=60, room=d._room, clock=time.time)
-    assert d._room() == 8
-    d.backlog.ready.extend([delivery(i, "slow") for i in range(1, 12)])
-    while d.backlog.next() is not None:
-        pass
-    assert d.backlog.parked_count == 10  # one probe started, the rest parked
-    assert d._room() == 0
+    store = SQLiteStore(tmp_path / "parked.db")
+    store.open()
+    store.put_settings("slow", SETTINGS)
+    release = anyio.Event()
+    client = GatedClient(release)
+    results: list[AttemptResult] = []
+    d = Dispatcher(
+        store, client, results.append, policy=RetryPolicy(), concurrency=4, per_endpoint=2
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(d.run)
+            for i in range(20):
+                store.insert_deliveries([new_delivery(i, "slow")])
+                d.stored()
+                await anyio.sleep(0.01)
+            assert d._handoff is not None
+            # a new endpoint gets one probe first: 1 started, 7 parked
+            assert len(client.posted) == 1 and d._handoff.held == 8
+            with sqlite3.connect(tmp_path / "parked.db") as conn:
+                (leased,) = conn.execute(
+                    "SELECT COUNT(*) FROM deliveries WHERE lease_owner = ?", (d.owner,)
+                ).fetchone()
+            assert leased == 8  # the other 12 are for anyone to claim
+            release.set()
+            with anyio.fail_after(5):
+                while len(results) < 20:
+                    await anyio.sleep(0.01)
+            assert d._handoff.held == 0
+            await d.stop(grace=1)
+    finally:
+        store.close()
+
+
+async def test_a_claim_that_raced_the_handoff_gives_back_what_would_only_wait(
+    tmp_path: Path,
+) -> None:
+    """The store hands us an endpoint's fresh work while a claim, decided before,
+    waits for the write lock; the claim then takes the same endpoint's other
+    rows. What would only wait parked goes back, for another worker."""
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "race.db")
+    store.open()
+    store.put_settings("slow", SETTINGS)
+    claim_due = store.claim_due
+    calls = 0
+
+    def racing_claim(**kw: object) -> list[ClaimedDelivery]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # committed while this claim waited
+            store.insert_deliveries([new_delivery(i, "slow") for i in range(20)])
+        return claim_due(**kw)  # type: ignore[arg-type]
+
+    store.claim_due = racing_claim  # type: ignore[method-assign]
+    client = GatedClient(anyio.Event())
+    d = Dispatcher(store, client, lambda r: None, policy=RetryPolicy(), concurrency=4)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(d.run)
+            with anyio.fail_after(3):
+                while not client.posted or calls < 2:
+                    await anyio.sleep(0.01)
+            with sqlite3.connect(tmp_path / "race.db") as conn:
+                (ours,) = conn.execute(
+                    "SELECT COUNT(*) FROM deliveries WHERE lease_owner = ?", (d.owner,)
+                ).fetchone()
+            assert ours == 8  # two rounds of work, not 16
+            other = claim_due(now=time.time(), limit=100, lease_until=time.time() + 60, owner="x")
+            assert len(other) == 12
+            await d.stop(grace=0.1)
+    finally:
+        store.close()
+
+
+async def test_an_endpoint_that_waits_parked_does_not_make_the_loop_spin() -> None:
+    """Deliveries parked behind an endpoint's attempt in flight, nothing else due:
+    the claim loop waits for a slot or new work instead of asking the store again
+    and again."""
+    release = anyio.Event()
+    client = GatedClient(release)
+    claims = 0
+
+    class Store:
+        def claim_due(self, **kw: object) -> list[ClaimedDelivery]:
+            nonlocal claims
+            claims += 1
+            return [delivery(1), delivery(2), delivery(3)] if claims == 1 else []
+
+        def release(self, ids: object, owner: str) -> None:
+            pass
+
+    d = Dispatcher(Store(), client, lambda r: None, policy=RetryPolicy(), poll_interval=30)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        await anyio.sleep(0.3)
+        assert client.posted == ["msg_1"]  # a new endpoint's probe; two wait parked
+        assert claims <= 3
+        release.set()
+        await d.stop(grace=1)

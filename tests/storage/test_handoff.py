@@ -28,7 +28,7 @@ def fresh(i: int, agent: str = "a", due: float = 0.0) -> NewDelivery:
 
 
 def handoff(room: int) -> Handoff:
-    return Handoff("me", lease_seconds=60.0, room=lambda: room, clock=time.time)
+    return Handoff("me", lease_seconds=60.0, capacity=lambda: room, clock=time.time)
 
 
 def test_up_to_the_room_asked_for_is_leased_and_handed_once_committed(
@@ -53,6 +53,7 @@ def test_up_to_the_room_asked_for_is_leased_and_handed_once_committed(
         assert {d.id for d in taken} == {
             r.id for r in store.list_deliveries(limit=10) if r.webhook_id in {"msg_1", "msg_2"}
         }
+        assert h.held == 2  # the room asked for is what was leased, no more
     finally:
         store.close()
 
@@ -101,11 +102,51 @@ def test_a_transaction_that_fails_hands_nothing_and_stores_nothing(
             raise RuntimeError("the chat write failed after the events were queued")
         assert h.take() == ([], False)
         assert store.list_deliveries(limit=10) == []
+        assert h.held == 0  # what the failed write reserved is free again
         with store.transaction() as conn:  # type: ignore[attr-defined]
             store.queue_deliveries(conn, [fresh(2)])  # type: ignore[attr-defined]
             assert h.take() == ([], False)  # not before the commit
         taken, unleased = h.take()
         assert [d.webhook_id for d in taken] == ["msg_2"] and not unleased
+        assert h.held == 1
+    finally:
+        store.close()
+
+
+def test_concurrent_writes_never_lease_more_than_the_dispatcher_may_hold(
+    make_store: Callable[[], Store],
+) -> None:
+    """Several threads insert at once (the outbox's batches and the chat's
+    writes; on PostgreSQL, truly in parallel): together they lease the
+    dispatcher no more than its capacity, and its count is what they leased."""
+    import threading
+
+    store = make_store()
+    store.open()
+    try:
+        store.put_settings("a", SETTINGS)
+        store.handoff = h = handoff(room=5)  # type: ignore[attr-defined]
+        start = threading.Barrier(4)
+
+        def writer(n: int) -> None:
+            start.wait()
+            for i in range(10):
+                store.insert_deliveries([fresh(100 * n + i), fresh(100 * n + 50 + i)])
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        taken, unleased = h.take()
+        assert len(taken) == 5 and unleased
+        assert h.held == 5
+        leased = {d.webhook_id for d in taken}
+        # the other 75 are left to a claim
+        others = store.claim_due(
+            now=time.time(), limit=100, lease_until=time.time() + 60, owner="x"
+        )
+        assert len(others) == 75 and leased.isdisjoint(d.webhook_id for d in others)
     finally:
         store.close()
 
@@ -151,7 +192,7 @@ def test_the_dispatchers_state_never_fails_a_write(
         def broken() -> int:
             raise TypeError("object of type 'NoneType' has no len()")
 
-        store.handoff = Handoff("me", lease_seconds=60, room=broken, clock=time.time)  # type: ignore[attr-defined]
+        store.handoff = Handoff("me", lease_seconds=60, capacity=broken, clock=time.time)  # type: ignore[attr-defined]
         store.insert_deliveries([fresh(1)])
         store.handoff = h = handoff(room=10)  # type: ignore[attr-defined]
         h.close()

@@ -147,15 +147,10 @@ class Dispatcher:
             self._hand_over()
         return unleased
 
-    def _room(self) -> int:
-        """How many fresh deliveries we would take now (called from the writing
-        thread: every attribute is read once)."""
-        handoff = self._handoff
-        if self._stopping or handoff is None:
-            return 0
-        backlog = self.backlog
-        held = len(backlog) + backlog.parked_count + len(self._in_flight) + len(handoff)
-        return max(0, 2 * self._concurrency - held)
+    def _capacity(self) -> int:
+        """How many deliveries we hold at most: two rounds of work (called from
+        the writing thread, under the handoff's lock)."""
+        return 0 if self._stopping else 2 * self._concurrency
 
     def retry_scheduled(self, at: float) -> None:
         """A retry falls due at ``at``: make sure the claim loop looks then."""
@@ -177,7 +172,11 @@ class Dispatcher:
         self._idle = Stream.open(1)
         if hasattr(self._store, "handoff"):  # a store of ours: fresh work comes straight here
             self._handoff = Handoff(
-                self.owner, lease_seconds=self.lease_seconds, room=self._room, clock=self._clock
+                self.owner,
+                lease_seconds=self.lease_seconds,
+                capacity=self._capacity,
+                clock=self._clock,
+                held=self.backlog.waiting(),  # kept after a crash
             )
             self._store.handoff = self._handoff
         try:
@@ -218,12 +217,15 @@ class Dispatcher:
                 # no more (then only the engine's wake-ups, or the next poll)
                 await wait(wakeups, self._poll_interval)
                 continue
+            # what the store handed us first: claiming for an endpoint it already
+            # gave work to would only park more under our lease
+            self._take_handed()
             now = self._clock()
             limit = max(1, min(target - len(backlog), self._claim_batch))
-            # endpoints with work waiting aside are full: claim for the others,
+            # endpoints that may start no more are full: claim for the others,
             # so a slow endpoint cannot crowd them out (and no worker hoards its
             # backlog under lease)
-            skip = tuple(backlog.parked)
+            skip = tuple(backlog.full())
             try:
                 claimed = await anyio.to_thread.run_sync(
                     functools.partial(
@@ -248,14 +250,38 @@ class Dispatcher:
                 if claimed:
                     await self._release([d.id for d in claimed])
                 return
-            # fewer than asked: none left to claim until something wakes us
-            # (unless endpoints were skipped: theirs are left)
-            self._drained = len(claimed) < limit and not skip
+            # fewer than asked: none left to claim until something wakes us (if
+            # endpoints were skipped, theirs are left: a slot that frees wakes us)
+            partial = len(claimed) < limit
+            self._drained = partial and not skip
             if claimed:
+                claimed = await self._keep(claimed)
+                if self._handoff is not None:
+                    self._handoff.hold(len(claimed))
                 backlog.ready.extend(claimed)
                 self._hand_over()
-            if self._drained:  # wait for new work, a retry or the next poll
+            if partial:  # wait for new work, a free slot, a retry or the next poll
                 await wait(wakeups, self._nothing_due_for(now))
+
+    async def _keep(self, claimed: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
+        """What to keep of a claim. One that raced the store handing us the same
+        endpoint's fresh work (committed while the claim waited for the write
+        lock) may leave us more than two rounds: what would only wait parked
+        goes back, for another worker to take."""
+        handoff = self._handoff
+        if handoff is None:
+            return claimed
+        self._take_handed()
+        excess = handoff.held + len(claimed) - self._capacity()
+        if excess <= 0:
+            return claimed
+        full = set(self.backlog.full())
+        back = [d.id for d in reversed(claimed) if d.agent_id in full][:excess]
+        if not back:
+            return claimed
+        await self._release(back)
+        returned = set(back)
+        return [d for d in claimed if d.id not in returned]
 
     async def _release(self, ids: list[int]) -> None:
         """Hand these leases back (shielded); a failure is logged: they run out."""
@@ -334,6 +360,8 @@ class Dispatcher:
                 self._unfinished.append(delivery.id)
                 raise
             finally:
+                if self._handoff is not None:
+                    self._handoff.let_go(1)
                 self._in_flight.discard(delivery.id)
                 self._free += 1
                 self.backlog.done(delivery.agent_id, lane)

@@ -101,7 +101,7 @@ class Backlog:
     in order, when a slot it may use frees.
     """
 
-    __slots__ = ("busy", "lanes", "parked", "parked_count", "ready")
+    __slots__ = ("busy", "lanes", "parked", "ready")
 
     def __init__(self, lanes: EndpointLanes) -> None:
         self.lanes = lanes
@@ -109,13 +109,23 @@ class Backlog:
         self.ready: deque[ClaimedDelivery] = deque()
         #: deliveries waiting for a slot of their endpoint (or of its lane)
         self.parked: dict[str, deque[ClaimedDelivery]] = {}
-        #: how many are parked (read from other threads: no dict to walk)
-        self.parked_count = 0
         #: attempts started per endpoint and not yet ended
         self.busy: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.ready)
+
+    def full(self) -> list[str]:
+        """Endpoints that may start no more attempts now (some wait parked, or
+        all their slots are taken): claiming theirs would only park them."""
+        may_start = self.lanes.may_start
+        full = list(self.parked)
+        full += (a for a, n in self.busy.items() if a not in self.parked and not may_start(a, n))
+        return full
+
+    def waiting(self) -> int:
+        """How many are not started, parked ones included."""
+        return len(self.ready) + sum(len(q) for q in self.parked.values())
 
     def next(self) -> tuple[ClaimedDelivery, Lane] | None:
         """The next delivery whose endpoint may start an attempt, and its lane (its
@@ -133,7 +143,6 @@ class Backlog:
             busy = self.busy.get(agent_id, 0)
             if not lanes.may_start(agent_id, busy):
                 self.parked.setdefault(agent_id, deque()).append(delivery)
-                self.parked_count += 1
                 continue
             self.busy[agent_id] = busy + 1
             lane = lanes.lane(agent_id)
@@ -172,7 +181,6 @@ class Backlog:
         ids += [d.id for q in self.parked.values() for d in q]
         self.ready.clear()
         self.parked.clear()
-        self.parked_count = 0
         return ids
 
     def reset_slots(self) -> None:
@@ -193,7 +201,6 @@ class Backlog:
         if not parked:
             return False
         taken = [parked.popleft() for _ in range(min(count, len(parked)))]
-        self.parked_count -= len(taken)
         self.ready.extendleft(reversed(taken))  # their turn comes first, in order
         if not parked:
             del self.parked[agent_id]

@@ -24,11 +24,18 @@ __all__ = ["OutboxSQL"]
 
 
 class _Inserted(NamedTuple):
-    """What one insert did: leased to ``handoff``, and whether others need a claim."""
+    """What one insert did: leased to ``handoff`` (of the ``reserved`` it asked
+    for), and whether others need a claim."""
 
     handoff: Handoff | None
     claimed: list[ClaimedDelivery]
+    reserved: int
     unleased: bool
+
+    def refund(self) -> None:
+        """The transaction failed: none of them was leased."""
+        if self.handoff is not None and self.reserved:
+            self.handoff.refund(self.reserved)
 
 
 def _time_or_none(value: object) -> float | None:
@@ -38,10 +45,10 @@ def _time_or_none(value: object) -> float | None:
     return None
 
 
-def _room(handoff: Handoff) -> int:
+def _reserve(handoff: Handoff) -> int:
     """The dispatcher's room; 0 if asking fails (its state must never fail a write)."""
     try:
-        return handoff.room()
+        return handoff.reserve()
     except Exception:
         return 0
 
@@ -70,6 +77,10 @@ class OutboxSQL(Plumbing):
         try:
             with self._tx() as conn:
                 yield conn
+        except BaseException:  # rolled back: none of them was leased
+            for each in inserted:
+                each.refund()
+            raise
         finally:
             self._leasing.inserted = None
         for each in inserted:
@@ -85,16 +96,19 @@ class OutboxSQL(Plumbing):
             pending.append(inserted)
 
     def insert_deliveries(self, items: Sequence[NewDelivery]) -> None:
-        with self._tx() as conn:
-            inserted = self._insert_deliveries(conn, items, lease=True)
-        self._hand(inserted)
+        with self.transaction() as conn:
+            self.queue_deliveries(conn, items)
 
     def _hand(self, inserted: _Inserted) -> None:
         """Committed: give the leased deliveries to the dispatcher, or release
         them if it has stopped meanwhile. Never raises: what it hands over is
         already stored, and a lease it cannot release runs out."""
         handoff, claimed = inserted.handoff, inserted.claimed
-        if handoff is None or handoff.give(claimed, unleased=inserted.unleased) or not claimed:
+        if (
+            handoff is None
+            or handoff.give(claimed, reserved=inserted.reserved, unleased=inserted.unleased)
+            or not claimed
+        ):
             return
         try:
             self.release([d.id for d in claimed], handoff.owner)
@@ -110,16 +124,21 @@ class OutboxSQL(Plumbing):
         dispatcher (if it has one, and it wants more)."""
         handoff = self.handoff
         if not items:
-            return _Inserted(handoff, [], False)
+            return _Inserted(handoff, [], 0, False)
         claimed: list[ClaimedDelivery] = []
-        if lease and handoff is not None and (room := _room(handoff)) > 0:
-            claimed, items = self._insert_leased(conn, items, handoff, room)
+        room = 0
+        if lease and handoff is not None and (room := _reserve(handoff)):
+            try:
+                claimed, items = self._insert_leased(conn, items, handoff, room)
+            except BaseException:
+                handoff.refund(room)
+                raise
         if items:
             self._insert_plain(conn, items)
             # others may claim these (another process, or our claim loop); the
             # leased ones are ours alone, and wake no one
             self._after_insert(conn)
-        return _Inserted(handoff, claimed, bool(items))
+        return _Inserted(handoff, claimed, room, bool(items))
 
     def _insert_leased(
         self, conn: Any, items: Sequence[NewDelivery], handoff: Handoff, room: int

@@ -70,12 +70,19 @@ class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
 class Handoff:
     """Fresh deliveries leased to a dispatcher of this process as they are stored.
 
-    A store that has a ``handoff`` leases up to ``room()`` due deliveries of
-    each insert to ``owner`` in the inserting transaction, and once that has
-    committed gives them here (:meth:`give`, from whatever thread wrote them).
-    The dispatcher takes them on its event loop (:meth:`take`): no claim query,
-    and no wait for one, for work this process queued itself. Once closed
-    (the dispatcher stops), :meth:`give` refuses, and the store releases them.
+    A store that has a ``handoff`` asks it, in each inserting transaction, how
+    many due deliveries to lease to ``owner`` (:meth:`reserve`), and once that
+    has committed gives them here (:meth:`give`, from whatever thread wrote
+    them). The dispatcher takes them on its event loop (:meth:`take`): no claim
+    query, and no wait for one, for work this process queued itself. Once
+    closed (the dispatcher stops), :meth:`give` refuses, and the store releases
+    them.
+
+    It also counts what the dispatcher holds (``held``: reserved, given,
+    claimed, and not yet let go), so that no write can lease it more than its
+    ``capacity`` however the writing threads and the event loop interleave:
+    every change of the count is made under one lock, and moving a delivery
+    inside the dispatcher (taken, queued, parked, started) leaves it as it is.
     """
 
     __slots__ = (
@@ -83,10 +90,11 @@ class Handoff:
         "_handed",
         "_lock",
         "_unleased",
+        "capacity",
         "clock",
+        "held",
         "lease_seconds",
         "owner",
-        "room",
     )
 
     def __init__(
@@ -94,14 +102,17 @@ class Handoff:
         owner: str,
         *,
         lease_seconds: float,
-        room: Callable[[], int],
+        capacity: Callable[[], int],
         clock: Callable[[], float],
+        held: int = 0,
     ) -> None:
         self.owner = owner
         self.lease_seconds = lease_seconds
-        #: how many more the dispatcher wants now (called from the writing thread)
-        self.room = room
+        #: how many deliveries the dispatcher may hold in all now
+        self.capacity = capacity
         self.clock = clock
+        #: deliveries the dispatcher holds, or that a write under way reserved for it
+        self.held = held
         self._lock = threading.Lock()
         self._handed: list[ClaimedDelivery] = []
         self._unleased = False
@@ -110,10 +121,26 @@ class Handoff:
     def __len__(self) -> int:
         return len(self._handed)
 
-    def give(self, claimed: Sequence[ClaimedDelivery], *, unleased: bool) -> bool:
-        """Committed: ``claimed`` are the dispatcher's; ``unleased``, others were
-        queued too (they need a claim). False once closed: release them."""
+    def reserve(self) -> int:
+        """How many fresh deliveries a write may lease now; they count as held
+        at once (:meth:`give` or :meth:`refund` settles the reservation)."""
         with self._lock:
+            if self._closed:
+                return 0
+            room = max(0, self.capacity() - self.held)
+            self.held += room
+            return room
+
+    def refund(self, reserved: int) -> None:
+        """The write that reserved ``reserved`` leased none of them (it failed)."""
+        self.let_go(reserved)
+
+    def give(self, claimed: Sequence[ClaimedDelivery], *, reserved: int, unleased: bool) -> bool:
+        """Committed: ``claimed`` (of the ``reserved``) are the dispatcher's;
+        ``unleased``, others were queued too (they need a claim). False once
+        closed: release them."""
+        with self._lock:
+            self.held -= reserved - len(claimed)
             if self._closed:
                 return False
             self._handed += claimed
@@ -126,6 +153,17 @@ class Handoff:
             taken, self._handed = self._handed, []
             unleased, self._unleased = self._unleased, False
         return taken, unleased
+
+    def hold(self, count: int) -> None:
+        """The dispatcher claimed ``count`` more itself."""
+        with self._lock:
+            self.held += count
+
+    def let_go(self, count: int) -> None:
+        """``count`` left the dispatcher's hands (their attempt ended, or they
+        were released)."""
+        with self._lock:
+            self.held -= count
 
     def close(self) -> list[ClaimedDelivery]:
         """Refuse from now on; what was given and not taken."""
