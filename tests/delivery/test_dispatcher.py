@@ -358,3 +358,98 @@ async def test_an_endpoint_that_waits_parked_does_not_make_the_loop_spin() -> No
         assert claims <= 3
         release.set()
         await d.stop(grace=1)
+
+
+async def test_a_stop_while_a_raced_claim_gives_back_leaves_nothing_leased(
+    tmp_path: Path,
+) -> None:
+    """stop() comes while the claim loop hands back what a raced claim took too
+    many of: what it kept is released as well, not left leased to a stopped
+    dispatcher until the lease runs out."""
+    import threading
+
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "keep.db")
+    store.open()
+    for agent in ("slow", "b"):
+        store.put_settings(agent, SETTINGS)
+    store.insert_deliveries([new_delivery(100 + i, "b") for i in range(3)])
+    claim_due, release = store.claim_due, store.release
+    releasing = threading.Event()
+    calls = 0
+
+    def racing_claim(**kw: object) -> list[ClaimedDelivery]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            store.insert_deliveries([new_delivery(i, "slow") for i in range(20)])
+        return claim_due(**kw)  # type: ignore[arg-type]
+
+    def slow_release(ids: list[int], owner: str) -> None:
+        releasing.set()
+        time.sleep(0.5)
+        release(ids, owner)
+
+    store.claim_due = racing_claim  # type: ignore[method-assign]
+    store.release = slow_release  # type: ignore[method-assign]
+    d = Dispatcher(
+        store, GatedClient(anyio.Event()), lambda r: None, policy=RetryPolicy(), concurrency=4
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(d.run)
+            with anyio.fail_after(3):
+                while not releasing.is_set():
+                    await anyio.sleep(0.01)
+            await d.stop(grace=0.1)
+        with sqlite3.connect(tmp_path / "keep.db") as conn:
+            leased = conn.execute(
+                "SELECT webhook_id FROM deliveries WHERE lease_owner = ? AND lease_until > ?",
+                (d.owner, time.time()),
+            ).fetchall()
+        assert leased == []
+    finally:
+        store.close()
+
+
+async def test_an_endpoint_skipped_while_full_is_claimed_for_once_it_can_start() -> None:
+    """Its work left in the store is claimed as soon as a slot of its frees, not
+    at the next poll (30 s here), and the claim loop did not spin meanwhile."""
+    release = anyio.Event()
+    client = GatedClient(release)
+    asked: list[tuple[str, ...]] = []
+
+    class Store:
+        def claim_due(
+            self, *, skip_agents: Sequence[str] = (), **kw: object
+        ) -> list[ClaimedDelivery]:
+            asked.append(tuple(skip_agents))
+            if len(asked) == 1:
+                return [delivery(1), delivery(2), delivery(3)]
+            if "a" not in skip_agents and not any("a" not in s for s in asked[1:-1]):
+                return [delivery(4), delivery(5)]  # what waited in the store
+            return []
+
+        def release(self, ids: object, owner: str) -> None:
+            pass
+
+    results: list[AttemptResult] = []
+    d = Dispatcher(
+        Store(),  # type: ignore[arg-type]
+        client,
+        results.append,
+        policy=RetryPolicy(),
+        poll_interval=30,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        await anyio.sleep(0.2)
+        assert client.posted == ["msg_1"]  # the probe; 2 and 3 parked, "a" skipped
+        release.set()
+        with anyio.fail_after(3):
+            while len(results) < 5:
+                await anyio.sleep(0.01)
+        assert sorted(client.posted) == ["msg_1", "msg_2", "msg_3", "msg_4", "msg_5"]
+        assert len(asked) < 10
+        await d.stop(grace=1)

@@ -113,6 +113,26 @@ def test_a_transaction_that_fails_hands_nothing_and_stores_nothing(
         store.close()
 
 
+def test_a_write_that_fails_after_leasing_frees_the_room(
+    make_store: Callable[[], Store],
+) -> None:
+    """The leased part went in, the plain part failed (here a clashing id; on
+    PostgreSQL, a dropped connection): nothing stands, and the room it reserved
+    is the dispatcher's again, not lost until a restart."""
+    store = make_store()
+    store.open()
+    try:
+        store.put_settings("a", SETTINGS)
+        store.handoff = h = handoff(room=128)  # type: ignore[attr-defined]
+        store.insert_deliveries([fresh(1, agent="nobody")])
+        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+            store.insert_deliveries([fresh(2), fresh(1, agent="nobody")])
+        assert h.held == 0 and h.take() == ([], True)
+        assert h.reserve() == 128
+    finally:
+        store.close()
+
+
 def test_concurrent_writes_never_lease_more_than_the_dispatcher_may_hold(
     make_store: Callable[[], Store],
 ) -> None:

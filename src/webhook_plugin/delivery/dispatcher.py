@@ -110,6 +110,9 @@ class Dispatcher:
         self._stopping = False
         #: the last claim found no more due (nothing to ask for until woken)
         self._drained = False
+        #: endpoints the last claim left out, full then: one that can start again
+        #: wakes the claim loop (their work may wait in the store)
+        self._skipped: set[str] = set()
         #: fresh deliveries the store leases to us as it inserts them (run() sets it)
         self._handoff: Handoff | None = None
         # The coordination, made in run() (memory-object streams need a running
@@ -221,6 +224,8 @@ class Dispatcher:
             # gave work to would only park more under our lease
             self._take_handed()
             now = self._clock()
+            if self._next_retry_at is not None and self._next_retry_at <= now:
+                self._next_retry_at = None  # this claim takes it
             limit = max(1, min(target - len(backlog), self._claim_batch))
             # endpoints that may start no more are full: claim for the others,
             # so a slow endpoint cannot crowd them out (and no worker hoards its
@@ -246,16 +251,18 @@ class Dispatcher:
                 log.exception("dispatcher.claim_crashed")
                 await anyio.sleep(self._poll_interval)
                 continue
+            # fewer than asked: none left to claim until something wakes us; the
+            # endpoints skipped may have more, for when one of them can start again
+            partial = len(claimed) < limit
+            self._drained = partial
+            self._skipped = set(skip) if partial else set()
+            if claimed:
+                claimed = await self._keep(claimed)
             if self._stopping:  # stop() came during the claim: hand these back
                 if claimed:
                     await self._release([d.id for d in claimed])
                 return
-            # fewer than asked: none left to claim until something wakes us (if
-            # endpoints were skipped, theirs are left: a slot that frees wakes us)
-            partial = len(claimed) < limit
-            self._drained = partial and not skip
             if claimed:
-                claimed = await self._keep(claimed)
                 if self._handoff is not None:
                     self._handoff.hold(len(claimed))
                 backlog.ready.extend(claimed)
@@ -276,11 +283,12 @@ class Dispatcher:
         if excess <= 0:
             return claimed
         full = set(self.backlog.full())
-        back = [d.id for d in reversed(claimed) if d.agent_id in full][:excess]
+        back = [d for d in reversed(claimed) if d.agent_id in full][:excess]
         if not back:
             return claimed
-        await self._release(back)
-        returned = set(back)
+        self._skipped.update(d.agent_id for d in back)  # theirs wait in the store
+        returned = {d.id for d in back}
+        await self._release(list(returned))
         return [d for d in claimed if d.id not in returned]
 
     async def _release(self, ids: list[int]) -> None:
@@ -298,12 +306,10 @@ class Dispatcher:
                 log.info("dispatcher.released", deliveries=len(ids))
 
     def _nothing_due_for(self, now: float) -> float:
-        delay = self._poll_interval
-        if self._next_retry_at is not None:
-            delay = max(0.0, min(delay, self._next_retry_at - now))
-            if self._next_retry_at <= now + delay:
-                self._next_retry_at = None
-        return delay
+        """How long to wait when nothing is due: until the next retry, at most a poll."""
+        if self._next_retry_at is None:
+            return self._poll_interval
+        return max(0.0, min(self._poll_interval, self._next_retry_at - now))
 
     def _hand_over(self) -> None:
         """Give free workers the next deliveries their endpoints may start, and ask
@@ -366,6 +372,14 @@ class Dispatcher:
                 self._free += 1
                 self.backlog.done(delivery.agent_id, lane)
                 self._hand_over()
+                if delivery.agent_id in self._skipped and not self.backlog.is_full(
+                    delivery.agent_id
+                ):
+                    # an endpoint the last claim skipped can start again: claim
+                    # its work waiting in the store
+                    self._skipped.discard(delivery.agent_id)
+                    self._drained = False
+                    signal(self._wakeups)
                 if self._stopping and not self._in_flight:
                     signal(self._idle)
 

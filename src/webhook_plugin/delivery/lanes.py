@@ -123,6 +123,12 @@ class Backlog:
         full += (a for a, n in self.busy.items() if a not in self.parked and not may_start(a, n))
         return full
 
+    def is_full(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is one of :meth:`full`."""
+        return agent_id in self.parked or not self.lanes.may_start(
+            agent_id, self.busy.get(agent_id, 0)
+        )
+
     def waiting(self) -> int:
         """How many are not started, parked ones included."""
         return len(self.ready) + sum(len(q) for q in self.parked.values())

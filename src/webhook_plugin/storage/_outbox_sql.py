@@ -126,18 +126,18 @@ class OutboxSQL(Plumbing):
         if not items:
             return _Inserted(handoff, [], 0, False)
         claimed: list[ClaimedDelivery] = []
-        room = 0
-        if lease and handoff is not None and (room := _reserve(handoff)):
-            try:
+        room = _reserve(handoff) if lease and handoff is not None else 0
+        try:
+            if room and handoff is not None:
                 claimed, items = self._insert_leased(conn, items, handoff, room)
-            except BaseException:
-                handoff.refund(room)
-                raise
-        if items:
-            self._insert_plain(conn, items)
-            # others may claim these (another process, or our claim loop); the
-            # leased ones are ours alone, and wake no one
-            self._after_insert(conn)
+            if items:
+                self._insert_plain(conn, items)
+                # others may claim these (another process, or our claim loop);
+                # the leased ones are ours alone, and wake no one
+                self._after_insert(conn)
+        except BaseException:  # nothing of this insert stands: the room is free again
+            _Inserted(handoff, [], room, False).refund()
+            raise
         return _Inserted(handoff, claimed, room, bool(items))
 
     def _insert_leased(
