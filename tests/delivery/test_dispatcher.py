@@ -453,3 +453,27 @@ async def test_an_endpoint_skipped_while_full_is_claimed_for_once_it_can_start()
         assert sorted(client.posted) == ["msg_1", "msg_2", "msg_3", "msg_4", "msg_5"]
         assert len(asked) < 10
         await d.stop(grace=1)
+
+
+async def test_a_wake_up_before_a_retry_falls_due_does_not_lose_it() -> None:
+    """A retry is due in 0.3 s; new work wakes the loop at 0.1 s. It must still
+    look again when the retry falls due, not only at the next poll (30 s)."""
+    claimed_at: list[float] = []
+
+    class Store:
+        def claim_due(self, *, now: float, **kw: object) -> list[ClaimedDelivery]:
+            claimed_at.append(now)
+            return []
+
+    d = Dispatcher(Store(), None, lambda r: None, policy=RetryPolicy(), poll_interval=30)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        await anyio.sleep(0.05)
+        due = time.time() + 0.3
+        d.retry_scheduled(due)
+        await anyio.sleep(0.1)
+        d.wake()  # new work, before the retry is due
+        with anyio.fail_after(2):
+            while not any(t >= due for t in claimed_at):
+                await anyio.sleep(0.01)
+        await d.stop(grace=1)
