@@ -128,7 +128,7 @@ def test_a_write_that_fails_after_leasing_frees_the_room(
         with pytest.raises(Exception, match="(?i)unique|duplicate"):
             store.insert_deliveries([fresh(2), fresh(1, agent="nobody")])
         assert h.held == 0 and h.take() == ([], True)
-        assert h.reserve() == 128
+        assert h.reserve(500) == 128 and h.reserve(1) == 0
     finally:
         store.close()
 

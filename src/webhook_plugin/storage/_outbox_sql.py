@@ -45,10 +45,11 @@ def _time_or_none(value: object) -> float | None:
     return None
 
 
-def _reserve(handoff: Handoff) -> int:
-    """The dispatcher's room; 0 if asking fails (its state must never fail a write)."""
+def _reserve(handoff: Handoff, wanted: int) -> int:
+    """The dispatcher's room for ``wanted``; 0 if asking fails (its state must
+    never fail a write)."""
     try:
-        return handoff.reserve()
+        return handoff.reserve(wanted)
     except Exception:
         return 0
 
@@ -126,7 +127,7 @@ class OutboxSQL(Plumbing):
         if not items:
             return _Inserted(handoff, [], 0, False)
         claimed: list[ClaimedDelivery] = []
-        room = _reserve(handoff) if lease and handoff is not None else 0
+        room = _reserve(handoff, len(items)) if lease and handoff is not None else 0
         try:
             if room and handoff is not None:
                 claimed, items = self._insert_leased(conn, items, handoff, room)

@@ -121,13 +121,14 @@ class Handoff:
     def __len__(self) -> int:
         return len(self._handed)
 
-    def reserve(self) -> int:
-        """How many fresh deliveries a write may lease now; they count as held
-        at once (:meth:`give` or :meth:`refund` settles the reservation)."""
+    def reserve(self, wanted: int) -> int:
+        """How many of ``wanted`` fresh deliveries a write may lease now; they
+        count as held at once (:meth:`give` or :meth:`refund` settles it), so a
+        write under way on another connection does not lease the same room."""
         with self._lock:
             if self._closed:
                 return 0
-            room = max(0, self.capacity() - self.held)
+            room = max(0, min(wanted, self.capacity() - self.held))
             self.held += room
             return room
 
