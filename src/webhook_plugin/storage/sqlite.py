@@ -138,6 +138,19 @@ class SQLiteStore(SQLStore):
     #: in WAL mode a reader never waits for a writer, and a lookup by key takes
     #: microseconds: less than handing it to a thread and back (see :meth:`point_read`)
     point_reads_inline: ClassVar[bool] = True
+    #: SQLite's planner, without statistics, takes the equality on ``status``
+    #: (``deliveries_status``) over the partial index that is already in
+    #: ``next_attempt_at`` order: it then reads every pending row and sorts them
+    #: for each claim (23 ms with 20,000 pending, against 0.16 ms by the index;
+    #: an outage's backlog would make every claim slower than its attempts)
+    _CLAIM: ClassVar[str] = (
+        "UPDATE deliveries SET lease_until = ?, lease_owner = ? WHERE id IN ("
+        " SELECT id FROM deliveries INDEXED BY deliveries_due"
+        " WHERE status = 'pending' AND next_attempt_at <= ?"
+        " AND lease_until <= ?{skip} ORDER BY next_attempt_at LIMIT ?)"
+        " RETURNING id, webhook_id, agent_id, event_type, body, created_at, attempts,"
+        " round_start"
+    )
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
