@@ -286,3 +286,35 @@ async def test_engine_starts_with_an_undecodable_settings_row(
     assert broken.last_error == "undecodable: the agent's webhook settings"
     assert any(e["event"] == "settings.undecodable" and e["agent_id"] == BROKEN for e in logs)
     assert "t0p-s3cr3t" not in repr(logs)
+
+
+@pytest.mark.anyio
+async def test_settings_stored_without_a_signing_secret_fail_their_deliveries_plainly(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    """A URL and no secret (written by hand, or by another program): nothing can
+    be signed, so each delivery fails at once with a reason that says so, not an
+    internal error per attempt until the retries run out."""
+    seed = make_store()
+    await anyio.to_thread.run_sync(seed.open)
+    unsigned = b'{"url": "' + receiver.url.encode() + b'", "header": "X-Key: t0p-s3cr3t"}'
+    try:
+        await anyio.to_thread.run_sync(put_raw_settings, seed, BROKEN, unsigned)
+        await anyio.to_thread.run_sync(queue, seed, BROKEN, 2, time.time() - 1)
+    finally:
+        await anyio.to_thread.run_sync(seed.close)
+    with capture_logs() as logs:
+        async with DeliveryEngine(make_store(), config()) as engine:
+
+            def both_failed() -> list[Any]:
+                rows = engine.store.list_deliveries(agent_id=BROKEN, status="failed")
+                return rows if len(rows) == 2 else []
+
+            failed = await wait_until(both_failed)
+    assert {r.last_error for r in failed} == {
+        "endpoint_unsigned: the agent's settings have no signing secret"
+    }
+    assert {r.attempts for r in failed} == {0}  # nothing was sent unsigned
+    assert receiver.requests == []
+    assert not any(e["event"] == "delivery.internal_error" for e in logs)
+    assert "t0p-s3cr3t" not in repr(logs)

@@ -414,6 +414,10 @@ class Dispatcher:
             reason = f"endpoint_disabled: {settings.disabled_reason or 'disabled'}"
             self._record(give_up(delivery, reason, now=self._clock()))
             return
+        if settings.signing_secret is None:  # a row written by hand or by another program
+            reason = "endpoint_unsigned: the agent's settings have no signing secret"
+            self._record(give_up(delivery, reason, now=self._clock()))
+            return
         if self._clock() + self._timeout > delivery.lease_until:
             # Waited too long for its endpoint: another dispatcher may take it
             # once the lease runs out; do not race it.
