@@ -530,6 +530,20 @@ async def test_retry_after_superscript_two_costs_one_attempt_and_nothing_else(
     assert run.delivery.next_attempt_at - run.attempt.started_at > 3000
 
 
+async def test_an_answer_body_with_nul_is_recorded_on_both_stores(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    """Found by the fuzz suite on PostgreSQL: text columns refuse NUL, so one
+    receiver answering a NUL byte failed the write of its result and of every
+    result recorded in the same batch. The excerpt keeps U+FFFD in its place."""
+    run = await engine_attempt(
+        make_store, receiver, [b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\na\x00b"]
+    )
+    assert run.outcome == "succeeded" and run.delivery.status == "succeeded"
+    assert run.attempt.response_excerpt == "a\ufffdb"
+    assert run.healthy and all(h.status_code == 200 for h in run.healthy)
+
+
 # -- fuzz: generated hostile answers ----------------------------------------------------------
 
 UNICODE_DIGITS = [

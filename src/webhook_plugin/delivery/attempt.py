@@ -91,6 +91,9 @@ async def attempt(
         # a receiver that echoes requests (as httpbin does) must not put our
         # header or secret into the delivery log
         excerpt = redact(response.body.decode("utf-8", "replace"), secrets_of(settings))
+        # PostgreSQL refuses NUL in text: one receiver answering with one would
+        # fail the write of every result recorded with its own
+        excerpt = excerpt.replace("\x00", "\ufffd")
     result = AttemptResult(
         delivery_id=d.id,
         agent_id=d.agent_id,
@@ -98,7 +101,7 @@ async def attempt(
         started_at=started,
         duration_ms=duration * 1000,
         status_code=outcome.status_code,
-        error=outcome.error,
+        error=outcome.error and outcome.error.replace("\x00", "\ufffd"),
         response_excerpt=excerpt,
         status=outcome.status,
         next_attempt_at=outcome.next_attempt_at,
