@@ -118,9 +118,8 @@ class Backlog:
     def full(self) -> list[str]:
         """Endpoints that may start no more attempts now (some wait parked, or
         all their slots are taken): claiming theirs would only park them."""
-        may_start = self.lanes.may_start
         full = list(self.parked)
-        full += (a for a, n in self.busy.items() if a not in self.parked and not may_start(a, n))
+        full += (a for a in self.busy if a not in self.parked and self.is_full(a))
         return full
 
     def is_full(self, agent_id: str) -> bool:

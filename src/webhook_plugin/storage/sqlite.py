@@ -143,13 +143,8 @@ class SQLiteStore(SQLStore):
     #: ``next_attempt_at`` order: it then reads every pending row and sorts them
     #: for each claim (23 ms with 20,000 pending, against 0.16 ms by the index;
     #: an outage's backlog would make every claim slower than its attempts)
-    _CLAIM: ClassVar[str] = (
-        "UPDATE deliveries SET lease_until = ?, lease_owner = ? WHERE id IN ("
-        " SELECT id FROM deliveries INDEXED BY deliveries_due"
-        " WHERE status = 'pending' AND next_attempt_at <= ?"
-        " AND lease_until <= ?{skip} ORDER BY next_attempt_at LIMIT ?)"
-        " RETURNING id, webhook_id, agent_id, event_type, body, created_at, attempts,"
-        " round_start"
+    _CLAIM: ClassVar[str] = SQLStore._CLAIM.replace(
+        " FROM deliveries WHERE", " FROM deliveries INDEXED BY deliveries_due WHERE"
     )
 
     def __init__(self, path: str | Path) -> None:
