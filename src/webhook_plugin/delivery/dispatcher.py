@@ -113,6 +113,10 @@ class Dispatcher:
         #: endpoints the last claim left out, full then: one that can start again
         #: wakes the claim loop (their work may wait in the store)
         self._skipped: set[str] = set()
+        #: the endpoints a claim skipped, and when, if it found no one else's work:
+        #: until something new may be due, a claim that skips them too would find
+        #: none either, only read every row they have waiting
+        self._barren: tuple[frozenset[str], float] | None = None
         #: fresh deliveries the store leases to us as it inserts them (run() sets it)
         self._handoff: Handoff | None = None
         # The coordination, made in run() (memory-object streams need a running
@@ -130,6 +134,7 @@ class Dispatcher:
     def wake(self) -> None:
         """New deliveries may be due: look now rather than at the next poll."""
         self._drained = False
+        self._barren = None
         self._take_handed()
         signal(self._wakeups)
 
@@ -224,13 +229,17 @@ class Dispatcher:
             # gave work to would only park more under our lease
             self._take_handed()
             now = self._clock()
-            if self._next_retry_at is not None and self._next_retry_at <= now:
-                self._next_retry_at = None  # this claim takes it
-            limit = max(1, min(target - len(backlog), self._claim_batch))
             # endpoints that may start no more are full: claim for the others,
             # so a slow endpoint cannot crowd them out (and no worker hoards its
             # backlog under lease)
             skip = tuple(backlog.full())
+            if skip and self._found_none_besides(skip, now):
+                self._drained, self._skipped = True, set(skip)
+                await wait(wakeups, self._nothing_due_for(now))
+                continue
+            if self._next_retry_at is not None and self._next_retry_at <= now:
+                self._next_retry_at = None  # this claim takes it
+            limit = max(1, min(target - len(backlog), self._claim_batch))
             try:
                 claimed = await anyio.to_thread.run_sync(
                     functools.partial(
@@ -256,6 +265,8 @@ class Dispatcher:
             partial = len(claimed) < limit
             self._drained = partial
             self._skipped = set(skip) if partial else set()
+            if skip and not claimed:
+                self._barren = (frozenset(skip), now)
             if claimed:
                 claimed = await self._keep(claimed)
             if self._stopping:  # stop() came during the claim: hand these back
@@ -287,6 +298,7 @@ class Dispatcher:
         if not back:
             return claimed
         self._skipped.update(d.agent_id for d in back)  # theirs wait in the store
+        self._barren = None  # and they may be no one's the last claim skipped
         returned = {d.id for d in back}
         await self._release(list(returned))
         return [d for d in claimed if d.id not in returned]
@@ -304,6 +316,17 @@ class Dispatcher:
                 )
             else:
                 log.info("dispatcher.released", deliveries=len(ids))
+
+    def _found_none_besides(self, skip: tuple[str, ...], now: float) -> bool:
+        """Whether a claim skipping ``skip`` would surely find nothing: one that
+        skipped no more than these found no one else's work, and since then
+        nothing was queued here, no retry fell due and no poll interval passed
+        (the work of other processes and of leases that ran out)."""
+        if self._barren is None:
+            return False
+        skipped, at = self._barren
+        retry_due = self._next_retry_at is not None and self._next_retry_at <= now
+        return not retry_due and now - at < self._poll_interval and skipped.issubset(skip)
 
     def _nothing_due_for(self, now: float) -> float:
         """How long to wait when nothing is due: until the next retry, at most a poll."""
