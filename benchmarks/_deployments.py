@@ -31,11 +31,12 @@ POSTGRES_URL = os.environ.get(
     "WEBHOOK_PLUGIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 SETUPS = {
-    # name: (database, serves, workers)
-    "sqlite": ("sqlite", 1, 0),
-    "sqlite-split": ("sqlite", 1, 1),
-    "postgres": ("postgres", 1, 0),
-    "postgres-2x2": ("postgres", 2, 2),
+    # name: (database, serves, workers, serve's options)
+    "sqlite": ("sqlite", 1, 0, ()),
+    "sqlite-inline": ("sqlite", 1, 0, ("--inline-workers",)),
+    "sqlite-split": ("sqlite", 1, 1, ()),
+    "postgres": ("postgres", 1, 0, ()),
+    "postgres-2x2": ("postgres", 2, 2, ()),
 }
 
 
@@ -96,7 +97,7 @@ class Deployment:
     def __init__(self, setup: str, receiver_url: str, tmp: Path) -> None:
         from _common import free_port
 
-        kind, serves, workers = SETUPS[setup]
+        kind, serves, workers, options = SETUPS[setup]
         self.schema = None
         database = None
         if kind == "postgres":
@@ -111,7 +112,7 @@ class Deployment:
         for _ in range(serves):
             port = free_port()
             argv = [*cli, "serve", "--config", str(config), "--port", str(port)]
-            argv += ["--log-level", "warning"] + (["--no-workers"] if workers else [])
+            argv += ["--log-level", "warning", *options] + (["--no-workers"] if workers else [])
             self.serves.append(self._start(argv, tmp))
             self.urls.append(f"http://127.0.0.1:{port}")
             try:  # one at a time: each creates the tables
@@ -127,13 +128,22 @@ class Deployment:
         return subprocess.Popen(argv, cwd=tmp, stdout=subprocess.DEVNULL, stderr=self.log)
 
     def rss_mib(self, field: str = "VmHWM") -> float:
-        """The serve processes' memory (the peak, VmHWM, or now, VmRSS), summed."""
+        """The serve processes' memory (the peak, VmHWM, or now, VmRSS), with
+        their worker processes', summed."""
         total = 0
-        for proc in self.serves:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        for pid in self.serve_pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith(f"{field}:"):
                     total += int(line.split()[1])
         return total / 1024
+
+    def serve_pids(self) -> list[int]:
+        """The serve processes and the worker processes they started."""
+        pids = []
+        for proc in self.serves:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            pids += [proc.pid, *map(int, children)]
+        return pids
 
     def stop(self) -> None:
         for proc in [*self.serves, *self.others]:

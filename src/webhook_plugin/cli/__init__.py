@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-workers", action="store_true", help="serve the API without delivery workers"
     )
     serve.add_argument(
+        "--inline-workers",
+        action="store_true",
+        help="deliver in this process, not in a worker process of its own"
+        " (the default on one core)",
+    )
+    serve.add_argument(
         "--head-timeout",
         type=positive(float),
         default=10.0,
@@ -147,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     worker = command("worker", "run delivery workers only (PostgreSQL, or a SQLite file)")
-    worker.add_argument("--config", required=True)
+    worker.add_argument("--config", help="TOML config file (default: serve's embedded SQLite)")
     worker.add_argument(
         "--metrics-port",
         type=int,
@@ -156,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--metrics-host", default="127.0.0.1", help="the address for --metrics-port"
     )
+    # serve's own worker process: stop once standard input (a pipe from serve)
+    # closes, and say the metrics port first, on standard output
+    worker.add_argument("--until-stdin-closes", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 
     deliveries = command("deliveries", "show the delivery log")

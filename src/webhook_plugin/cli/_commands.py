@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import re
 import sys
 import time
@@ -65,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serve.no_workers_on_sqlite",
             hint="events are queued, and delivered by `webhook-plugin worker` on the same file",
         )
-    app = create_app(config, workers=not args.no_workers)
+    app = create_app(config, workers=not args.no_workers, worker_command=_worker_command(args))
     print(
         f"webhook-plugin {__version__} serving on http://{args.host}:{args.port}"
         f" (database {_redact(config.runtime.database)})\n"
@@ -81,6 +82,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if serve(app, host=args.host, port=args.port, limits=limits) else 3
 
 
+def _worker_command(args: argparse.Namespace) -> list[str] | None:
+    """How ``serve`` starts its worker process, or ``None`` to deliver in its own
+    (``--inline-workers``, or one core: two processes would share it)."""
+    if args.no_workers or args.inline_workers or (os.cpu_count() or 1) < 2:
+        return None
+    command = [sys.executable, "-m", "webhook_plugin.cli", "worker", "--until-stdin-closes"]
+    command += ["--log-format", args.log_format, "--log-level", args.log_level]
+    return command + (["--config", args.config] if args.config else [])
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import signal
 
@@ -91,27 +102,48 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     log = structlog.get_logger("webhook_plugin.cli")
+    port = 0 if args.until_stdin_closes and args.metrics_port is None else args.metrics_port
+
+    async def until_signal(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("worker.stopping", signal=signal.Signals(signum).name)
+                scope.cancel()
+
+    async def until_stdin_closes(scope: anyio.CancelScope) -> None:
+        await anyio.to_thread.run_sync(_read_to_end, 0, abandon_on_cancel=True)
+        log.info("worker.stopping", reason="serve closed its pipe")
+        scope.cancel()
 
     async def run() -> None:
         async with DeliveryEngine(open_store(config.runtime.database), config.delivery()) as engine:
-            if args.metrics_port is not None:
+            server = None
+            if port is not None:
                 from prometheus_client import start_http_server
 
                 # a thread of its own: a scrape reads the backlog with a blocking call
                 server, _ = start_http_server(
-                    args.metrics_port, addr=args.metrics_host, registry=engine.metrics.registry
+                    port, addr=args.metrics_host, registry=engine.metrics.registry
                 )
-                log.info("worker.metrics", host=args.metrics_host, port=args.metrics_port)
+                log.info("worker.metrics", host=args.metrics_host, port=server.server_port)
+            if args.until_stdin_closes:  # serve waits for this line; the rest goes to stderr
+                print(json.dumps({"metrics_port": server and server.server_port}), flush=True)
+                os.dup2(2, 1)
             log.info("worker.started")
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("worker.stopping", signal=signal.Signals(signum).name)
-                    break
-            if args.metrics_port is not None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(until_signal, tg.cancel_scope)
+                if args.until_stdin_closes:
+                    tg.start_soon(until_stdin_closes, tg.cancel_scope)
+            if server is not None:
                 server.shutdown()
 
     anyio.run(run)
     return 0
+
+
+def _read_to_end(fd: int) -> None:
+    while os.read(fd, 4096):
+        pass
 
 
 def _open_store(config: RuntimeConfig) -> Store:

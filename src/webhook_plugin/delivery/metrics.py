@@ -18,14 +18,15 @@ from typing import Final
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from ..events import WebhookEventType
 from ..exceptions import StorageError
 from ..storage.base import AttemptResult, NewDelivery
 
-__all__ = ["CONTENT_TYPE", "BacklogCollector", "DeliveryMetrics"]
+__all__ = ["CONTENT_TYPE", "BacklogCollector", "DeliveryMetrics", "merge"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
 
@@ -154,3 +155,45 @@ class DeliveryMetrics:
     def render(self) -> str:
         """Every metric in the text format (blocking: it reads the backlog)."""
         return generate_latest(self.registry).decode()
+
+
+def merge(*texts: str) -> str:
+    """Several processes' metrics as one (the text format in and out), as a
+    Prometheus server would see them: counters and histograms summed, each
+    ``_created`` the earliest; any other gauge is the shared backlog, the same
+    in every process, taken from the first text that has it."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in families:
+                families[family.name] = family
+                values[family.name] = {}
+            kind, seen = family.type, values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in seen:
+                    seen[key] = sample.value
+                elif kind in ("counter", "histogram"):
+                    seen[key] += sample.value
+                elif family.name.endswith("_created"):
+                    seen[key] = min(seen[key], sample.value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(families, values))
+    return generate_latest(registry).decode()
+
+
+class _Merged(Collector):
+    def __init__(
+        self,
+        families: dict[str, Metric],
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]],
+    ) -> None:
+        self._families, self._values = families, values
+
+    def collect(self) -> Iterator[Metric]:
+        for name, family in self._families.items():
+            merged = Metric(name, family.documentation, family.type)
+            for (sample, labels), value in self._values[name].items():
+                merged.add_sample(sample, dict(labels), value)
+            yield merged

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
@@ -17,7 +19,12 @@ __all__ = ["create_app"]
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def create_app(config: RuntimeConfig | None = None, *, workers: bool = True) -> ASGIApp:
+def create_app(
+    config: RuntimeConfig | None = None,
+    *,
+    workers: bool = True,
+    worker_command: Sequence[str] | None = None,
+) -> ASGIApp:
     """Build the runtime's ASGI app.
 
     The layers, outermost first: the webhook middleware (owns the plugins and
@@ -27,6 +34,8 @@ def create_app(config: RuntimeConfig | None = None, *, workers: bool = True) -> 
 
     :param workers: ``False`` serves the API without delivery workers
         (``webhook-plugin serve --no-workers``).
+    :param worker_command: deliver in a child process this command starts
+        rather than in this one (``webhook-plugin serve`` on two cores or more).
     """
     config = config or RuntimeConfig()
     app: ASGIApp = Starlette(routes=routes, exception_handlers=exception_handlers)
@@ -34,4 +43,4 @@ def create_app(config: RuntimeConfig | None = None, *, workers: bool = True) -> 
     if config.runtime.api_token:
         app = TokenAuthMiddleware(app, config.runtime.api_token)
     app = Console(app, config.runtime.api_token)
-    return WebhookMiddleware(app, config, workers=workers)
+    return WebhookMiddleware(app, config, workers=workers, worker_command=worker_command)

@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +40,7 @@ from . import hookspecs as runtime_hookspecs
 from . import responder
 from .config import RuntimeConfig
 from .pipeline import ChatPipeline
+from .worker_process import WorkerProcess
 
 __all__ = ["STATE_KEY", "WebhookMiddleware", "pipeline_from"]
 
@@ -66,6 +68,9 @@ class WebhookMiddleware:
     :param workers: whether this process delivers (``False``: it only queues,
         and separate ``webhook-plugin worker`` processes deliver).
     :param plugins: extra plugin objects to register (besides the config's).
+    :param worker_command: with ``workers``, deliver in a child process that
+        this command starts (a ``webhook-plugin worker``, see
+        :mod:`.worker_process`) rather than in this one.
     """
 
     def __init__(
@@ -75,19 +80,22 @@ class WebhookMiddleware:
         *,
         workers: bool = True,
         plugins: Sequence[object] = (),
+        worker_command: Sequence[str] | None = None,
     ) -> None:
         self.app = app
         self.config = config or RuntimeConfig()
         self.workers = workers
         self.extra_plugins = plugins
+        self.worker_process = WorkerProcess(worker_command) if workers and worker_command else None
         self.pipeline: ChatPipeline | None = None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[ChatPipeline]:
         """Start the engine and the plugins; stop and drain on exit."""
         config = self.config
+        inline = self.workers and self.worker_process is None
         engine = DeliveryEngine(
-            open_store(config.runtime.database), config.delivery(workers=self.workers)
+            open_store(config.runtime.database), config.delivery(workers=inline)
         )
         pm = PluginManager(runtime_hookspecs)
         fetcher = UserInfoFetcher(
@@ -110,10 +118,13 @@ class WebhookMiddleware:
             pipeline = ChatPipeline(pm, engine, config)
             await pipeline.open_store()
             await tg.start(pipeline.writes.run)
-            purge = anyio.CancelScope()
+            purge, delivery = anyio.CancelScope(), anyio.CancelScope()
             tg.start_soon(_run_in, purge, pipeline.writes.purge_loop)
             try:
-                await pipeline.seed_agents()
+                await pipeline.seed_agents()  # before the worker process reads them
+                if self.worker_process is not None:
+                    await tg.start(_start_in, delivery, self.worker_process.run)
+                    pipeline.worker_process = self.worker_process
                 self.pipeline = pipeline
                 log.info("runtime.started", plugins=pm.names())
                 yield pipeline
@@ -121,6 +132,7 @@ class WebhookMiddleware:
                 self.pipeline = None
                 purge.cancel()
                 pipeline.writes.close()  # the last messages are written, then it returns
+                delivery.cancel()  # the worker process is told to stop, and waited for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -171,3 +183,13 @@ class WebhookMiddleware:
 async def _run_in(scope: anyio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
     with scope:
         await fn()
+
+
+async def _start_in(
+    scope: anyio.CancelScope,
+    fn: Callable[..., Awaitable[None]],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await fn(task_status=task_status)

@@ -36,6 +36,7 @@ from .config import RuntimeConfig
 from .inbox import Inbox
 from .reservations import Conflict, Reservations
 from .timestamps import check_created_at
+from .worker_process import WorkerProcess
 from .writes import MessageWrites
 
 __all__ = ["ChatPipeline", "Conflict", "QueuedEvents"]
@@ -78,6 +79,8 @@ class ChatPipeline:
         self._limiter = anyio.CapacityLimiter(4)
         self._agents: dict[str, Agent] = {}
         self._ai_defaults: dict[str, bool] = {}
+        #: the process delivering for this one, when it is not this one
+        self.worker_process: WorkerProcess | None = None
         #: what messages change, written in shared transactions
         self.writes = MessageWrites(self.store, engine, self.blocking, clock=clock)
         self.reservations = Reservations(self.store, self.blocking, clock)

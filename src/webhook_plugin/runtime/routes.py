@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..delivery.metrics import CONTENT_TYPE
+from ..delivery.metrics import CONTENT_TYPE, merge
 from ..exceptions import NotFound, SettingsError
 from ..models import Attachment, Group
 from ..settings import SettingsInput, WebhookSettings
@@ -236,15 +236,21 @@ async def redeliver(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    text = await pipeline_from(request).engine.render_metrics()
+    pipeline = pipeline_from(request)
+    text = await pipeline.engine.render_metrics()
+    if pipeline.worker_process is not None:  # its attempts are counted there
+        text = merge(text, await pipeline.worker_process.metrics())
     return Response(text, media_type=CONTENT_TYPE)
 
 
 async def healthz(request: Request) -> Response:
     """Liveness: 200 ``{"status": "ok"}``, or 503 with the reason when the delivery
-    engine is not running, one of its loops failed within the last minute, or
-    the database cannot be read or written."""
-    problem = await pipeline_from(request).engine.check_health()
+    engine is not running, one of its loops failed within the last minute, the
+    database cannot be read or written, or the delivery worker process is down."""
+    pipeline = pipeline_from(request)
+    problem = await pipeline.engine.check_health()
+    if problem is None and pipeline.worker_process is not None:
+        problem = pipeline.worker_process.problem()
     if problem is not None:
         return json({"status": "failing", "reason": problem}, 503)
     return json({"status": "ok"})
