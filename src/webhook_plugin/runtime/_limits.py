@@ -30,6 +30,7 @@ __all__ = [
     "default_max_connections",
     "open_file_limit",
     "raise_fd_limit",
+    "response_408_body",
 ]
 
 log = structlog.get_logger("webhook_plugin.server")
@@ -183,6 +184,15 @@ RESPONSE_503 = _response(
 RESPONSE_408 = _response(
     b"408 Request Timeout", "request_timeout", "the request head did not arrive in time"
 )
+
+
+def response_408_body(timeout: float) -> bytes:
+    """The answer to a request whose body did not all arrive within ``timeout`` s."""
+    return _response(
+        b"408 Request Timeout",
+        "request_timeout",
+        f"the request body did not arrive within {timeout:g} seconds",
+    )
 
 
 RESPONSE_431 = _response(

@@ -20,7 +20,11 @@ times per second. This module adds, in a subclass of uvicorn's
   close`` and is closed at once, before it is read. The process sheds load
   instead of running out of descriptors, and new clients are still served
   during a flood of idle connections;
-- a **body timeout** (:class:`~webhook_plugin.runtime.security.BodyTimeoutMiddleware`);
+- a **body timeout**: the whole body must arrive within ``body_timeout``
+  seconds of the head; otherwise ``408`` (unless the answer has begun) and
+  close. A timer per request, where
+  :class:`~webhook_plugin.runtime.security.BodyTimeoutMiddleware` (the same
+  rule for other servers) costs a cancel scope per ``receive``;
 - uvicorn's own keep-alive timeout and ``limit_concurrency`` (requests in
   flight, including those whose client has gone: twice the connection cap);
 - **log lines once per interval**, not per try: ``accept()`` failures
@@ -61,8 +65,8 @@ from ._limits import (
     default_max_connections,
     open_file_limit,
     raise_fd_limit,
+    response_408_body,
 )
-from .security import BodyTimeoutMiddleware
 
 __all__ = [
     "ConnectionGate",
@@ -138,6 +142,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._max_head_bytes = limits.max_head_bytes
         self._max_connections = limits.max_connections or 1024
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timeout = limits.body_timeout
+        self._body_timer: asyncio.TimerHandle | None = None
         self._head_started = False  # the parser has seen the start of a request
         self._in_body = False  # between a request's head and the end of its body
         self._head_bytes = 0
@@ -166,6 +172,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         if self._gate is not None:
             self._gate.gone(self, self._evicted)
         super().connection_lost(exc)
@@ -215,9 +222,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._gate is not None:
             self._gate.served(self)
         super().on_headers_complete()
+        if self._body_timeout:
+            self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._disarm_body_timer()
         self._in_body = False
         if (self.cycle is None or self.cycle.response_complete) and self._head_timer is not None:
             # the rest of a body that came after the answer, now drained: the
@@ -252,6 +262,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._reject(RESPONSE_408)
         else:  # nothing but perhaps blank lines: a silent close, like a keep-alive timeout
             self.transport.close()
+
+    # -- the body timer ----------------------------------------------------------------------
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_started:
+            self.cycle.disconnected = True  # the app reads a disconnect; its answer is dropped
+            self.transport.write(response_408_body(self._body_timeout or 0))
+        self.transport.close()
 
     def _reject(self, response: bytes) -> None:
         self._disarm_head_timer()
@@ -337,13 +363,11 @@ def serve(
 ) -> bool:
     """Serve ``app`` until SIGINT or SIGTERM; ``False`` if it could not start.
 
-    Raises the file descriptor limit first, wraps ``app`` in the body timeout
-    and runs our :class:`Server` with :class:`LimitedHttpToolsProtocol`.
+    Raises the file descriptor limit first and runs our :class:`Server` with
+    :class:`LimitedHttpToolsProtocol`.
     """
     raise_fd_limit()
     limits = (limits or ServerLimits()).resolved()
-    if limits.body_timeout:
-        app = BodyTimeoutMiddleware(app, limits.body_timeout)
     options: dict[str, Any] = {
         "lifespan": "on",
         "access_log": False,
