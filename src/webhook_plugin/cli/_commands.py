@@ -20,6 +20,7 @@ from ._logging import configure_logging
 
 if TYPE_CHECKING:
     from ..runtime.config import RuntimeConfig
+    from ..runtime.worker_process import WorkerProcess
     from ..storage.base import Store
 
 __all__ = [
@@ -49,9 +50,10 @@ def _load(path: str | None):  # type: ignore[no-untyped-def]
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..runtime.app import create_app
+    from ..runtime.config import read_config
     from ..runtime.server import ServerLimits, serve
 
-    config = _load(args.config)
+    config, text = read_config(args.config)
     if not config.runtime.api_token and not _is_loopback(args.host):
         raise WebhookPluginError(
             f"refusing to listen on {args.host} without an API token: set [runtime] api_token"
@@ -66,7 +68,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serve.no_workers_on_sqlite",
             hint="events are queued, and delivered by `webhook-plugin worker` on the same file",
         )
-    app = create_app(config, workers=not args.no_workers, worker_command=_worker_command(args))
+    app = create_app(
+        config, workers=not args.no_workers, worker_process=_worker_process(args, config, text)
+    )
     print(
         f"webhook-plugin {__version__} serving on http://{args.host}:{args.port}"
         f" (database {_redact(config.runtime.database)})\n"
@@ -82,26 +86,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if serve(app, host=args.host, port=args.port, limits=limits) else 3
 
 
-def _worker_command(args: argparse.Namespace) -> list[str] | None:
-    """How ``serve`` starts its worker process, or ``None`` to deliver in its own
-    (``--inline-workers``, or one core: two processes would share it)."""
-    if args.no_workers or args.inline_workers or (os.cpu_count() or 1) < 2:
+def _worker_process(
+    args: argparse.Namespace, config: RuntimeConfig, text: str | None
+) -> WorkerProcess | None:
+    """The worker process ``serve`` delivers from, or ``None`` to deliver in its
+    own (``--inline-workers``, or one core: two processes would share it)."""
+    from ..runtime.worker_process import WorkerProcess
+
+    if args.no_workers or args.inline_workers or _cores() < 2:
         return None
-    command = [sys.executable, "-m", "webhook_plugin.cli", "worker", "--until-stdin-closes"]
+    # -P: not the working directory first on sys.path (serve's own is not either)
+    command = [sys.executable, "-P", "-m", "webhook_plugin.cli", "worker", "--until-stdin-closes"]
     command += ["--log-format", args.log_format, "--log-level", args.log_level]
-    return command + (["--config", args.config] if args.config else [])
+    grace = config.delivery().shutdown_grace + 10  # its attempts, then its last results
+    return WorkerProcess(command, text, args.config or "<defaults>", grace=grace)
+
+
+def _cores() -> int:
+    """The CPUs this process may run on (a container's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import signal
 
     import anyio
+    import anyio.lowlevel
 
     from ..delivery.engine import DeliveryEngine
+    from ..runtime.config import config_from_text
+    from ..runtime.worker_process import HealthCollector
     from ..storage import open_store
 
-    config = _load(args.config)
     log = structlog.get_logger("webhook_plugin.cli")
+    if args.until_stdin_closes:  # serve's worker process: serve stops it (see worker_process)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        hello = json.loads(_read_line(0))
+        config = config_from_text(hello["config"], hello["origin"])
+    elif args.config is None:
+        raise WebhookPluginError("worker needs --config FILE (the config serve runs with)")
+    else:
+        config = _load(args.config)
     port = 0 if args.until_stdin_closes and args.metrics_port is None else args.metrics_port
 
     async def until_signal(scope: anyio.CancelScope) -> None:
@@ -111,7 +140,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 scope.cancel()
 
     async def until_stdin_closes(scope: anyio.CancelScope) -> None:
-        await anyio.to_thread.run_sync(_read_to_end, 0, abandon_on_cancel=True)
+        while True:
+            await anyio.wait_readable(0)
+            if not os.read(0, 4096):
+                break
         log.info("worker.stopping", reason="serve closed its pipe")
         scope.cancel()
 
@@ -121,6 +153,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             if port is not None:
                 from prometheus_client import start_http_server
 
+                engine.metrics.registry.register(
+                    HealthCollector(engine, anyio.lowlevel.current_token())
+                )
                 # a thread of its own: a scrape reads the backlog with a blocking call
                 server, _ = start_http_server(
                     port, addr=args.metrics_host, registry=engine.metrics.registry
@@ -131,9 +166,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 os.dup2(2, 1)
             log.info("worker.started")
             async with anyio.create_task_group() as tg:
-                tg.start_soon(until_signal, tg.cancel_scope)
                 if args.until_stdin_closes:
                     tg.start_soon(until_stdin_closes, tg.cancel_scope)
+                else:
+                    tg.start_soon(until_signal, tg.cancel_scope)
             if server is not None:
                 server.shutdown()
 
@@ -141,9 +177,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_to_end(fd: int) -> None:
-    while os.read(fd, 4096):
-        pass
+def _read_line(fd: int) -> bytes:
+    """One line from ``fd``, read unbuffered (the rest of the pipe is watched)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise WebhookPluginError("worker: serve's pipe closed before it gave the config")
+        line += chunk
+    return line
 
 
 def _open_store(config: RuntimeConfig) -> Store:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
@@ -13,6 +11,7 @@ from .console import Console
 from .middleware import WebhookMiddleware
 from .routes import routes
 from .security import BodyLimitMiddleware, TokenAuthMiddleware
+from .worker_process import WorkerProcess
 
 __all__ = ["create_app"]
 
@@ -23,7 +22,7 @@ def create_app(
     config: RuntimeConfig | None = None,
     *,
     workers: bool = True,
-    worker_command: Sequence[str] | None = None,
+    worker_process: WorkerProcess | None = None,
 ) -> ASGIApp:
     """Build the runtime's ASGI app.
 
@@ -34,8 +33,8 @@ def create_app(
 
     :param workers: ``False`` serves the API without delivery workers
         (``webhook-plugin serve --no-workers``).
-    :param worker_command: deliver in a child process this command starts
-        rather than in this one (``webhook-plugin serve`` on two cores or more).
+    :param worker_process: deliver from this child process rather than in
+        this one (``webhook-plugin serve`` on two cores or more).
     """
     config = config or RuntimeConfig()
     app: ASGIApp = Starlette(routes=routes, exception_handlers=exception_handlers)
@@ -43,4 +42,4 @@ def create_app(
     if config.runtime.api_token:
         app = TokenAuthMiddleware(app, config.runtime.api_token)
     app = Console(app, config.runtime.api_token)
-    return WebhookMiddleware(app, config, workers=workers, worker_command=worker_command)
+    return WebhookMiddleware(app, config, workers=workers, worker_process=worker_process)

@@ -20,7 +20,7 @@ from ..delivery.config import DeliveryConfig
 from ..exceptions import ConfigError, SettingsError
 from ..settings import SettingsInput, WebhookSettings
 
-__all__ = ["AgentConfig", "RuntimeConfig", "load_config"]
+__all__ = ["AgentConfig", "RuntimeConfig", "config_from_text", "load_config", "read_config"]
 
 
 class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -94,15 +94,29 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RuntimeConfig:
 
 def load_config(path: str | Path | None) -> RuntimeConfig:
     """Read a TOML config file; ``None`` gives the embedded defaults."""
+    return read_config(path)[0]
+
+
+def read_config(path: str | Path | None) -> tuple[RuntimeConfig, str | None]:
+    """:func:`load_config`, and the text it read (``None`` for the defaults)."""
     if path is None:
-        return RuntimeConfig()
+        return RuntimeConfig(), None
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    return config_from_text(text, str(path)), text
+
+
+def config_from_text(text: str | None, source: str) -> RuntimeConfig:
+    """A config from TOML text (``None``: the embedded defaults)."""
+    if text is None:
+        return RuntimeConfig()
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, str(path))
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return parse_config(data, source)

@@ -68,9 +68,9 @@ class WebhookMiddleware:
     :param workers: whether this process delivers (``False``: it only queues,
         and separate ``webhook-plugin worker`` processes deliver).
     :param plugins: extra plugin objects to register (besides the config's).
-    :param worker_command: with ``workers``, deliver in a child process that
-        this command starts (a ``webhook-plugin worker``, see
-        :mod:`.worker_process`) rather than in this one.
+    :param worker_process: with ``workers``, deliver from this child process
+        (a ``webhook-plugin worker``, see :mod:`.worker_process`) rather than
+        in this one.
     """
 
     def __init__(
@@ -80,13 +80,13 @@ class WebhookMiddleware:
         *,
         workers: bool = True,
         plugins: Sequence[object] = (),
-        worker_command: Sequence[str] | None = None,
+        worker_process: WorkerProcess | None = None,
     ) -> None:
         self.app = app
         self.config = config or RuntimeConfig()
         self.workers = workers
         self.extra_plugins = plugins
-        self.worker_process = WorkerProcess(worker_command) if workers and worker_command else None
+        self.worker_process = worker_process if workers else None
         self.pipeline: ChatPipeline | None = None
 
     @asynccontextmanager

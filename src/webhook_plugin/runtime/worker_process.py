@@ -1,22 +1,29 @@
 """``webhook-plugin serve``'s delivery in a second process of its own.
 
 One Python process is one core: measured on two cores (``benchmarks/README.md``,
-the ``sqlite`` and ``sqlite-split`` setups), the API acknowledges messages
-faster when a ``webhook-plugin worker`` process on the same database delivers
-them than when its own event loop does both. So ``serve`` starts one, and:
+the ``sqlite`` and ``sqlite-inline`` setups), the API acknowledges more messages
+per second when a ``webhook-plugin worker`` process on the same database
+delivers them than when its own event loop does both. So ``serve`` starts one:
 
-- **keeps it running**: when it exits, it is started again after a pause
-  (1 s, doubling up to 30 s; back to 1 s once it ran a minute), and
-  ``/healthz`` says it is down meanwhile. Deliveries wait in the outbox, under
-  no lease or one that runs out, so nothing queued is lost;
-- **outlives it never**: the child reads its standard input, a pipe from
-  ``serve``, and stops (draining like on ``SIGTERM``) once that pipe closes,
-  which happens however ``serve`` ends, ``kill -9`` included. It runs in a
-  session of its own, so a terminal's Ctrl-C reaches ``serve`` only, which
-  then stops it in order;
-- **counts in ``/metrics``**: the child serves its registry on a loopback port
+- **its config from ``serve``**: the child reads serve's config text as the
+  first line of its standard input (a pipe from ``serve``), so both run the
+  same config even if the file changes, or was a pipe (``--config <(...)``);
+- **kept running**: when it exits, or cannot be started, it is started again
+  after a pause (1 s, doubling up to 30 s; back to 1 s once it ran a minute);
+- **checked**: every few seconds ``serve`` reads the child's metrics, which
+  carry its engine's health (``webhook_plugin_delivery_healthy``); ``/healthz``
+  says why it is down, does not answer or is failing. Deliveries wait in the
+  outbox meanwhile, so nothing queued is lost;
+- **outlives it never**: the child ignores ``SIGINT`` and ``SIGTERM`` (a
+  terminal's Ctrl-C or a service manager's stop reaches ``serve``, which stops
+  it in order) and stops, draining like a worker on ``SIGTERM``, once its
+  standard input closes, which happens however ``serve`` ends, ``kill -9``
+  included;
+- **counted in ``/metrics``**: the child serves its registry on a loopback port
   it chose (it prints the port as its first line), and ``serve`` adds those
-  counters to its own (:func:`~webhook_plugin.delivery.metrics.merge`).
+  counters to its own (:func:`~webhook_plugin.delivery.metrics.merge`), with
+  the last counts of earlier children carried over so that no counter goes
+  down when one is replaced.
 """
 
 from __future__ import annotations
@@ -24,15 +31,23 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import anyio
 import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
 import httpx
 import structlog
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
-__all__ = ["WorkerProcess"]
+from ..delivery.engine import DeliveryEngine
+from ..delivery.metrics import merge
+
+__all__ = ["HEALTH_GAUGE", "HealthCollector", "WorkerProcess"]
 
 log = structlog.get_logger("webhook_plugin.runtime")
 
@@ -40,99 +55,157 @@ log = structlog.get_logger("webhook_plugin.runtime")
 _PAUSE: Final = (1.0, 30.0)
 #: a child that ran this long is healthy: its next exit pauses the least again
 _STEADY: Final = 60.0
-#: seconds to scrape the child's metrics
-_SCRAPE_TIMEOUT: Final = 5.0
+#: seconds between looks at the child's metrics and health, and their timeout
+_PROBE: Final = 5.0
+#: looks in a row that it did not answer, before it counts as down
+_MISSES: Final = 2
+#: the gauge the child's metrics carry: 1 when its engine is healthy
+HEALTH_GAUGE: Final = "webhook_plugin_delivery_healthy"
 
 
 class WorkerProcess:
-    """Runs ``command`` (a ``webhook-plugin worker`` that stops when its standard
-    input closes and prints its metrics port first) for as long as :meth:`run` runs.
+    """Runs ``command`` (a ``webhook-plugin worker --until-stdin-closes``) for as
+    long as :meth:`run` runs, and gives it ``config`` (the text of serve's
+    config file, or ``None`` for the defaults) on its standard input.
 
-    :param grace: seconds the child gets to finish its attempts once told to stop.
+    :param grace: seconds the child gets to finish once told to stop.
     :param start_timeout: seconds it gets to say its metrics port.
     """
 
     def __init__(
-        self, command: Sequence[str], *, grace: float = 20.0, start_timeout: float = 30.0
+        self,
+        command: Sequence[str],
+        config: str | None,
+        origin: str = "<serve>",
+        *,
+        grace: float = 20.0,
+        start_timeout: float = 30.0,
     ) -> None:
         self.command = list(command)
+        self._hello = json.dumps({"config": config, "origin": origin}).encode() + b"\n"
         self.grace = grace
         self.start_timeout = start_timeout
         self._metrics_url: str | None = None
-        #: why it is not running, for /healthz (None: it is)
+        #: the last metrics the current child answered, and what earlier ones counted
+        self._last = ""
+        self._carried = ""
+        self._misses = 0
+        #: why it is not delivering, for /healthz (None: it is)
         self._down: str | None = "the delivery worker process is starting"
 
     def problem(self) -> str | None:
         """Why deliveries are not being made now, or ``None``."""
+        if self._down is None and self._misses >= _MISSES:
+            return "the delivery worker process does not answer"
         return self._down
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Start the child, and again whenever it exits, until cancelled (the way
-        to end this: the child is then stopped). Started once the first child
-        is ready, or could not start."""
+        to end this: the child is then stopped). Started at once: serve answers
+        (``/healthz`` with 503) while its first child starts."""
+        task_status.started()
         pause = _PAUSE[0]
-        starting: anyio.abc.TaskStatus[None] | None = task_status
         while True:
             began = time.monotonic()
-            code = await self._run_once(starting)
-            starting = None
+            reason = await self._run_once()
+            self._carried, self._last = merge(self._carried, self._last), ""
             if time.monotonic() - began > _STEADY:
                 pause = _PAUSE[0]
-            self._down = (
-                f"the delivery worker process exited with code {code};"
-                f" it starts again in {pause:g} s"
-            )
-            log.error("worker_process.exited", code=code, restart_in=pause)
+            self._down = f"the delivery worker process {reason}; it starts again in {pause:g} s"
+            log.error("worker_process.down", reason=reason, restart_in=pause)
             await anyio.sleep(pause)
+            self._down = "the delivery worker process is starting"
             pause = min(pause * 2, _PAUSE[1])
 
-    async def _run_once(self, starting: anyio.abc.TaskStatus[None] | None) -> int:
-        """One child, from its start to its exit code."""
-        process = await anyio.open_process(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,  # its log lines go where ours go
-            start_new_session=True,
-        )
+    async def _run_once(self) -> str:
+        """One child, from its start to its end: what ended it."""
         try:
+            process = await anyio.open_process(
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,  # its log lines go where ours go
+                start_new_session=True,
+            )
+        except OSError as exc:  # the interpreter gone, or no process or file left
+            return f"could not be started ({exc.strerror or exc})"
+        try:
+            assert process.stdin is not None
+            await process.stdin.send(self._hello)
+            port = None
             with anyio.move_on_after(self.start_timeout):
                 port = await _first_line_port(process)
-                if port is not None:
-                    self._metrics_url = f"http://127.0.0.1:{port}/metrics"
-                    self._down = None
-                    log.info("worker_process.started", pid=process.pid)
-            if self._down is not None:  # it never said it was ready
-                process.kill()
-            if starting is not None:
-                starting.started()
-            return await process.wait()
+            if port is None:
+                with anyio.move_on_after(1):  # it may be exiting: let it say how
+                    await process.wait()
+                if process.returncode is None:
+                    log.warning("worker_process.not_ready", pid=process.pid)
+                    process.kill()
+                return f"did not start (exit code {await process.wait()})"
+            self._metrics_url = f"http://127.0.0.1:{port}/metrics"
+            self._misses = 0
+            self._down = None
+            log.info("worker_process.started", pid=process.pid)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._probe_loop)
+                code = await process.wait()
+                tg.cancel_scope.cancel()
+            return f"exited with code {code}"
+        except (OSError, anyio.BrokenResourceError) as exc:  # its pipe broke: it is gone
+            return f"exited ({exc})"
         finally:
             self._metrics_url = None
             with anyio.CancelScope(shield=True):
                 await _stop(process, self.grace)
 
-    async def metrics(self) -> str:
-        """The child's metrics in the text format (empty while it is down or
-        when it does not answer)."""
+    async def _probe_loop(self) -> None:
+        while True:
+            await anyio.sleep(_PROBE)
+            await self._scrape()
+
+    async def _scrape(self) -> None:
+        """Read the child's metrics (a look at its health too)."""
         url = self._metrics_url
         if url is None:
-            return ""
+            return
         try:
-            async with httpx.AsyncClient(timeout=_SCRAPE_TIMEOUT, trust_env=False) as client:
+            async with httpx.AsyncClient(timeout=_PROBE, trust_env=False) as client:
                 response = await client.get(url)
                 response.raise_for_status()
-        except httpx.HTTPError as exc:
-            log.warning("worker_process.metrics_unavailable", error=type(exc).__name__)
-            return ""
-        return response.text
+            text = response.text
+            healthy = _gauge(text, HEALTH_GAUGE)  # and the text must parse
+        except Exception as exc:  # whatever it answered, or did not
+            self._misses += 1
+            log.warning("worker_process.no_answer", error=type(exc).__name__, misses=self._misses)
+            return
+        self._misses, self._last = 0, text
+        if healthy == 0:
+            self._down = "the delivery worker process reports a failure (see its log)"
+        elif self._metrics_url is not None:
+            self._down = None
+
+    async def metrics(self) -> str:
+        """What the children counted, in the text format: the current one's
+        metrics (its last answer, if it does not answer now) with the earlier
+        ones' last counts added, so that counters never go down."""
+        await self._scrape()
+        return merge(self._carried, self._last)
+
+
+def _gauge(text: str, name: str) -> float | None:
+    """A sample's value in a metrics text (ValueError if the text does not parse)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return None
 
 
 async def _first_line_port(process: anyio.abc.Process) -> int | None:
     """The metrics port the child prints first (``{"metrics_port": N}``), or
-    ``None`` if it ends its output before."""
+    ``None`` if it ends its output or says something else."""
     assert process.stdout is not None
     buffer = b""
     while b"\n" not in buffer:
@@ -144,9 +217,9 @@ async def _first_line_port(process: anyio.abc.Process) -> int | None:
             return None
     try:
         port = json.loads(buffer.split(b"\n", 1)[0])["metrics_port"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         return None
-    return port if isinstance(port, int) and 0 < port < 65536 else None
+    return port if type(port) is int and 0 < port < 65536 else None
 
 
 async def _stop(process: anyio.abc.Process, grace: float) -> None:
@@ -165,3 +238,25 @@ async def _stop(process: anyio.abc.Process, grace: float) -> None:
             process.kill()
             await process.wait()
     await process.aclose()
+
+
+class HealthCollector(Collector):
+    """The child's side: ``webhook_plugin_delivery_healthy``, 1 while its engine
+    is healthy, read from the metrics server's thread on the engine's loop."""
+
+    def __init__(self, engine: DeliveryEngine, token: anyio.lowlevel.EventLoopToken) -> None:
+        self._engine, self._token = engine, token
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(HEALTH_GAUGE, "")  # without reading it (at registration)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            problem = anyio.from_thread.run_sync(self._engine.health, token=self._token)
+        except RuntimeError:  # its loop is gone: it is stopping
+            problem = "stopping"
+        yield GaugeMetricFamily(
+            HEALTH_GAUGE,
+            "1 while the delivery engine is healthy (its log says why not).",
+            value=0 if problem else 1,
+        )
