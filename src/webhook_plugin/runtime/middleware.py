@@ -26,7 +26,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import anyio.abc
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -123,7 +122,7 @@ class WebhookMiddleware:
             try:
                 await pipeline.seed_agents()  # before the worker process reads them
                 if self.worker_process is not None:
-                    await tg.start(_start_in, delivery, self.worker_process.run)
+                    tg.start_soon(_run_in, delivery, self.worker_process.run)
                     pipeline.worker_process = self.worker_process
                 self.pipeline = pipeline
                 log.info("runtime.started", plugins=pm.names())
@@ -183,13 +182,3 @@ class WebhookMiddleware:
 async def _run_in(scope: anyio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
     with scope:
         await fn()
-
-
-async def _start_in(
-    scope: anyio.CancelScope,
-    fn: Callable[..., Awaitable[None]],
-    *,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    with scope:
-        await fn(task_status=task_status)
