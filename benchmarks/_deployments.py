@@ -1,16 +1,19 @@
 """`bench_api.py --setups`: the message route on each way users deploy the runtime.
 
-- ``sqlite``: one `webhook-plugin serve` (the embedded default).
+- ``sqlite``: one `webhook-plugin serve` (the embedded default: on two cores or
+  more it delivers from a worker process of its own).
+- ``sqlite-inline``: one `serve --inline-workers` (delivery in its own process).
 - ``sqlite-split``: `serve --no-workers` and `webhook-plugin worker` on the same file.
-- ``postgres``: one `serve` on PostgreSQL.
+- ``postgres``: one `serve` on PostgreSQL (with its worker process).
+- ``postgres-inline``: one `serve --inline-workers` on PostgreSQL.
 - ``postgres-2x2``: two `serve --no-workers` and two `worker` processes on one
   PostgreSQL database; the client spreads its requests over both servers.
 
 Each setup: acknowledged msg/s at full load (32 in flight), delivered ev/s,
 send-to-arrival p50/p99 at full load and at half the acknowledged rate
-(paced), and the serve processes' peak RSS. With ``--long K``, the sqlite
-setup also posts K times as many messages and reports its RSS after 1x and
-after Kx, to show there is no growth per message.
+(paced), and the serve processes' peak RSS (with their worker processes').
+With ``--long K``, the sqlite setup also posts K times as many messages and
+reports its RSS after 1x and after Kx, to show there is no growth per message.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ SETUPS = {
     "sqlite-inline": ("sqlite", 1, 0, ("--inline-workers",)),
     "sqlite-split": ("sqlite", 1, 1, ()),
     "postgres": ("postgres", 1, 0, ()),
+    "postgres-inline": ("postgres", 1, 0, ("--inline-workers",)),
     "postgres-2x2": ("postgres", 2, 2, ()),
 }
 

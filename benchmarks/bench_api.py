@@ -25,12 +25,13 @@ each server (bare app, `ulimit -n 1024`) also faces the issue's attack:
 still holds after 40 s, whether a fresh client got answers meanwhile, and how
 many lines it logged.
 
-With `--setups` (all four by default; `--setups ""` for none), the message
-route also runs on each way the runtime is deployed (`_deployments.py`): one
-`serve` on SQLite, `serve --no-workers` + `worker` on one SQLite file, one
-`serve` on PostgreSQL, and two `serve --no-workers` + two `worker` on one
-PostgreSQL database; with p99 at half load and, with `--long K`, the RSS
-after K times as many messages.
+With `--setups` (all by default; `--setups ""` for none), the message route
+also runs on each way the runtime is deployed (`_deployments.py`): one `serve`
+on SQLite (with its worker process), the same with `--inline-workers`, `serve
+--no-workers` + `worker` on one SQLite file, one `serve` on PostgreSQL, with
+and without its worker process, and two `serve --no-workers` + two `worker`
+on one PostgreSQL database; with p99 at half load and, with `--long K`, the
+RSS after K times as many messages.
 """
 
 from __future__ import annotations
@@ -93,10 +94,14 @@ class Served:
             raise RuntimeError(f"{server}/{app} did not start") from None
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Its peak RSS, with its worker process's (``serve``'s own child)."""
+        pid = self.proc.pid
+        total = 0
+        for p in [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        return total / 1024
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
