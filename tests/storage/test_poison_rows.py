@@ -8,6 +8,7 @@ decode. Such a delivery is failed with a reason (``unknown_event_type``,
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -318,3 +319,43 @@ async def test_settings_stored_without_a_signing_secret_fail_their_deliveries_pl
     assert receiver.requests == []
     assert not any(e["event"] == "delivery.internal_error" for e in logs)
     assert "t0p-s3cr3t" not in repr(logs)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_result_the_database_refuses_costs_only_its_own_delivery(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """SQLite refuses one delivery's result (a trigger here; a constraint or a
+    row of another version in life). The results recorded with it in one
+    batch are written all the same once the retries are spent, instead of all
+    being lost (and their webhooks sent again when the leases ran out); the
+    refused one is logged, and stays pending, to be tried again."""
+    path = tmp_path / "webhooks.db"
+    with capture_logs() as logs:
+        async with DeliveryEngine(SQLiteStore(path), config()) as engine:
+            await engine.save_settings(AGENT.id, settings(receiver.url))
+            db = sqlite3.connect(path)
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE UPDATE OF status ON deliveries"
+                " WHEN NEW.id = 3 AND NEW.status <> 'pending'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            )
+            db.commit()
+            db.close()
+            tickets = reply(pipeline(engine), 6)
+            for t in tickets:
+                await t
+            await anyio.to_thread.run_sync(receiver.wait_for, 6)
+
+            def succeeded() -> list[Any]:
+                rows = engine.store.list_deliveries(agent_id=AGENT.id, status="succeeded")
+                return rows if len(rows) == 5 else []
+
+            done = await wait_until(succeeded, timeout=30)
+            refused = await engine.get_delivery(3, AGENT.id)
+    assert sorted(r.id for r in done) == [1, 2, 4, 5, 6]
+    assert refused.status == "pending"
+    lines = [e for e in logs if e["event"] == "batch.item_refused"]
+    assert lines and all(e["delivery_id"] == 3 for e in lines)
+    assert "refused by a trigger" in lines[0]["error"]

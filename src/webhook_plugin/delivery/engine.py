@@ -110,6 +110,9 @@ class DeliveryEngine:
             on_written=self._recorded,
             on_failed=self._write_failed,
             retries=8,
+            # one result the database refuses must not lose the others with it
+            # (their deliveries would be sent again once their leases ran out)
+            isolate=lambda r: {"delivery_id": r.delivery_id, "agent_id": r.agent_id},
         )
         self.dispatcher = Dispatcher(
             store,

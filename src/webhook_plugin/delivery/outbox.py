@@ -117,6 +117,12 @@ class Batcher(Generic[T]):
     :param max_batch: the most items written in one transaction.
     :param retries: how often a failed write is tried again (with backoff)
         before the batch's waiters get the error.
+    :param isolate: for a batch nobody waits on item by item: once its retries
+        failed, write it by halves, so that the items the store refuses (a row
+        another version wrote, say) are left out, each logged with
+        ``describe(item)``, and the others are written. When both halves of
+        the first split fail, the store refuses everything alike (it is down):
+        the batch fails whole, as without ``isolate``.
     """
 
     def __init__(
@@ -128,6 +134,7 @@ class Batcher(Generic[T]):
         on_failed: Callable[[BaseException], None] | None = None,
         max_batch: int = 5000,
         retries: int = 0,
+        isolate: Callable[[T], dict[str, object]] | None = None,
     ) -> None:
         self._write = write
         self._limiter = limiter or anyio.CapacityLimiter(1)
@@ -135,6 +142,7 @@ class Batcher(Generic[T]):
         self._on_failed = on_failed
         self._max_batch = max_batch
         self._retries = retries
+        self._describe = isolate
         self._current = _Batch()
         self._wake: anyio.Event | None = None
         self._closing = False
@@ -184,6 +192,9 @@ class Batcher(Generic[T]):
                 if self._on_failed is not None:
                     self._on_failed(exc)
                 if attempt == self._retries:
+                    if self._describe is not None and len(items) - written[0] > 1:
+                        if await self._isolate(batch, items, written[0]):
+                            return
                     log.error("batch.write_failed", items=len(items), error=str(exc))
                     batch.finish(exc)
                     return
@@ -194,6 +205,47 @@ class Batcher(Generic[T]):
         batch.finish()
         if self._on_written is not None:
             self._on_written(items)
+
+    async def _isolate(self, batch: _Batch, items: list[T], committed: int) -> bool:
+        """Write ``items[committed:]`` leaving out those the store refuses; whether
+        it could tell them apart (the batch is then finished)."""
+        assert self._describe is not None
+        split = await anyio.to_thread.run_sync(
+            self._write_halves, items[committed:], limiter=self._limiter
+        )
+        if split is None:
+            return False
+        written, refused = split
+        for item, exc in refused:
+            log.error("batch.item_refused", error=str(exc), **self._describe(item))
+        batch.finish(refused[0][1] if refused else None)
+        if self._on_written is not None:
+            self._on_written(items[:committed] + written)
+        return True
+
+    def _write_halves(self, items: list[T]) -> tuple[list[T], list[tuple[T, Exception]]] | None:
+        """(written, refused with why), or ``None`` when both halves fail."""
+        written: list[T] = []
+        refused: list[tuple[T, Exception]] = []
+
+        def by_halves(part: list[T], first: bool) -> bool:
+            failed = []
+            for half in (part[: len(part) // 2], part[len(part) // 2 :]):
+                try:
+                    self._write(half)
+                    written.extend(half)
+                except Exception as exc:
+                    failed.append((half, exc))
+            if first and len(failed) == 2:
+                return False
+            for half, why in failed:
+                if len(half) == 1:
+                    refused.append((half[0], why))
+                else:
+                    by_halves(half, False)
+            return True
+
+        return (written, refused) if by_halves(items, True) else None
 
     def _write_chunks(self, items: list[T], written: list[int]) -> None:
         # One transaction per chunk; written[0] moves only once a chunk committed.
