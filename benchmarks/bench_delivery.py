@@ -149,7 +149,7 @@ def _engine(tmp: str, c: int) -> DeliveryEngine:
         allow_private_hosts=("127.0.0.1",),
         concurrency=c,
         per_endpoint_concurrency=c,
-        poll_interval=0.05,
+        poll_interval=1.0,
         settings_refresh=0,
         retry_schedule=(0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
     )
