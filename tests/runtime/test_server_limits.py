@@ -8,6 +8,7 @@ these machines are shared and noisy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -19,11 +20,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from servers import CLI, Server
+from servers import CLI, Server, free_port
 from webhook_plugin.runtime.server import Throttle, ThrottleFilter, default_max_connections
 
 TOKEN = "test-token-0123456789abcdef"
@@ -530,3 +532,55 @@ def test_default_cap_is_half_the_fd_limit() -> None:
     assert default_max_connections(1024) == 512
     assert default_max_connections(100) == 64
     assert default_max_connections(1_048_576) == 4096
+
+
+def test_a_pipelined_requests_body_is_timed_from_when_it_is_served() -> None:
+    """Request 2 arrives pipelined behind a request that takes longer than the
+    body timeout; uvicorn reads nothing more until request 1 is answered. Its
+    body, complete 0.3 s after its head, must not get a 408 (which would also
+    have taken request 1's place on the wire)."""
+    from webhook_plugin.runtime.server import Server as Uvicorn
+    from webhook_plugin.runtime.server import ServerConfig, ServerLimits
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        if scope["path"] == "/slow":
+            await asyncio.sleep(2)
+        else:
+            while (m := await receive())["type"] == "http.request":
+                body += m["body"]
+                if not m.get("more_body"):
+                    break
+        answer = b"got %d" % len(body)
+        headers = [(b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    port = free_port()
+    limits = ServerLimits(body_timeout=1.0, head_timeout=5, timeout_keep_alive=1)
+    server = Uvicorn(ServerConfig(app, port=port, limits=limits, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(
+                b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345"
+            )
+            time.sleep(0.3)
+            s.sendall(b"67890")
+            data, _ = read_until_closed(s)  # both answers, then the keep-alive timeout
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    answers = [a for a in data.split(b"HTTP/1.1 ") if a]
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"200 OK", b"200 OK"], data
+    assert answers[0].endswith(b"got 0") and answers[1].endswith(b"got 10")

@@ -144,6 +144,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timeout = limits.body_timeout
         self._body_timer: asyncio.TimerHandle | None = None
+        self._body_cycle: Any = None  # the request whose body it times
         self._head_started = False  # the parser has seen the start of a request
         self._in_body = False  # between a request's head and the end of its body
         self._head_bytes = 0
@@ -222,12 +223,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._gate is not None:
             self._gate.served(self)
         super().on_headers_complete()
-        if self._body_timeout:
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # a request's body is timed from when it is served: a pipelined one waits
+        # unread (uvicorn pauses reading) while the one before it is answered
+        super()._start_asgi_task(cycle, app)
+        if self._body_timeout and cycle.more_body:
+            self._disarm_body_timer()
+            self._body_cycle = cycle
             self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._disarm_body_timer()
+        if self._body_cycle is self.cycle:
+            self._disarm_body_timer()
         self._in_body = False
         if (self.cycle is None or self.cycle.response_complete) and self._head_timer is not None:
             # the rest of a body that came after the answer, now drained: the
@@ -266,17 +275,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- the body timer ----------------------------------------------------------------------
 
     def _disarm_body_timer(self) -> None:
+        self._body_cycle = None
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
 
     def _body_timed_out(self) -> None:
-        self._body_timer = None
-        if self.transport.is_closing():
+        # the request being answered (only one is at a time) did not send its
+        # whole body in time: 408 unless its answer began, and close
+        cycle, self._body_cycle, self._body_timer = self._body_cycle, None, None
+        if self.transport.is_closing() or cycle is None:
             return
-        if self.cycle is not None and not self.cycle.response_started:
-            self.cycle.disconnected = True  # the app reads a disconnect; its answer is dropped
+        if not cycle.response_started:
             self.transport.write(response_408_body(self._body_timeout or 0))
+        cycle.disconnected = True  # its app reads a disconnect; what it sends is dropped
+        cycle.message_event.set()
         self.transport.close()
 
     def _reject(self, response: bytes) -> None:
