@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -528,4 +528,99 @@ async def test_a_full_endpoints_backlog_is_not_read_again_for_nothing() -> None:
         with anyio.fail_after(3):
             while len([s for s in asked if s]) < len(barren) + 1:
                 await anyio.sleep(0.01)
+        await d.stop(grace=1)
+
+
+class OneFullEndpoint:
+    """Endpoint "a" always has more than fits; what else there is comes from
+    ``others`` (checked on each claim that skips "a")."""
+
+    def __init__(self) -> None:
+        self.ids = iter(range(1, 1_000_000))
+        self.others: list[ClaimedDelivery] = []
+        self.others_due = 0.0
+        self.during_claim: Callable[[], None] | None = None
+        self.claimed_at: float | None = None
+
+    def claim_due(
+        self, *, now: float, limit: int, skip_agents: Sequence[str] = (), **kw: object
+    ) -> list[ClaimedDelivery]:
+        if "a" not in skip_agents:
+            return [delivery(next(self.ids)) for _ in range(limit)]
+        if self.others and now >= self.others_due:
+            taken, self.others = self.others, []
+            self.claimed_at = time.monotonic()
+            return taken
+        if self.during_claim is not None:
+            self.during_claim()
+            self.during_claim = None
+        return []
+
+    def release(self, ids: object, owner: str) -> None:
+        pass
+
+
+class QuickClient:
+    async def post(self, url: str, headers: object, body: bytes, **kw: object) -> Response:
+        await anyio.sleep(0.001)
+        return Response(200, {}, b"")
+
+
+async def busy_dispatcher(store: OneFullEndpoint, results: list[AttemptResult]) -> Dispatcher:
+    return Dispatcher(
+        store,  # type: ignore[arg-type]
+        QuickClient(),  # type: ignore[arg-type]
+        results.append,
+        policy=RetryPolicy(),
+        concurrency=4,
+        per_endpoint=4,
+        poll_interval=30,
+    )
+
+
+async def test_a_wake_up_during_a_claim_that_finds_nothing_is_not_lost() -> None:
+    """Another process queues work for "b" while a claim that skips the full
+    "a" runs (it did not see it), and the listen loop wakes us: the next such
+    claim must be made at once, not after the poll interval (30 s)."""
+    store, results = OneFullEndpoint(), []
+    d = await busy_dispatcher(store, results)
+
+    def queued_elsewhere() -> None:
+        store.others = [delivery(10**7, "b")]
+        anyio.from_thread.run_sync(d.wake)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        with anyio.fail_after(10):
+            while len(results) < 50:
+                await anyio.sleep(0.01)
+        store.during_claim = queued_elsewhere
+        woke = time.monotonic()
+        d.wake()  # so that a claim skipping "a" runs (the one found nothing, long ago)
+        with anyio.fail_after(5):
+            while store.claimed_at is None:
+                await anyio.sleep(0.01)
+        assert store.claimed_at - woke < 2
+        await d.stop(grace=1)
+
+
+async def test_a_retry_that_falls_due_is_claimed_though_the_last_claim_found_nothing() -> None:
+    """A retry for "b" falls due; the claim that skips no one fills up with
+    "a"'s older rows and misses it. The claim that skips "a" must still be
+    made, not held back by what an earlier one found."""
+    store, results = OneFullEndpoint(), []
+    d = await busy_dispatcher(store, results)
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        with anyio.fail_after(10):
+            while len(results) < 50:
+                await anyio.sleep(0.01)
+        store.others_due = time.time() + 0.3
+        store.others = [delivery(10**7, "b")]  # the retry, due in 0.3 s
+        d.retry_scheduled(store.others_due)
+        fell_due = time.monotonic() + 0.3
+        with anyio.fail_after(5):
+            while store.claimed_at is None:
+                await anyio.sleep(0.01)
+        assert store.claimed_at - fell_due < 2
         await d.stop(grace=1)

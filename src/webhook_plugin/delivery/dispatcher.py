@@ -113,10 +113,12 @@ class Dispatcher:
         #: endpoints the last claim left out, full then: one that can start again
         #: wakes the claim loop (their work may wait in the store)
         self._skipped: set[str] = set()
-        #: the endpoints a claim skipped, and when, if it found no one else's work:
-        #: until something new may be due, a claim that skips them too would find
-        #: none either, only read every row they have waiting
+        #: the endpoints a claim skipped, and until when (monotonic), if it found
+        #: no one else's work: until something new may be due, a claim that skips
+        #: them too would find none either, only read every row they have waiting
         self._barren: tuple[frozenset[str], float] | None = None
+        #: counts wake(): a claim says it found nothing only if none came meanwhile
+        self._wakes = 0
         #: fresh deliveries the store leases to us as it inserts them (run() sets it)
         self._handoff: Handoff | None = None
         # The coordination, made in run() (memory-object streams need a running
@@ -135,6 +137,7 @@ class Dispatcher:
         """New deliveries may be due: look now rather than at the next poll."""
         self._drained = False
         self._barren = None
+        self._wakes += 1
         self._take_handed()
         signal(self._wakeups)
 
@@ -227,19 +230,22 @@ class Dispatcher:
                 continue
             # what the store handed us first: claiming for an endpoint it already
             # gave work to would only park more under our lease
-            self._take_handed()
+            if self._take_handed():  # and it queued others, for anyone
+                self._barren = None
             now = self._clock()
             # endpoints that may start no more are full: claim for the others,
             # so a slow endpoint cannot crowd them out (and no worker hoards its
             # backlog under lease)
             skip = tuple(backlog.full())
-            if skip and self._found_none_besides(skip, now):
+            if skip and (left := self._found_none_besides(skip, now)) is not None:
                 self._drained, self._skipped = True, set(skip)
-                await wait(wakeups, self._nothing_due_for(now))
+                await wait(wakeups, min(left, self._nothing_due_for(now)))
                 continue
             if self._next_retry_at is not None and self._next_retry_at <= now:
                 self._next_retry_at = None  # this claim takes it
+                self._barren = None  # (or leaves it for the next, if it fills up)
             limit = max(1, min(target - len(backlog), self._claim_batch))
+            wakes = self._wakes
             try:
                 claimed = await anyio.to_thread.run_sync(
                     functools.partial(
@@ -265,8 +271,8 @@ class Dispatcher:
             partial = len(claimed) < limit
             self._drained = partial
             self._skipped = set(skip) if partial else set()
-            if skip and not claimed:
-                self._barren = (frozenset(skip), now)
+            if skip and not claimed and wakes == self._wakes:
+                self._barren = (frozenset(skip), anyio.current_time() + self._poll_interval)
             if claimed:
                 claimed = await self._keep(claimed)
             if self._stopping:  # stop() came during the claim: hand these back
@@ -317,16 +323,20 @@ class Dispatcher:
             else:
                 log.info("dispatcher.released", deliveries=len(ids))
 
-    def _found_none_besides(self, skip: tuple[str, ...], now: float) -> bool:
-        """Whether a claim skipping ``skip`` would surely find nothing: one that
-        skipped no more than these found no one else's work, and since then
-        nothing was queued here, no retry fell due and no poll interval passed
-        (the work of other processes and of leases that ran out)."""
+    def _found_none_besides(self, skip: tuple[str, ...], now: float) -> float | None:
+        """How long a claim skipping ``skip`` would surely find nothing, or ``None``
+        if it may find something: one that skipped no more than these found no
+        one else's work, and since then no wake-up came (work queued, here or by
+        another process), no retry fell due and no poll interval passed (the
+        work of leases that ran out)."""
         if self._barren is None:
-            return False
-        skipped, at = self._barren
+            return None
+        skipped, until = self._barren
+        left = until - anyio.current_time()
         retry_due = self._next_retry_at is not None and self._next_retry_at <= now
-        return not retry_due and now - at < self._poll_interval and skipped.issubset(skip)
+        if retry_due or left <= 0 or not skipped.issubset(skip):
+            return None
+        return left
 
     def _nothing_due_for(self, now: float) -> float:
         """How long to wait when nothing is due: until the next retry, at most a poll."""
