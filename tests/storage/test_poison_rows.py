@@ -356,6 +356,10 @@ async def test_a_result_the_database_refuses_costs_only_its_own_delivery(
             refused = await engine.get_delivery(3, AGENT.id)
     assert sorted(r.id for r in done) == [1, 2, 4, 5, 6]
     assert refused.status == "pending"
+    # each of the others was sent once: none waited for its lease to run out
+    sent = [r.headers["webhook-id"] for r in receiver.requests]
+    others = [t.webhook_id for i, t in enumerate(tickets) if i != 2]
+    assert all(sent.count(w) == 1 for w in others), sent
     lines = [e for e in logs if e["event"] == "batch.item_refused"]
     assert lines and all(e["delivery_id"] == 3 for e in lines)
     assert "refused by a trigger" in lines[0]["error"]

@@ -9,6 +9,7 @@ awaiting it returns once the event is durably stored.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -120,9 +121,9 @@ class Batcher(Generic[T]):
     :param isolate: for a batch nobody waits on item by item: once its retries
         failed, write it by halves, so that the items the store refuses (a row
         another version wrote, say) are left out, each logged with
-        ``describe(item)``, and the others are written. When both halves of
-        the first split fail, the store refuses everything alike (it is down):
-        the batch fails whole, as without ``isolate``.
+        ``isolate(item)``, and the others are written. When the first four
+        such writes fail, the store refuses everything alike (it is down): the
+        batch fails whole, as without ``isolate``.
     """
 
     def __init__(
@@ -210,42 +211,48 @@ class Batcher(Generic[T]):
         """Write ``items[committed:]`` leaving out those the store refuses; whether
         it could tell them apart (the batch is then finished)."""
         assert self._describe is not None
-        split = await anyio.to_thread.run_sync(
+        written, refused, left = await anyio.to_thread.run_sync(
             self._write_halves, items[committed:], limiter=self._limiter
         )
-        if split is None:
-            return False
-        written, refused = split
+        if not written:
+            return False  # the store refuses them all alike: it is down
         for item, exc in refused:
             log.error("batch.item_refused", error=str(exc), **self._describe(item))
-        batch.finish(refused[0][1] if refused else None)
+        if left:
+            log.error("batch.write_failed", items=len(left), error=str(left[0][1]))
+        errors = [exc for _, exc in refused + left]
+        batch.finish(errors[0] if errors else None)
         if self._on_written is not None:
             self._on_written(items[:committed] + written)
         return True
 
-    def _write_halves(self, items: list[T]) -> tuple[list[T], list[tuple[T, Exception]]] | None:
-        """(written, refused with why), or ``None`` when both halves fail."""
+    def _write_halves(
+        self, items: list[T]
+    ) -> tuple[list[T], list[tuple[T, Exception]], list[tuple[T, Exception]]]:
+        """Write ``items`` by halves, a half that fails by its halves in turn,
+        breadth first: (written, refused alone, left unwritten). It gives up,
+        leaving the rest, when its first four writes fail (the store is down,
+        not picky: two refused items cannot fail more than three at the start)
+        or after more failures than finding a few refused items takes."""
         written: list[T] = []
         refused: list[tuple[T, Exception]] = []
-
-        def by_halves(part: list[T], first: bool) -> bool:
-            failed = []
-            for half in (part[: len(part) // 2], part[len(part) // 2 :]):
-                try:
-                    self._write(half)
-                    written.extend(half)
-                except Exception as exc:
-                    failed.append((half, exc))
-            if first and len(failed) == 2:
-                return False
-            for half, why in failed:
-                if len(half) == 1:
-                    refused.append((half[0], why))
+        failures, budget = 0, 8 + 2 * len(items).bit_length()
+        todo = deque([items[: len(items) // 2], items[len(items) // 2 :]])
+        while todo:
+            part = todo.popleft()
+            try:
+                self._write(part)
+            except Exception as exc:
+                failures += 1
+                if (failures >= 4 and not written) or failures > budget:
+                    return written, refused, [(item, exc) for p in (part, *todo) for item in p]
+                if len(part) == 1:
+                    refused.append((part[0], exc))
                 else:
-                    by_halves(half, False)
-            return True
-
-        return (written, refused) if by_halves(items, True) else None
+                    todo += [part[: len(part) // 2], part[len(part) // 2 :]]
+            else:
+                written.extend(part)
+        return written, refused, []
 
     def _write_chunks(self, items: list[T], written: list[int]) -> None:
         # One transaction per chunk; written[0] moves only once a chunk committed.
