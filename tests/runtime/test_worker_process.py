@@ -21,7 +21,7 @@ from webhook_plugin.delivery.metrics import DeliveryMetrics, merge
 from webhook_plugin.runtime.worker_process import WorkerProcess
 
 needs_two_cores = pytest.mark.skipif(
-    (os.cpu_count() or 1) < 2, reason="on one core serve delivers in its own process"
+    len(os.sched_getaffinity(0)) < 2, reason="on one core serve delivers in its own process"
 )
 
 
@@ -163,6 +163,8 @@ import http.server, json, os, sys, threading
 hello = json.loads(sys.stdin.readline())
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if os.environ.get("HANG"):
+            threading.Event().wait()
         body = os.environ["BODY"].encode()
         self.send_response(200); self.send_header("content-length", str(len(body)))
         self.end_headers(); self.wfile.write(body)
@@ -226,7 +228,12 @@ async def test_a_worker_that_cannot_be_started_is_reported_not_fatal() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "body",
-    ["<html>not metrics</html>", "webhook_plugin_attempts_total{ 1\n", "x abc\n"],
+    [
+        "<html>not metrics</html>",
+        "webhook_plugin_attempts_total{ 1\n",
+        "x abc\n",
+        "webhook_plugin_delivery_healthy 1\nx abc\n",  # good, then not
+    ],
 )
 async def test_metrics_that_do_not_parse_count_as_no_answer(
     body: str, monkeypatch: pytest.MonkeyPatch
@@ -277,3 +284,26 @@ def test_merged_metrics_sum_counters_and_keep_the_shared_backlog_once(
         assert sample(merged, line) == sum(p.get(outcome, 0) for p in processes)
     assert sample(merged, "webhook_plugin_pending_deliveries ") == pending
     assert merge(texts[0]) == texts[0]
+    # what a dead worker process leaves: its counts, not its gauges
+    carried = merge(*texts, gauges=False)
+    assert "webhook_plugin_pending_deliveries " not in carried
+    assert sample(carried, 'webhook_plugin_attempts_total{outcome="retry"}') == sum(
+        p.get("retry", 0) for p in processes
+    )
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_stops_answering_is_killed_and_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopped or wedged (its metrics never answer): reported, then killed and
+    replaced, rather than left holding its leases for ever."""
+    monkeypatch.setenv("BODY", "")
+    monkeypatch.setenv("HANG", "1")
+    monkeypatch.setattr("webhook_plugin.runtime.worker_process._PROBE", 0.1)
+    process = WorkerProcess([sys.executable, "-c", FAKE_CHILD], None)
+    async with anyio.create_task_group() as tg:
+        await tg.start(process.run)
+        await wait_for(lambda: process.problem() == "the delivery worker process does not answer")
+        await wait_for(lambda: "exited with code -9" in (process.problem() or ""))
+        tg.cancel_scope.cancel()

@@ -103,7 +103,7 @@ def _worker_process(
 
 
 def _cores() -> int:
-    """The CPUs this process may run on (a container's share, not the machine's)."""
+    """The CPUs this process may run on (its affinity: a cpuset's, not a CPU quota's)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -157,15 +157,19 @@ class DeliveryMetrics:
         return generate_latest(self.registry).decode()
 
 
-def merge(*texts: str) -> str:
+def merge(*texts: str, gauges: bool = True) -> str:
     """Several processes' metrics as one (the text format in and out), as a
     Prometheus server would see them: counters and histograms summed, each
-    ``_created`` the earliest; any other gauge is the shared backlog, the same
-    in every process, taken from the first text that has it."""
+    ``_created`` the earliest; any other gauge (the shared backlog, the same
+    in every process; a process's health) is taken from the first text that
+    has it, or left out with ``gauges=False``. ValueError if a text does not
+    parse."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
+            if not gauges and family.type == "gauge" and not family.name.endswith("_created"):
+                continue
             if family.name not in families:
                 families[family.name] = family
                 values[family.name] = {}

@@ -12,8 +12,9 @@ delivers them than when its own event loop does both. So ``serve`` starts one:
   after a pause (1 s, doubling up to 30 s; back to 1 s once it ran a minute);
 - **checked**: every few seconds ``serve`` reads the child's metrics, which
   carry its engine's health (``webhook_plugin_delivery_healthy``); ``/healthz``
-  says why it is down, does not answer or is failing. Deliveries wait in the
-  outbox meanwhile, so nothing queued is lost;
+  says why it is down, does not answer or is failing; one that has not
+  answered for half a minute (stopped, wedged) is killed and started again.
+  Deliveries wait in the outbox meanwhile, so nothing queued is lost;
 - **outlives it never**: the child ignores ``SIGINT`` and ``SIGTERM`` (a
   terminal's Ctrl-C or a service manager's stop reaches ``serve``, which stops
   it in order) and stops, draining like a worker on ``SIGTERM``, once its
@@ -57,8 +58,9 @@ _PAUSE: Final = (1.0, 30.0)
 _STEADY: Final = 60.0
 #: seconds between looks at the child's metrics and health, and their timeout
 _PROBE: Final = 5.0
-#: looks in a row that it did not answer, before it counts as down
+#: looks in a row that it did not answer, before it counts as down, and is killed
 _MISSES: Final = 2
+_KILL_AFTER: Final = 6
 #: the gauge the child's metrics carry: 1 when its engine is healthy
 HEALTH_GAUGE: Final = "webhook_plugin_delivery_healthy"
 
@@ -110,7 +112,8 @@ class WorkerProcess:
         while True:
             began = time.monotonic()
             reason = await self._run_once()
-            self._carried, self._last = merge(self._carried, self._last), ""
+            # its counts go on in the next one's; its gauges were its own
+            self._carried, self._last = merge(self._carried, self._last, gauges=False), ""
             if time.monotonic() - began > _STEADY:
                 pause = _PAUSE[0]
             self._down = f"the delivery worker process {reason}; it starts again in {pause:g} s"
@@ -133,9 +136,9 @@ class WorkerProcess:
             return f"could not be started ({exc.strerror or exc})"
         try:
             assert process.stdin is not None
-            await process.stdin.send(self._hello)
             port = None
             with anyio.move_on_after(self.start_timeout):
+                await process.stdin.send(self._hello)
                 port = await _first_line_port(process)
             if port is None:
                 with anyio.move_on_after(1):  # it may be exiting: let it say how
@@ -149,7 +152,7 @@ class WorkerProcess:
             self._down = None
             log.info("worker_process.started", pid=process.pid)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._probe_loop)
+                tg.start_soon(self._probe_loop, process)
                 code = await process.wait()
                 tg.cancel_scope.cancel()
             return f"exited with code {code}"
@@ -160,10 +163,14 @@ class WorkerProcess:
             with anyio.CancelScope(shield=True):
                 await _stop(process, self.grace)
 
-    async def _probe_loop(self) -> None:
+    async def _probe_loop(self, process: anyio.abc.Process) -> None:
         while True:
             await anyio.sleep(_PROBE)
             await self._scrape()
+            if self._misses >= _KILL_AFTER:  # stopped or wedged: start another
+                log.warning("worker_process.unresponsive", pid=process.pid, misses=self._misses)
+                process.kill()
+                return
 
     async def _scrape(self) -> None:
         """Read the child's metrics (a look at its health too)."""
@@ -175,15 +182,17 @@ class WorkerProcess:
                 response = await client.get(url)
                 response.raise_for_status()
             text = response.text
-            healthy = _gauge(text, HEALTH_GAUGE)  # and the text must parse
+            healthy = _gauge(text, HEALTH_GAUGE)  # and the whole text must parse
         except Exception as exc:  # whatever it answered, or did not
             self._misses += 1
             log.warning("worker_process.no_answer", error=type(exc).__name__, misses=self._misses)
             return
+        if self._metrics_url != url:  # it ended meanwhile: its counts are carried
+            return
         self._misses, self._last = 0, text
         if healthy == 0:
             self._down = "the delivery worker process reports a failure (see its log)"
-        elif self._metrics_url is not None:
+        else:
             self._down = None
 
     async def metrics(self) -> str:
@@ -191,16 +200,13 @@ class WorkerProcess:
         metrics (its last answer, if it does not answer now) with the earlier
         ones' last counts added, so that counters never go down."""
         await self._scrape()
-        return merge(self._carried, self._last)
+        return merge(self._last, self._carried)
 
 
 def _gauge(text: str, name: str) -> float | None:
-    """A sample's value in a metrics text (ValueError if the text does not parse)."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    return None
+    """A sample's value in a metrics text (ValueError if any of it does not parse)."""
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    return next((s.value for s in samples if s.name == name), None)
 
 
 async def _first_line_port(process: anyio.abc.Process) -> int | None:
