@@ -479,58 +479,6 @@ async def test_a_wake_up_before_a_retry_falls_due_does_not_lose_it() -> None:
         await d.stop(grace=1)
 
 
-async def test_a_full_endpoints_backlog_is_not_read_again_for_nothing() -> None:
-    """One endpoint, full, with more waiting in the store than the dispatcher
-    holds (an outage's backlog draining). A claim for the other endpoints found
-    none: until something new is queued, a retry falls due or a poll passes, it
-    is not asked again (on SQLite each such claim reads every row the full
-    endpoint has waiting: 15 ms at 20,000)."""
-    asked: list[tuple[str, ...]] = []
-    ids = iter(range(1, 1_000_000))
-
-    class Store:
-        def claim_due(
-            self, *, limit: int, skip_agents: Sequence[str] = (), **kw: object
-        ) -> list[ClaimedDelivery]:
-            asked.append(tuple(skip_agents))
-            if "a" in skip_agents:
-                return []  # no one else has work
-            return [delivery(next(ids)) for _ in range(limit)]
-
-        def release(self, ids: object, owner: str) -> None:
-            pass
-
-    class Client:
-        async def post(self, url: str, headers: object, body: bytes, **kw: object) -> Response:
-            await anyio.sleep(0.001)
-            return Response(200, {}, b"")
-
-    results: list[AttemptResult] = []
-    d = Dispatcher(
-        Store(),  # type: ignore[arg-type]
-        Client(),  # type: ignore[arg-type]
-        results.append,
-        policy=RetryPolicy(),
-        concurrency=4,
-        per_endpoint=4,
-        poll_interval=30,
-    )
-    async with anyio.create_task_group() as tg:
-        await tg.start(d.run)
-        with anyio.fail_after(10):
-            while len(results) < 300:
-                await anyio.sleep(0.01)
-        productive = [s for s in asked if not s]
-        barren = [s for s in asked if s]
-        assert len(productive) >= 20  # the endpoint was full again and again
-        assert len(barren) <= 1, f"{len(barren)} claims for no one, {len(productive)} for work"
-        d.wake()  # new work may be queued, for anyone: the next time, ask again
-        with anyio.fail_after(3):
-            while len([s for s in asked if s]) < len(barren) + 1:
-                await anyio.sleep(0.01)
-        await d.stop(grace=1)
-
-
 class OneFullEndpoint:
     """Endpoint "a" always has more than fits; what else there is comes from
     ``others`` (checked on each claim that skips "a")."""
@@ -541,10 +489,13 @@ class OneFullEndpoint:
         self.others_due = 0.0
         self.during_claim: Callable[[], None] | None = None
         self.claimed_at: float | None = None
+        #: the endpoints each claim skipped
+        self.asked: list[tuple[str, ...]] = []
 
     def claim_due(
         self, *, now: float, limit: int, skip_agents: Sequence[str] = (), **kw: object
     ) -> list[ClaimedDelivery]:
+        self.asked.append(tuple(skip_agents))
         if "a" not in skip_agents:
             return [delivery(next(self.ids)) for _ in range(limit)]
         if self.others and now >= self.others_due:
@@ -576,6 +527,30 @@ async def busy_dispatcher(store: OneFullEndpoint, results: list[AttemptResult]) 
         per_endpoint=4,
         poll_interval=30,
     )
+
+
+async def test_a_full_endpoints_backlog_is_not_read_again_for_nothing() -> None:
+    """One endpoint, full, with more waiting in the store than the dispatcher
+    holds (an outage's backlog draining). A claim for the other endpoints found
+    none: until something new is queued, a retry falls due or a poll passes, it
+    is not asked again (on SQLite each such claim reads every row the full
+    endpoint has waiting: 15 ms at 20,000)."""
+    store, results = OneFullEndpoint(), []
+    d = await busy_dispatcher(store, results)
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        with anyio.fail_after(10):
+            while len(results) < 300:
+                await anyio.sleep(0.01)
+        productive = [s for s in store.asked if not s]
+        barren = [s for s in store.asked if s]
+        assert len(productive) >= 20  # the endpoint was full again and again
+        assert len(barren) <= 1, f"{len(barren)} claims for no one, {len(productive)} for work"
+        d.wake()  # new work may be queued, for anyone: the next time, ask again
+        with anyio.fail_after(3):
+            while len([s for s in store.asked if s]) < len(barren) + 1:
+                await anyio.sleep(0.01)
+        await d.stop(grace=1)
 
 
 async def test_a_wake_up_during_a_claim_that_finds_nothing_is_not_lost() -> None:
