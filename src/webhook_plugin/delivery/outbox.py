@@ -193,10 +193,12 @@ class Batcher(Generic[T]):
                 if self._on_failed is not None:
                     self._on_failed(exc)
                 if attempt == self._retries:
-                    if self._describe is not None and len(items) - written[0] > 1:
+                    left = len(items) - written[0]
+                    if self._describe is not None and left > 1:
                         if await self._isolate(batch, items, written[0]):
                             return
-                    log.error("batch.write_failed", items=len(items), error=str(exc))
+                    which = self._describe(items[-1]) if self._describe and left == 1 else {}
+                    log.error("batch.write_failed", items=left, error=str(exc), **which)
                     batch.finish(exc)
                     return
                 log.warning(
