@@ -88,6 +88,7 @@ class WorkerProcess:
         self.grace = grace
         self.start_timeout = start_timeout
         self._metrics_url: str | None = None
+        self._client: httpx.AsyncClient | None = None
         #: the last metrics the current child answered, and what earlier ones counted
         self._last = ""
         self._carried = ""
@@ -108,6 +109,15 @@ class WorkerProcess:
         to end this: the child is then stopped). Started at once: serve answers
         (``/healthz`` with 503) while its first child starts."""
         task_status.started()
+        # one client for its whole life: making one costs 30-100 ms of this event
+        # loop (an SSL context), a stall every probe would add to every request
+        try:
+            async with httpx.AsyncClient(timeout=_PROBE, trust_env=False) as self._client:
+                await self._supervise()
+        finally:
+            self._client = None
+
+    async def _supervise(self) -> None:
         pause = _PAUSE[0]
         while True:
             began = time.monotonic()
@@ -174,13 +184,12 @@ class WorkerProcess:
 
     async def _scrape(self) -> None:
         """Read the child's metrics (a look at its health too)."""
-        url = self._metrics_url
-        if url is None:
+        url, client = self._metrics_url, self._client
+        if url is None or client is None:
             return
         try:
-            async with httpx.AsyncClient(timeout=_PROBE, trust_env=False) as client:
-                response = await client.get(url)
-                response.raise_for_status()
+            response = await client.get(url)
+            response.raise_for_status()
             text = response.text
             healthy = _gauge(text, HEALTH_GAUGE)  # and the whole text must parse
         except Exception as exc:  # whatever it answered, or did not
