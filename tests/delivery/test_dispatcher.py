@@ -529,6 +529,13 @@ async def busy_dispatcher(store: OneFullEndpoint, results: list[AttemptResult]) 
     )
 
 
+async def until_done(results: list[AttemptResult], count: int) -> None:
+    """Until the dispatcher has finished ``count`` attempts."""
+    with anyio.fail_after(10):
+        while len(results) < count:
+            await anyio.sleep(0.01)
+
+
 async def test_a_full_endpoints_backlog_is_not_read_again_for_nothing() -> None:
     """One endpoint, full, with more waiting in the store than the dispatcher
     holds (an outage's backlog draining). A claim for the other endpoints found
@@ -539,9 +546,7 @@ async def test_a_full_endpoints_backlog_is_not_read_again_for_nothing() -> None:
     d = await busy_dispatcher(store, results)
     async with anyio.create_task_group() as tg:
         await tg.start(d.run)
-        with anyio.fail_after(10):
-            while len(results) < 300:
-                await anyio.sleep(0.01)
+        await until_done(results, 300)
         productive = [s for s in store.asked if not s]
         barren = [s for s in store.asked if s]
         assert len(productive) >= 20  # the endpoint was full again and again
@@ -566,9 +571,7 @@ async def test_a_wake_up_during_a_claim_that_finds_nothing_is_not_lost() -> None
 
     async with anyio.create_task_group() as tg:
         await tg.start(d.run)
-        with anyio.fail_after(10):
-            while len(results) < 50:
-                await anyio.sleep(0.01)
+        await until_done(results, 50)
         store.during_claim = queued_elsewhere
         woke = time.monotonic()
         d.wake()  # so that a claim skipping "a" runs (the one found nothing, long ago)
@@ -587,9 +590,7 @@ async def test_a_retry_that_falls_due_is_claimed_though_the_last_claim_found_not
     d = await busy_dispatcher(store, results)
     async with anyio.create_task_group() as tg:
         await tg.start(d.run)
-        with anyio.fail_after(10):
-            while len(results) < 50:
-                await anyio.sleep(0.01)
+        await until_done(results, 50)
         store.others_due = time.time() + 0.3
         store.others = [delivery(10**7, "b")]  # the retry, due in 0.3 s
         d.retry_scheduled(store.others_due)

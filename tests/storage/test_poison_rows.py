@@ -261,17 +261,23 @@ async def test_engine_delivers_around_a_poison_row(
     assert any(e["event"] == "delivery.quarantined" and e["delivery_id"] == poison for e in logs)
 
 
+async def seed(make_store: StoreFactory, agent_id: str, data: bytes, count: int) -> None:
+    """Stored before the engine starts: raw settings for ``agent_id`` and
+    ``count`` deliveries due for it."""
+    store = make_store()
+    await anyio.to_thread.run_sync(store.open)
+    try:
+        await anyio.to_thread.run_sync(put_raw_settings, store, agent_id, data)
+        await anyio.to_thread.run_sync(queue, store, agent_id, count, time.time() - 1)
+    finally:
+        await anyio.to_thread.run_sync(store.close)
+
+
 @pytest.mark.anyio
 async def test_engine_starts_with_an_undecodable_settings_row(
     make_store: StoreFactory, receiver: Receiver
 ) -> None:
-    seed = make_store()
-    await anyio.to_thread.run_sync(seed.open)
-    try:
-        await anyio.to_thread.run_sync(put_raw_settings, seed, BROKEN, GARBAGE_SETTINGS)
-        await anyio.to_thread.run_sync(queue, seed, BROKEN, 1, time.time() - 1)
-    finally:
-        await anyio.to_thread.run_sync(seed.close)
+    await seed(make_store, BROKEN, GARBAGE_SETTINGS, 1)
     with capture_logs() as logs:
         async with DeliveryEngine(make_store(), config()) as engine:
             assert engine.settings_for(BROKEN) is None
@@ -296,14 +302,8 @@ async def test_settings_stored_without_a_signing_secret_fail_their_deliveries_pl
     """A URL and no secret (written by hand, or by another program): nothing can
     be signed, so each delivery fails at once with a reason that says so, not an
     internal error per attempt until the retries run out."""
-    seed = make_store()
-    await anyio.to_thread.run_sync(seed.open)
     unsigned = b'{"url": "' + receiver.url.encode() + b'", "header": "X-Key: t0p-s3cr3t"}'
-    try:
-        await anyio.to_thread.run_sync(put_raw_settings, seed, BROKEN, unsigned)
-        await anyio.to_thread.run_sync(queue, seed, BROKEN, 2, time.time() - 1)
-    finally:
-        await anyio.to_thread.run_sync(seed.close)
+    await seed(make_store, BROKEN, unsigned, 2)
     with capture_logs() as logs:
         async with DeliveryEngine(make_store(), config()) as engine:
 
