@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from webhook_plugin.delivery.client import Http11Client
 from webhook_plugin.delivery.http11 import AnswerParser, build_request, request_target
@@ -44,6 +46,32 @@ def test_request_refuses_headers_that_would_break_it(header: tuple[str, str]) ->
         build_request(b"/", b"h", [header], b"")
     assert repr(header[1]) not in str(caught.value)  # never quoted
     assert "ключ" not in str(caught.value)
+
+
+_TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@given(
+    name=st.text(st.characters(max_codepoint=0x17F), max_size=12)
+    | st.text(st.sampled_from(_TCHAR), min_size=1, max_size=12),
+    value=st.text(st.characters(max_codepoint=0x17F), max_size=40)
+    | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40),
+)
+def test_a_header_is_sent_exactly_when_its_name_is_a_token_and_its_value_visible_ascii(
+    name: str, value: str
+) -> None:
+    sendable = (
+        name != ""
+        and all(c in _TCHAR for c in name)
+        and all(c == "\t" or 0x20 <= ord(c) < 0x7F for c in value)
+    )
+    try:
+        raw = build_request(b"/", b"h", [(name, value)], b"")
+    except TransportError:
+        assert not sendable
+    else:
+        assert sendable
+        assert f"\r\n{name}: {value}\r\n".encode() in raw
 
 
 def test_request_target_is_percent_encoded() -> None:

@@ -8,6 +8,7 @@ one attempt, recorded and retried like any failure, never the worker.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Final
@@ -135,7 +136,15 @@ def give_up(d: ClaimedDelivery, error: str, *, now: float) -> AttemptResult:
     )
 
 
+def _debug_logged() -> bool:
+    """Whether a ``debug`` line would be written (a logger that cannot say: yes)."""
+    is_enabled_for = getattr(log, "is_enabled_for", None)
+    return is_enabled_for is None or bool(is_enabled_for(logging.DEBUG))
+
+
 def _log(d: ClaimedDelivery, outcome: Outcome, started: float, duration: float) -> None:
+    if outcome.status == "succeeded" and not outcome.disable_reason and not _debug_logged():
+        return  # the line would be dropped: not worth its fields on every delivery
     fields = {
         "agent_id": d.agent_id,
         "event_type": str(d.event_type),

@@ -10,6 +10,7 @@ to. See ``benchmarks/README.md`` for why it is not httpx's default transport.
 
 from __future__ import annotations
 
+import functools
 import ssl
 import time
 from collections import defaultdict
@@ -122,10 +123,8 @@ class Http11Client:
         timeout: float,
         max_body: int = 1024,
     ) -> Response:
-        origin, target = _parse(url)
-        request = build_request(
-            target, _host_header(origin), [("user-agent", self._user_agent), *headers], body
-        )
+        origin, target, host = _parse(url)
+        request = build_request(target, host, [("user-agent", self._user_agent), *headers], body)
         deadline = anyio.current_time() + timeout
         try:
             with anyio.fail_after(timeout):
@@ -294,7 +293,11 @@ async def _close(conn: _Connection) -> None:
             pass
 
 
-def _parse(url: str) -> tuple[_Origin, bytes]:
+# A handful of endpoint URLs are posted to over and over: splitting, encoding
+# and checking the same string for each request is work done once here.
+@functools.lru_cache(maxsize=1024)
+def _parse(url: str) -> tuple[_Origin, bytes, bytes]:
+    """The origin, the request target and the ``host`` header of ``url``."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -309,7 +312,8 @@ def _parse(url: str) -> tuple[_Origin, bytes]:
         except idna.IDNAError:
             raise TransportError("invalid URL: the host name is not a valid IDNA name") from None
     default = 443 if parts.scheme == "https" else 80
-    return _Origin(parts.scheme, host, port or default), request_target(parts.path, parts.query)
+    origin = _Origin(parts.scheme, host, port or default)
+    return origin, request_target(parts.path, parts.query), _host_header(origin)
 
 
 def _host_header(origin: _Origin) -> bytes:

@@ -4,7 +4,7 @@ page longer than the user-info time box)."""
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ class Inbox:
         now = p.clock()
         verdict, reason = channels.decide(record.channel, record.last_user_message_at, now)
         message = Message(
-            id=f"msg_{uuid.uuid4().hex}", text=text, created_at=datetime.fromtimestamp(now, UTC)
+            id=f"msg_{os.urandom(16).hex()}", text=text, created_at=datetime.fromtimestamp(now, UTC)
         )
         pm = p.pm
         with p.engine.collecting() as collected:

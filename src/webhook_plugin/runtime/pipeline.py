@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -283,7 +283,7 @@ class ChatPipeline:
         record.last_user_message_at = max(record.last_user_message_at or 0.0, created.timestamp())
         conversation = self.model(record)
         message = Message(
-            id=message_id or f"msg_{uuid.uuid4().hex}",
+            id=message_id or f"msg_{os.urandom(16).hex()}",
             text=text,
             created_at=created,
             attachments=attachments,
@@ -343,7 +343,7 @@ class ChatPipeline:
                     answer = await answer
                 if answer:
                     agent_message = Message(
-                        id=f"msg_{uuid.uuid4().hex}",
+                        id=f"msg_{os.urandom(16).hex()}",
                         text=str(answer),
                         created_at=datetime.fromtimestamp(self.clock(), UTC),
                     )

@@ -51,11 +51,11 @@ class Console:
         pages.state.api_token = api_token
         self.pages: ASGIApp = ConsoleGuard(BodyLimitMiddleware(pages, MAX_FORM_BYTES), api_token)
 
+    _SUBPATHS = tuple(prefix + "/" for prefix in CONSOLE_PATHS)
+
     @staticmethod
     def owns(path: str) -> bool:
-        return path == "/" or any(
-            path == prefix or path.startswith(prefix + "/") for prefix in CONSOLE_PATHS
-        )
+        return path == "/" or path in CONSOLE_PATHS or path.startswith(Console._SUBPATHS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.owns(scope["path"]):
