@@ -23,6 +23,7 @@ from webhook_plugin.settings import (
         ("https://example.com/\nx", "spaces or control"),
         ("https://example.com:99999/", "not a valid URL"),
         ("https://example.com/#frag", "fragment"),
+        ("https://example.com/\udcff", "lone surrogate"),
         ("https://example.com/" + "a" * 2100, "longer than 2048"),
     ],
 )

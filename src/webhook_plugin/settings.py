@@ -210,6 +210,11 @@ def validate_url(value: str, field: str = "url") -> str:
         raise SettingsError(field, f"is longer than {MAX_URL_LENGTH} characters")
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
         raise SettingsError(field, "must not contain spaces or control characters")
+    if not value.isascii():
+        try:  # what the delivery client percent-encodes: UTF-8
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SettingsError(field, "is not valid Unicode (a lone surrogate)") from None
     try:
         parts = urlsplit(value)
         port = parts.port

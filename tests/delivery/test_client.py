@@ -136,3 +136,5 @@ def test_host_names_go_through_idna_2008_and_paths_are_percent_encoded() -> None
     for _ in range(2):  # a refused URL is refused each time (nothing cached for it)
         with pytest.raises(TransportError, match="IDNA"):
             _parse("https://a\u200db.example/")  # a joiner IDNA 2008 refuses here
+    with pytest.raises(TransportError, match="not valid Unicode"):
+        _parse("https://a.example/\udcff")  # a lone surrogate, from a row written by hand

@@ -313,7 +313,11 @@ def _parse(url: str) -> tuple[_Origin, bytes, bytes]:
             raise TransportError("invalid URL: the host name is not a valid IDNA name") from None
     default = 443 if parts.scheme == "https" else 80
     origin = _Origin(parts.scheme, host, port or default)
-    return origin, request_target(parts.path, parts.query), _host_header(origin)
+    try:
+        target = request_target(parts.path, parts.query)
+    except UnicodeEncodeError:  # a lone surrogate, from a row written by hand
+        raise TransportError("invalid URL: its path or query is not valid Unicode") from None
+    return origin, target, _host_header(origin)
 
 
 def _host_header(origin: _Origin) -> bytes:

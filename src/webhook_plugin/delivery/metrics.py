@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Final
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -125,17 +125,12 @@ class DeliveryMetrics:
     # ``labels()`` takes a lock and a lookup, too much to pay per event.
 
     def stored(self, items: Sequence[NewDelivery]) -> None:
+        queued = self._queued_children
         if len(items) == 1:  # a chat message's one event: no tally to make
-            self._queued_as(items[0].event_type.value).inc()
+            queued[items[0].event_type.value].inc()
             return
         for event_type, count in Tally(item.event_type.value for item in items).items():
-            self._queued_as(event_type).inc(count)
-
-    def _queued_as(self, event_type: str) -> Any:
-        child = self._queued_children.get(event_type)
-        if child is None:
-            child = self._queued_children[event_type] = self._queued.labels(event_type)
-        return child
+            queued[event_type].inc(count)
 
     def recorded(self, results: Sequence[AttemptResult]) -> None:
         finished: Tally[str] = Tally()
