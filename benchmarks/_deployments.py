@@ -165,11 +165,40 @@ class Deployment:
             drop_schema(POSTGRES_URL, self.schema)
 
 
+#: what the message route is sent: "contract" is what real chat clients send
+#: (a ``messageId``, so that they may retry, and a contact); "bare" leaves both out
+BODIES = ("contract", "bare")
+
+
+def message(tag: str, i: int, body: str = "contract") -> bytes:
+    """Message ``i`` of a run, in a conversation of its own; the text carries the
+    send time (for the receiver's latency)."""
+    fields: dict[str, object] = {
+        "conversationId": f"c_{tag}_{i}",
+        "channel": "website",
+        "text": f"t={time.time():.6f} Olá, where is my order? " + "x" * 200,
+    }
+    if body == "contract":
+        fields["messageId"] = f"wamid.{tag}.{i}"
+        fields["contact"] = {
+            "id": f"u{i}",
+            "name": "Ana Souza",
+            "email": "ana@example.com",
+            "phoneNumber": "+5511999990000",
+        }
+    return json.dumps(fields).encode()
+
+
 async def post(
-    urls: list[str], n: int, c: int, tag: str, rate: float | None = None
+    urls: list[str],
+    n: int,
+    c: int,
+    tag: str,
+    rate: float | None = None,
+    body: str = "contract",
 ) -> tuple[float, int]:
-    """Post ``n`` messages, ``c`` in flight, spread over ``urls`` (paced at ``rate``
-    per second when given): (acknowledged/s, events queued)."""
+    """Post ``n`` messages (:func:`message`), ``c`` in flight, spread over ``urls``
+    (paced at ``rate`` per second when given): (acknowledged/s, events queued)."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -183,16 +212,9 @@ async def post(
             for i in counter:
                 if rate:
                     await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-                body = json.dumps(
-                    {
-                        "conversationId": f"c_{tag}_{i}",
-                        "channel": "website",
-                        "text": f"t={time.time():.6f} Olá, where is my order? " + "x" * 200,
-                    }
-                )
                 url = urls[i % len(urls)]
                 async with session.post(
-                    f"{url}/v1/agents/perf/messages", data=body, headers=headers
+                    f"{url}/v1/agents/perf/messages", data=message(tag, i, body), headers=headers
                 ) as r:
                     if r.status != 200:
                         raise RuntimeError(f"{r.status}: {await r.text()}")
@@ -213,17 +235,25 @@ def arrive(rx: str, events: int, timeout: float = 180) -> dict:
 
 
 def run_setup(
-    setup: str, rx: str, n: int, c: int, tmp: Path, tag: str, long: int = 1
+    setup: str,
+    rx: str,
+    n: int,
+    c: int,
+    tmp: Path,
+    tag: str,
+    long: int = 1,
+    body: str = "contract",
 ) -> dict[str, float]:
-    """One round of ``setup``: full load, then half load (paced), then the long run."""
+    """One round of ``setup`` with messages of kind ``body``: full load, then half
+    load (paced), then the long run."""
     d = Deployment(setup, rx, tmp)
     try:
         reset(rx)
-        _, warm = asyncio.run(post(d.urls, min(300, n), c, f"{tag}w"))
+        _, warm = asyncio.run(post(d.urls, min(300, n), c, f"{tag}w", body=body))
         arrive(rx, warm)
         reset(rx)
         start = time.perf_counter()
-        acked, events = asyncio.run(post(d.urls, n, c, tag))
+        acked, events = asyncio.run(post(d.urls, n, c, tag, body=body))
         s = arrive(rx, events)
         result = {
             "acked": acked,
@@ -235,7 +265,7 @@ def run_setup(
         reset(rx)
         half = acked / 2
         count = max(200, int(half * 3))  # three seconds at half the rate
-        _, events = asyncio.run(post(d.urls, count, c, f"{tag}h", rate=half))
+        _, events = asyncio.run(post(d.urls, count, c, f"{tag}h", rate=half, body=body))
         s = arrive(rx, events)
         result["half_rate"] = half
         result["half_p50_ms"] = s["p50_ms"]
@@ -243,7 +273,7 @@ def run_setup(
         if long > 1:
             result["rss_now_1x"] = d.rss_mib("VmRSS")
             reset(rx)
-            _, events = asyncio.run(post(d.urls, n * (long - 1), c, f"{tag}l"))
+            _, events = asyncio.run(post(d.urls, n * (long - 1), c, f"{tag}l", body=body))
             arrive(rx, events, timeout=600)
             result["rss_now_long"] = d.rss_mib("VmRSS")
             result["rss_peak_long"] = d.rss_mib()

@@ -25,6 +25,14 @@ each server (bare app, `ulimit -n 1024`) also faces the issue's attack:
 still holds after 40 s, whether a fresh client got answers meanwhile, and how
 many lines it logged.
 
+The message is what chat clients send (`--bodies contract`): a `messageId`, by
+which a client retries safely, and a contact, AI on; `--bodies contract,bare`
+(the default) adds the bare body (no `messageId`, no contact) as a second row.
+The work floor is `1 / (1/bare Starlette + 1/bare aiohttp)`: one bare request
+in and one bare POST out per message, the least a webhook sender must do, both
+measured in the same run (bare aiohttp: `bench_delivery.bare_aiohttp` posting
+to the same receiver); each setup is also given as a share of it.
+
 With `--setups` (all by default; `--setups ""` for none), the message route
 also runs on each way the runtime is deployed (`_deployments.py`): one `serve`
 on SQLite (with its worker process), the same with `--inline-workers`, `serve
@@ -51,6 +59,7 @@ from pathlib import Path
 
 from _common import HERE, free_port, receiver, reset
 from _deployments import (
+    BODIES,
     SETUPS,
     arrive,
     post,
@@ -258,6 +267,11 @@ def main() -> None:
         help="deployments to run the message route on (comma-separated; '' for none)",
     )
     p.add_argument(
+        "--bodies",
+        default=",".join(BODIES),
+        help="message kinds posted to each setup: contract (messageId, contact), bare",
+    )
+    p.add_argument(
         "--long",
         type=int,
         default=1,
@@ -278,6 +292,8 @@ def main() -> None:
         skipped += [x for x in setups if x.startswith("postgres")]
         setups = [x for x in setups if not x.startswith("postgres")]
     by_setup: dict[str, list[dict[str, float]]] = {}
+    bodies = [b for b in args.bodies.split(",") if b]
+    senders: list[float] = []  # bare aiohttp to the same receiver, for the work floor
     with receiver() as rx, tempfile.TemporaryDirectory() as tmp:
         if args.slowloris:
             _raise_own_fd_limit(4096)
@@ -290,11 +306,18 @@ def main() -> None:
                     results.setdefault((server, app), []).append(
                         one_run(server, app, rx, count, c, Path(tmp), f"{r}{server}{app}")
                     )
+            if setups:
+                from bench_delivery import bare_aiohttp
+
+                senders.append(bare_aiohttp(rx, bare_n, c))
             for setup in setups:
-                long = args.long if setup == "sqlite" and r == 0 else 1
-                by_setup.setdefault(setup, []).append(
-                    run_setup(setup, rx, n, c, Path(tmp), f"{r}{setup}", long=long)
-                )
+                for body in bodies:
+                    long = args.long if setup == "sqlite" and r == 0 and body == bodies[0] else 1
+                    by_setup.setdefault(f"{setup} ({body})", []).append(
+                        run_setup(
+                            setup, rx, n, c, Path(tmp), f"{r}{setup}{body}", long=long, body=body
+                        )
+                    )
 
     def med(server: str, app: str, key: str) -> float:
         values = [x[key] for x in results.get((server, app), []) if key in x]
@@ -341,7 +364,9 @@ def main() -> None:
         {"skipped (not installed)": ", ".join(skipped)} if skipped else None,
     )
     if by_setup:
-        emit_setups(args, by_setup, med(ref, "bare", "acked"), n, c, rounds)
+        bare = med(ref, "bare", "acked")
+        sender = statistics.median(senders)
+        emit_setups(args, by_setup, bare, 1 / (1 / bare + 1 / sender), sender, n, c, rounds)
     if slow_rows:
         emit(
             args,
@@ -356,6 +381,8 @@ def emit_setups(
     args: object,
     by_setup: dict[str, list[dict[str, float]]],
     bare: float,
+    floor: float,
+    sender: float,
     n: int,
     c: int,
     rounds: int,
@@ -372,6 +399,7 @@ def emit_setups(
                 setup,
                 f"{acked:,.0f}",
                 f"{acked / bare:.2f}x",
+                f"{acked / floor:.2f}x",
                 f"{med(setup, 'delivered'):,.0f}",
                 f"{med(setup, 'delivered') / acked:.2f}",
                 med(setup, "p50_ms"),
@@ -384,11 +412,13 @@ def emit_setups(
     emit(
         args,
         f"\nsetups: {n:,} messages, {c} in flight, against the bare endpoint ({bare:,.0f}"
-        f" msg/s, same run); median of {rounds} round(s)",
+        f" msg/s) and the work floor ({floor:,.0f} msg/s; bare aiohttp {sender:,.0f} req/s),"
+        f" same run; median of {rounds} round(s)",
         [
-            "setup",
+            "setup (body)",
             "acked msg/s",
             "vs bare",
+            "vs floor",
             "delivered ev/s",
             "delivered/acked",
             "p50 ms",
@@ -399,7 +429,7 @@ def emit_setups(
         ],
         rows,
     )
-    long_runs = [x for x in by_setup.get("sqlite", []) if "rss_now_long" in x]
+    long_runs = [x for xs in by_setup.values() for x in xs if "rss_now_long" in x]
     if long_runs:
         x = long_runs[0]
         print(
