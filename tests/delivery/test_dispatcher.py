@@ -34,7 +34,7 @@ def delivery(i: int, agent: str = "a") -> ClaimedDelivery:
         created_at=0.0,
         attempts=0,
         round_attempts=0,
-        lease_until=time.time() + 60,
+        lease_until=time.monotonic() + 60,
         settings=SETTINGS,
         failing_since=None,
     )
@@ -81,9 +81,8 @@ class ScriptedStore:
     def claim_due(
         self,
         *,
-        now: float,
         limit: int,
-        lease_until: float,
+        lease_seconds: float,
         owner: str,
         skip_agents: Sequence[str] = (),
     ) -> list[ClaimedDelivery]:
@@ -326,7 +325,7 @@ async def test_a_claim_that_raced_the_handoff_gives_back_what_would_only_wait(
                     "SELECT COUNT(*) FROM deliveries WHERE lease_owner = ?", (d.owner,)
                 ).fetchone()
             assert ours == 8  # two rounds of work, not 16
-            other = claim_due(now=time.time(), limit=100, lease_until=time.time() + 60, owner="x")
+            other = claim_due(limit=100, lease_seconds=60, owner="x")
             assert len(other) == 12
             await d.stop(grace=0.1)
     finally:
@@ -461,8 +460,8 @@ async def test_a_wake_up_before_a_retry_falls_due_does_not_lose_it() -> None:
     claimed_at: list[float] = []
 
     class Store:
-        def claim_due(self, *, now: float, **kw: object) -> list[ClaimedDelivery]:
-            claimed_at.append(now)
+        def claim_due(self, **kw: object) -> list[ClaimedDelivery]:
+            claimed_at.append(time.time())  # the database's clock
             return []
 
     d = Dispatcher(Store(), None, lambda r: None, policy=RetryPolicy(), poll_interval=30)  # type: ignore[arg-type]
@@ -493,8 +492,9 @@ class OneFullEndpoint:
         self.asked: list[tuple[str, ...]] = []
 
     def claim_due(
-        self, *, now: float, limit: int, skip_agents: Sequence[str] = (), **kw: object
+        self, *, limit: int, skip_agents: Sequence[str] = (), **kw: object
     ) -> list[ClaimedDelivery]:
+        now = time.time()  # the database's clock
         self.asked.append(tuple(skip_agents))
         if "a" not in skip_agents:
             return [delivery(next(self.ids)) for _ in range(limit)]

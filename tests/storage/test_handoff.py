@@ -46,9 +46,9 @@ def test_up_to_the_room_asked_for_is_leased_and_handed_once_committed(
         first = taken[0]
         assert first.attempts == 0 and first.settings is not None
         assert first.settings.url == SETTINGS.url and first.body == b'{"n": 1}'
-        assert first.lease_until > time.time() + 50
+        assert first.lease_until > time.monotonic() + 50  # on this process's clock
         # the leased ones are not claimable by anyone else; the due rest is
-        other = store.claim_due(now=time.time(), limit=10, lease_until=time.time() + 60, owner="x")
+        other = store.claim_due(limit=10, lease_seconds=60, owner="x")
         assert [d.webhook_id for d in other] == ["msg_3"]
         assert {d.id for d in taken} == {
             r.id for r in store.list_deliveries(limit=10) if r.webhook_id in {"msg_1", "msg_2"}
@@ -81,9 +81,7 @@ def test_leases_given_to_a_stopped_dispatcher_are_released_at_once(
         store.handoff = h = handoff(room=10)  # type: ignore[attr-defined]
         h.close()  # it stopped while the insert ran
         store.insert_deliveries([fresh(1), fresh(2)])
-        claimed = store.claim_due(
-            now=time.time(), limit=10, lease_until=time.time() + 60, owner="x"
-        )
+        claimed = store.claim_due(limit=10, lease_seconds=60, owner="x")
         assert sorted(d.webhook_id for d in claimed) == ["msg_1", "msg_2"]
     finally:
         store.close()
@@ -163,9 +161,7 @@ def test_concurrent_writes_never_lease_more_than_the_dispatcher_may_hold(
         assert h.held == 5
         leased = {d.webhook_id for d in taken}
         # the other 75 are left to a claim
-        others = store.claim_due(
-            now=time.time(), limit=100, lease_until=time.time() + 60, owner="x"
-        )
+        others = store.claim_due(limit=100, lease_seconds=60, owner="x")
         assert len(others) == 75 and leased.isdisjoint(d.webhook_id for d in others)
     finally:
         store.close()

@@ -107,6 +107,7 @@ async def attempt(
         status=outcome.status,
         next_attempt_at=outcome.next_attempt_at,
         disable_reason=outcome.disable_reason,
+        lease_owner=d.lease_owner,
     )
     return Attempted(result, outcome, duration, timed_out=isinstance(error, RequestTimeout))
 
@@ -133,6 +134,7 @@ def give_up(d: ClaimedDelivery, error: str, *, now: float) -> AttemptResult:
         status="failed",
         next_attempt_at=None,
         sent=False,
+        lease_owner=d.lease_owner,
     )
 
 

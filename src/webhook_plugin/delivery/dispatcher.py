@@ -250,9 +250,8 @@ class Dispatcher:
                 claimed = await anyio.to_thread.run_sync(
                     functools.partial(
                         self._store.claim_due,
-                        now=now,
                         limit=limit,
-                        lease_until=now + self.lease_seconds,
+                        lease_seconds=self.lease_seconds,
                         owner=self.owner,
                         skip_agents=skip,
                     ),
@@ -273,6 +272,10 @@ class Dispatcher:
             self._skipped = set(skip) if partial else set()
             if skip and not claimed and wakes == self._wakes:
                 self._barren = (frozenset(skip), anyio.current_time() + self._poll_interval)
+            if claimed and self._in_flight:
+                # ours already (a lease that ran out while we held it): the
+                # attempt under way decides, never a second copy of it
+                claimed = [d for d in claimed if d.id not in self._in_flight]
             if claimed:
                 claimed = await self._keep(claimed)
             if self._stopping:  # stop() came during the claim: hand these back
@@ -451,7 +454,7 @@ class Dispatcher:
             reason = "endpoint_unsigned: the agent's settings have no signing secret"
             self._record(give_up(delivery, reason, now=self._clock()))
             return
-        if self._clock() + self._timeout > delivery.lease_until:
+        if time.monotonic() + self._timeout > delivery.lease_until:
             # Waited too long for its endpoint: another dispatcher may take it
             # once the lease runs out; do not race it.
             return

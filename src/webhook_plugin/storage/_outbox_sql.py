@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -156,19 +157,22 @@ class OutboxSQL(Plumbing):
                 lease.append(d)
             else:
                 rest.append(d)
-        lease_until = now + handoff.lease_seconds
+        # the lease ends on the database's clock (see _CLAIM); here, counted
+        # from before the insert on the monotonic clock
+        lease_until = time.monotonic() + handoff.lease_seconds
+        row_sql = f"(?, ?, ?, ?, ?, ?, ?, {self._NOW} + ?, ?)"
         claimed: list[ClaimedDelivery] = []
         for start in range(0, len(lease), self._LEASE_CHUNK):
             chunk = lease[start : start + self._LEASE_CHUNK]
             params: list[Any] = []
             for d in chunk:
                 params += (d.webhook_id, d.agent_id, d.event_type.value, d.body, d.created_at)
-                params += (d.next_attempt_at, d.created_at, lease_until, handoff.owner)
+                params += (d.next_attempt_at, d.created_at, handoff.lease_seconds, handoff.owner)
             rows = self._x(
                 conn,
                 "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
                 " next_attempt_at, updated_at, lease_until, lease_owner) VALUES "
-                + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                + ",".join([row_sql] * len(chunk))
                 + " RETURNING id, webhook_id",
                 params,
             ).fetchall()
@@ -186,6 +190,7 @@ class OutboxSQL(Plumbing):
                         attempts=0,
                         round_attempts=0,
                         lease_until=lease_until,
+                        lease_owner=handoff.owner,
                         settings=settings,
                         failing_since=failing_since,
                     )

@@ -97,6 +97,9 @@ class Plumbing(ABC):
 
     #: the function that picks the larger of two values
     _GREATEST: ClassVar[str] = "MAX"
+    #: the database's clock, in Unix seconds: what every lease is measured by,
+    #: so that processes on hosts whose clocks disagree still agree on leases
+    _NOW: ClassVar[str] = "((julianday('now') - 2440587.5) * 86400.0)"
     #: appended to a SELECT that must hold its row until the transaction ends
     #: (SQLite's BEGIN IMMEDIATE already holds the whole database)
     _LOCK_ROW: ClassVar[str] = ""

@@ -16,6 +16,7 @@ queued commit together.
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -39,11 +40,13 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
     portable SQL: the outbox, claims and attempts here; the delivery log and the
     settings in their own parts."""
 
-    #: lease due deliveries; parameters: lease_until, owner, now, now, limit
+    #: lease due deliveries; parameters: lease_seconds, owner, skip..., limit.
+    #: Every time in it is the database's (``{now}``), never a process's own:
+    #: a host whose clock is ahead cannot take leases that are still running.
     _CLAIM: ClassVar[str] = (
-        "UPDATE deliveries SET lease_until = ?, lease_owner = ? WHERE id IN ("
-        " SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
-        " AND lease_until <= ?{skip} ORDER BY next_attempt_at LIMIT ?)"
+        "UPDATE deliveries SET lease_until = {now} + ?, lease_owner = ? WHERE id IN ("
+        " SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= {now}"
+        " AND lease_until <= {now}{skip} ORDER BY next_attempt_at LIMIT ?)"
         " RETURNING id, webhook_id, agent_id, event_type, body, created_at, attempts,"
         " round_start"
     )
@@ -52,9 +55,9 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
     supports_notify: ClassVar[bool] = False
 
     def _claim_params(
-        self, now: float, limit: int, lease_until: float, owner: str, skip: tuple[str, ...]
+        self, limit: int, lease_seconds: float, owner: str, skip: tuple[str, ...]
     ) -> tuple[Any, ...]:
-        return (lease_until, owner, now, now, *skip, limit)
+        return (lease_seconds, owner, *skip, limit)
 
     def ping(self) -> None:
         """Raise :class:`StorageError` when the database does not answer a query."""
@@ -78,6 +81,12 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
         no long read holds, where the backend has one)."""
         return self._query(fn)
 
+    @property
+    def lock_row(self) -> str:
+        """Appended to a SELECT in a transaction, holds its rows until it ends
+        (SQLite's transactions hold the whole database already)."""
+        return self._LOCK_ROW
+
     def execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         """One statement with ``?`` placeholders; the cursor."""
         return self._x(conn, sql, params)
@@ -100,18 +109,21 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
     def claim_due(
         self,
         *,
-        now: float,
         limit: int,
-        lease_until: float,
+        lease_seconds: float,
         owner: str,
         skip_agents: Sequence[str] = (),
     ) -> list[ClaimedDelivery]:
         skip = f" AND agent_id NOT IN ({','.join('?' * len(skip_agents))})" if skip_agents else ""
         claimed: list[ClaimedDelivery] = []
         poison: list[tuple[Sequence[Any], str]] = []
+        # the lease ends on the database's clock; this process counts it from
+        # before it asked, on its own monotonic clock (never its wall clock)
+        lease_until = time.monotonic() + lease_seconds
         with self._tx(durable=False) as conn:
-            params = self._claim_params(now, limit, lease_until, owner, tuple(skip_agents))
-            rows = self._x(conn, self._CLAIM.replace("{skip}", skip), params).fetchall()
+            params = self._claim_params(limit, lease_seconds, owner, tuple(skip_agents))
+            sql = self._CLAIM.replace("{skip}", skip).replace("{now}", self._NOW)
+            rows = self._x(conn, sql, params).fetchall()
             endpoints = self._endpoints(conn, {row[2] for row in rows})
             for row in rows:
                 event_type, body = _event_type(row[3]), _body(row[4])
@@ -134,6 +146,7 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                             attempts=row[6],
                             round_attempts=row[6] - row[7],
                             lease_until=lease_until,
+                            lease_owner=owner,
                             settings=settings,
                             failing_since=failing_since,
                         )
@@ -145,9 +158,9 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                 self._xmany(
                     conn,
                     "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,"
-                    " lease_until = 0, lease_owner = NULL, last_error = ?, updated_at = ?"
+                    f" lease_until = 0, lease_owner = NULL, last_error = ?, updated_at = {self._NOW}"
                     " WHERE id = ?",
-                    [(reason, now, row[0]) for row, reason in poison],
+                    [(reason, row[0]) for row, reason in poison],
                 )
         for row, reason in poison:
             log.warning(
@@ -162,6 +175,46 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
     def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         # One statement per kind for the whole batch (executemany): on the
         # delivery hot path, per-row statements cost more than the HTTP call.
+        with self._tx(durable=False) as conn:
+            results = self._fenced(conn, results)
+            if results:
+                self._record_in(conn, results)
+
+    def _fenced(self, conn: Any, results: Sequence[AttemptResult]) -> Sequence[AttemptResult]:
+        """The results whose attempt still holds its delivery's lease (read under
+        lock, in the writing transaction). A result made under a lease another
+        dispatcher has taken over since (this one stalled past its end) is
+        dropped and logged: the new holder's attempt decides."""
+        fenced = {r.delivery_id: r.lease_owner for r in results if r.lease_owner is not None}
+        if not fenced:
+            return results
+        holders: dict[int, Any] = {}
+        ids = list(fenced)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            holders.update(
+                self._x(
+                    conn,
+                    "SELECT id, lease_owner FROM deliveries"
+                    f" WHERE id IN ({','.join('?' * len(chunk))}){self._LOCK_ROW}",
+                    chunk,
+                ).fetchall()
+            )
+        stale = {i for i, owner in fenced.items() if holders.get(i, owner) != owner}
+        if not stale:
+            return results
+        for r in results:
+            if r.delivery_id in stale:
+                log.warning(
+                    "attempt.result_dropped",
+                    delivery_id=r.delivery_id,
+                    agent_id=r.agent_id,
+                    attempt=r.attempt,
+                    reason="its lease was taken over by another dispatcher",
+                )
+        return [r for r in results if r.delivery_id not in stale]
+
+    def _record_in(self, conn: Any, results: Sequence[AttemptResult]) -> None:
         failing_since: dict[str, float | None] = {}  # per agent, after this batch
         disable: dict[str, str] = {}
         for r in results:
@@ -172,70 +225,68 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                     failing_since[r.agent_id] = r.started_at
             if r.disable_reason:
                 disable[r.agent_id] = r.disable_reason
-        with self._tx(durable=False) as conn:
-            self._xmany(
-                conn,
-                "UPDATE deliveries SET attempts = attempts + ?, status = ?,"
-                " next_attempt_at = ?, lease_until = 0, lease_owner = NULL,"
-                " last_status_code = COALESCE(?, last_status_code), last_error = ?,"
-                " updated_at = ? WHERE id = ?",
-                [
-                    (
-                        1 if r.sent else 0,
-                        r.status,
-                        r.next_attempt_at,
-                        r.status_code,
-                        r.error,
-                        r.started_at,
-                        r.delivery_id,
-                    )
-                    for r in results
-                ],
-            )
-            self._xmany(
-                conn,
-                "INSERT INTO attempts (delivery_id, attempt, started_at,"
-                " duration_ms, status_code, error, response_excerpt)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt)"
-                " DO UPDATE SET started_at = excluded.started_at,"
-                " duration_ms = excluded.duration_ms, status_code = excluded.status_code,"
-                " error = excluded.error, response_excerpt = excluded.response_excerpt",
-                [
-                    (
-                        r.delivery_id,
-                        r.attempt,
-                        r.started_at,
-                        r.duration_ms,
-                        r.status_code,
-                        r.error,
-                        r.response_excerpt,
-                    )
-                    for r in results
-                    if r.sent
-                ],
-            )
-            for agent_id, since in failing_since.items():
-                if since is None:
-                    self._x(
-                        conn,
-                        "UPDATE webhook_settings SET failing_since = NULL"
-                        " WHERE agent_id = ? AND failing_since IS NOT NULL",
-                        (agent_id,),
-                    )
-                else:
-                    self._x(
-                        conn,
-                        "UPDATE webhook_settings SET failing_since = ?"
-                        " WHERE agent_id = ? AND failing_since IS NULL",
-                        (since, agent_id),
-                    )
-            for agent_id, reason in disable.items():
+        self._xmany(
+            conn,
+            "UPDATE deliveries SET attempts = attempts + ?, status = ?,"
+            " next_attempt_at = ?, lease_until = 0, lease_owner = NULL,"
+            " last_status_code = COALESCE(?, last_status_code), last_error = ?,"
+            " updated_at = ? WHERE id = ?",
+            [
+                (
+                    1 if r.sent else 0,
+                    r.status,
+                    r.next_attempt_at,
+                    r.status_code,
+                    r.error,
+                    r.started_at,
+                    r.delivery_id,
+                )
+                for r in results
+            ],
+        )
+        self._xmany(
+            conn,
+            "INSERT INTO attempts (delivery_id, attempt, started_at,"
+            " duration_ms, status_code, error, response_excerpt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt)"
+            " DO UPDATE SET started_at = excluded.started_at,"
+            " duration_ms = excluded.duration_ms, status_code = excluded.status_code,"
+            " error = excluded.error, response_excerpt = excluded.response_excerpt",
+            [
+                (
+                    r.delivery_id,
+                    r.attempt,
+                    r.started_at,
+                    r.duration_ms,
+                    r.status_code,
+                    r.error,
+                    r.response_excerpt,
+                )
+                for r in results
+                if r.sent
+            ],
+        )
+        for agent_id, since in failing_since.items():
+            if since is None:
                 self._x(
                     conn,
-                    "UPDATE webhook_settings SET disabled = 1, disabled_reason = ?"
-                    " WHERE agent_id = ?",
-                    (reason, agent_id),
+                    "UPDATE webhook_settings SET failing_since = NULL"
+                    " WHERE agent_id = ? AND failing_since IS NOT NULL",
+                    (agent_id,),
                 )
+            else:
+                self._x(
+                    conn,
+                    "UPDATE webhook_settings SET failing_since = ?"
+                    " WHERE agent_id = ? AND failing_since IS NULL",
+                    (since, agent_id),
+                )
+        for agent_id, reason in disable.items():
+            self._x(
+                conn,
+                "UPDATE webhook_settings SET disabled = 1, disabled_reason = ? WHERE agent_id = ?",
+                (reason, agent_id),
+            )
 
     def release(self, delivery_ids: Sequence[int], owner: str) -> None:
         if not delivery_ids:

@@ -62,9 +62,13 @@ class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     #: attempts made in the current round (a redelivery starts a new round)
     round_attempts: int
+    #: when the lease ends, on this process's monotonic clock (``time.monotonic()``,
+    #: counted from before the claim: the database's lease never ends sooner)
     lease_until: float
     settings: WebhookSettings | None
     failing_since: float | None
+    #: who holds the lease: the attempt's result is written only while it still does
+    lease_owner: str | None = None
 
 
 class Handoff:
@@ -194,6 +198,9 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     sent: bool = True
     #: set when this attempt disables the endpoint (410, or failing for too long)
     disable_reason: str | None = None
+    #: the lease the attempt was made under: its result is dropped if another
+    #: dispatcher holds the delivery now (None: written whoever holds it)
+    lease_owner: str | None = None
 
 
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -238,14 +245,15 @@ class DeliveryStore(Protocol):
     def claim_due(
         self,
         *,
-        now: float,
         limit: int,
-        lease_until: float,
+        lease_seconds: float,
         owner: str,
         skip_agents: Sequence[str] = (),
     ) -> list[ClaimedDelivery]:
-        """Lease due deliveries, oldest first, leaving out ``skip_agents``
-        (endpoints that already have more work at hand than they can take)."""
+        """Lease due deliveries to ``owner`` for ``lease_seconds``, oldest first,
+        leaving out ``skip_agents`` (endpoints that already have more work at
+        hand than they can take). What is due and when a lease ends are the
+        database's clock's to say, never the caller's."""
         ...
 
     def record_attempts(self, results: Sequence[AttemptResult]) -> None: ...

@@ -110,12 +110,14 @@ class PostgresStore(SQLStore):
 
     _GREATEST: ClassVar[str] = "GREATEST"
     _LOCK_ROW: ClassVar[str] = " FOR UPDATE"
+    #: the transaction's start on the server's clock
+    _NOW: ClassVar[str] = "EXTRACT(EPOCH FROM now())::double precision"
     dialect: ClassVar[str] = "postgresql"
     _CLAIM: ClassVar[str] = (
         "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending'"
-        " AND next_attempt_at <= ? AND lease_until <= ?{skip} ORDER BY next_attempt_at LIMIT ?"
-        " FOR UPDATE SKIP LOCKED)"
-        " UPDATE deliveries AS d SET lease_until = ?, lease_owner = ? FROM due"
+        " AND next_attempt_at <= {now} AND lease_until <= {now}{skip}"
+        " ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED)"
+        " UPDATE deliveries AS d SET lease_until = {now} + ?, lease_owner = ? FROM due"
         " WHERE d.id = due.id"
         " RETURNING d.id, d.webhook_id, d.agent_id, d.event_type, d.body, d.created_at,"
         " d.attempts, d.round_start"
@@ -232,9 +234,9 @@ class PostgresStore(SQLStore):
         self._down = False
 
     def _claim_params(
-        self, now: float, limit: int, lease_until: float, owner: str, skip: tuple[str, ...]
+        self, limit: int, lease_seconds: float, owner: str, skip: tuple[str, ...]
     ) -> tuple[Any, ...]:
-        return (now, now, *skip, limit, lease_until, owner)
+        return (*skip, limit, lease_seconds, owner)
 
     def _after_insert(self, conn: Any) -> None:
         conn.execute(f"NOTIFY {CHANNEL}")
