@@ -131,18 +131,22 @@ async def test_an_unreadable_stored_timestamp_does_not_break_the_inbox(
     app = client._transport.app  # type: ignore[attr-defined]
     pipeline = app.pipeline
     assert isinstance(pipeline, middleware.ChatPipeline)
-    from webhook_plugin.runtime.chat_store import MessageRecord
+    from webhook_plugin.runtime.chat_store import MessageRecord, MessageWrite
 
     for n, ts in enumerate((-62135600400.0, 253402300799.0 + 3600, -1e300, 1e300)):
-        pipeline.store.add_messages(
+        pipeline.store.write_messages(
             [
-                MessageRecord(
-                    id=f"old-{n}",
-                    conversation_id=CONV,
-                    author="user",
-                    text="from the past",
-                    created_at=ts,
-                    status="received",
+                MessageWrite(
+                    messages=[
+                        MessageRecord(
+                            id=f"old-{n}",
+                            conversation_id=CONV,
+                            author="user",
+                            text="from the past",
+                            created_at=ts,
+                            status="received",
+                        )
+                    ]
                 )
             ]
         )

@@ -125,3 +125,26 @@ def test_a_retried_message_gets_the_same_answer_and_no_new_events(
     assert [m["author"] for m in view["messages"]] == ["user", "agent"]
     other = post_message(api, "retry-1", messageId="wamid.43")  # a new message is new
     assert other["events"][0]["webhookId"] != first["events"][0]["webhookId"]
+
+
+def test_a_message_id_sent_again_with_another_request_is_an_idempotency_mismatch(
+    api: httpx.Client,
+) -> None:
+    first = post_message(api, "key-1", messageId="wamid.77")
+    for change in ({"text": "another text"}, {"channel": "website"}):
+        r = api.post(
+            "/v1/agents/support/messages",
+            json={
+                "conversationId": "key-1",
+                "channel": "whatsapp",
+                "text": "Olá, tudo bem?",
+                "messageId": "wamid.77",
+                **change,
+            },
+        )
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "idempotency_mismatch"
+        assert "wamid.77" in r.json()["error"]["message"]
+        assert first["reply"]["text"] not in r.text  # never the first request's answer
+    view = api.get("/v1/inbox/conversations/key-1").json()
+    assert len(view["messages"]) == 2  # nothing of the refused requests was stored

@@ -1,5 +1,7 @@
 """A client retrying a user message (same ``messageId``) never gets a second reply
-or a second set of events, even while the first request is still running."""
+or a second set of events, and the database decides what two requests that
+raced get: the first commit's answer, a refusal, or an operator's switch that
+stays switched."""
 
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ import pytest
 from receiver import Receiver
 from webhook_plugin import WebhookSettings, hookimpl
 from webhook_plugin.runtime import WebhookMiddleware
-from webhook_plugin.runtime import reservations as reservations_module
 from webhook_plugin.runtime.config import parse_config
-from webhook_plugin.runtime.pipeline import ChatPipeline, Conflict
+from webhook_plugin.runtime.pipeline import ChatPipeline, Conflict, IdempotencyMismatch
 
 pytestmark = pytest.mark.anyio
 
@@ -28,6 +29,11 @@ class SlowLLM:
         self.delay = delay
         self.fail_on = fail_on
         self.calls = 0
+        self.user_messages = 0
+
+    @hookimpl
+    def on_user_message(self, agent, conversation, message):  # type: ignore[no-untyped-def]
+        self.user_messages += 1
 
     @hookimpl
     def generate_reply(self, agent, conversation, message):  # type: ignore[no-untyped-def]
@@ -55,9 +61,11 @@ async def running(tmp_path: Path, llm: SlowLLM) -> AsyncIterator[ChatPipeline]:
         yield pipeline
 
 
-def send(pipeline: ChatPipeline, message_id: str) -> Callable[[], Any]:
+def send(
+    pipeline: ChatPipeline, message_id: str, *, text: str = "olá", agent: str = "bot"
+) -> Callable[[], Any]:
     return lambda: pipeline.user_message(
-        "bot", conversation_id="c1", channel="web", text="olá", message_id=message_id
+        agent, conversation_id="c1", channel="web", text=text, message_id=message_id
     )
 
 
@@ -78,7 +86,7 @@ async def test_a_retry_during_the_first_request_gets_the_same_answer(
         view = await pipeline.inbox_view("c1")
         await anyio.to_thread.run_sync(receiver.wait_for, 1, 10)
         await anyio.sleep(0.3)  # anything sent twice would arrive meanwhile
-    assert llm.calls == 1
+    assert llm.calls == 1 and llm.user_messages == 1  # the twins waited for the first
     assert answers[0] == answers[1] == answers[2]
     assert [m["text"] for m in view["messages"]] == ["olá", "answer 1"]
     [event] = answers[0]["events"]  # one AGENT_USER_MESSAGE, sent once
@@ -95,18 +103,118 @@ async def test_a_failed_request_leaves_the_message_to_its_retry(tmp_path: Path) 
     assert out["reply"]["text"] == "answer 2"
 
 
-async def test_a_retry_that_waits_too_long_gets_a_conflict(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(reservations_module, "WAIT_FOR_TWIN", 0.2)
-    llm = SlowLLM(delay=1.0)
+async def test_a_retry_of_an_answered_message_runs_no_hook(tmp_path: Path) -> None:
+    llm = SlowLLM(delay=0)
     async with running(tmp_path, llm) as pipeline:
+        first = await send(pipeline, "wamid.3")()
+        again = await send(pipeline, "wamid.3")()
+    assert again == first
+    assert llm.calls == 1 and llm.user_messages == 1  # the model was not asked again
+
+
+async def test_twins_on_two_processes_keep_one_answer_and_one_set_of_events(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Two servers on one database both run the hooks for the same message; the
+    first to commit keeps its answer and events, and the other answers them."""
+    fast, slow = SlowLLM(delay=0.1), SlowLLM(delay=0.6)
+    async with running(tmp_path, fast) as one, running(tmp_path, slow) as other:
+        await one.engine.save_settings("bot", WebhookSettings.validated(url=receiver.url))
+        await other.engine.endpoints.reload()
+        answers: dict[str, dict[str, Any]] = {}
+
+        async def call(name: str, pipeline: ChatPipeline) -> None:
+            answers[name] = await send(pipeline, "wamid.4")()
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(send(pipeline, "wamid.3"))
-            with anyio.fail_after(5):
-                while not llm.calls:  # the first request holds the message now
-                    await anyio.sleep(0.01)
-            with pytest.raises(Conflict, match="still being processed"):
-                await send(pipeline, "wamid.3")()
-        again = await send(pipeline, "wamid.3")()  # once the first is done: its answer
-    assert llm.calls == 1 and again["reply"]["text"] == "answer 1"
+            tg.start_soon(call, "slow", other)
+            tg.start_soon(call, "fast", one)
+        assert fast.calls == slow.calls == 1  # both ran the hooks
+        await anyio.to_thread.run_sync(receiver.wait_for, 1, 10)
+        await anyio.sleep(0.5)  # the slow one's events, were they queued, would come
+        view = await one.inbox_view("c1")
+    assert answers["slow"] == answers["fast"]
+    assert answers["fast"]["reply"]["text"] == "answer 1"
+    [event] = answers["fast"]["events"]
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [event["webhookId"]]
+    assert [m["text"] for m in view["messages"]] == ["olá", "answer 1"]
+
+
+async def test_the_same_message_id_with_another_request_is_refused(tmp_path: Path) -> None:
+    llm = SlowLLM(delay=0)
+    async with running(tmp_path, llm) as pipeline:
+        first = await send(pipeline, "wamid.5")()
+        with pytest.raises(IdempotencyMismatch, match="another request"):
+            await send(pipeline, "wamid.5", text="another text")()
+        with pytest.raises(IdempotencyMismatch):
+            await send(pipeline, "wamid.5", agent="another-agent")()
+        assert await send(pipeline, "wamid.5")() == first  # the same request still gets it
+        view = await pipeline.inbox_view("c1")
+    assert [m["text"] for m in view["messages"]] == ["olá", "answer 1"]
+
+
+async def test_twins_with_different_requests_racing_get_one_answer_and_a_refusal(
+    tmp_path: Path,
+) -> None:
+    """Both in flight at once in one process: the second waits for the first,
+    then is told its request is another one."""
+    llm = SlowLLM(delay=0.3)
+    async with running(tmp_path, llm) as pipeline:
+        outcomes: list[object] = []
+
+        async def call(text: str) -> None:
+            try:
+                outcomes.append(await send(pipeline, "wamid.6", text=text)())
+            except IdempotencyMismatch as exc:
+                outcomes.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "one")
+            await anyio.sleep(0.05)
+            tg.start_soon(call, "two")
+    assert isinstance(outcomes[0], dict) and isinstance(outcomes[1], IdempotencyMismatch)
+    assert llm.calls == 1
+
+
+async def test_an_operators_switch_holds_while_a_slow_reply_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    llm = SlowLLM(delay=0.5)
+    async with running(tmp_path, llm) as pipeline:
+        await send(pipeline, "m0")()  # the conversation exists, AI on
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send(pipeline, "m1"))  # AI on when it was read
+            await anyio.sleep(0.1)
+            switched = await pipeline.set_ai("c1", False)  # the operator takes over
+            assert switched.ai_enabled is False
+        after = await pipeline.conversation("c1")
+        later = await send(pipeline, "m2")()
+    assert after.ai_enabled is False  # the message in flight did not switch AI back on
+    assert later["reply"] is None and llm.calls == 2
+
+
+async def test_two_agents_first_messages_to_one_new_conversation(tmp_path: Path) -> None:
+    """Both read "no such conversation" and ran their hooks: the commit gives it
+    to one agent, and refuses the other's message (nothing of it stored)."""
+    llm = SlowLLM(delay=0.3)
+    async with running(tmp_path, llm) as pipeline:
+        outcomes: dict[str, object] = {}
+
+        async def call(agent: str) -> None:
+            try:
+                outcomes[agent] = await send(pipeline, f"m-{agent}", agent=agent)()
+            except Conflict as exc:
+                outcomes[agent] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "a")
+            tg.start_soon(call, "b")
+        record = await pipeline.conversation("c1")
+        view = await pipeline.inbox_view("c1")
+    refused = [a for a, o in outcomes.items() if isinstance(o, Conflict)]
+    assert len(refused) == 1, outcomes
+    assert "belongs to another agent" in str(outcomes[refused[0]])
+    [owner] = {"a", "b"} - set(refused)
+    assert record.agent_id == owner
+    assert view["messages"][0]["id"] == f"m-{owner}"
+    assert len(view["messages"]) == 2  # the owner's message and its reply only

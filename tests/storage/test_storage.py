@@ -11,10 +11,35 @@ import pytest
 
 from webhook_plugin.events import WebhookEventType
 from webhook_plugin.exceptions import ConfigError
-from webhook_plugin.runtime.chat_store import SQLChatStore
+from webhook_plugin.runtime._chat_schema import MIGRATIONS
+from webhook_plugin.runtime.chat_store import (
+    Answer,
+    Conflict,
+    ConversationRecord,
+    IdempotencyMismatch,
+    MessageRecord,
+    MessageWrite,
+    SQLChatStore,
+)
 from webhook_plugin.storage import open_store
 from webhook_plugin.storage.base import NewDelivery, Store
 from webhook_plugin.storage.sqlite import SQLiteStore
+
+
+def answered(key: str, body: bytes, *, bound: str = "fp", agent: str = "a") -> MessageWrite:
+    """A user message with ``messageId`` ``key`` in conversation ``c``, answered ``body``."""
+    return MessageWrite(
+        conversation=ConversationRecord(
+            id="c", agent_id=agent, channel="web", ai_enabled=True, contact={}, created_at=1.0
+        ),
+        messages=[
+            MessageRecord(
+                id=key, conversation_id="c", author="user", text="hi", created_at=1.0,
+                status="received",
+            )
+        ],
+        answer=Answer(conversation_id="c", message_id=key, fingerprint=bound, body=body),
+    )  # fmt: skip
 
 
 def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
@@ -36,13 +61,41 @@ def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
     chat = SQLChatStore(store)
     chat.open()
     try:
-        chat.put_outcome("c", "m", b'{"ok": true}')
-        assert chat.get_outcome("c", "m") == b'{"ok": true}'
-        assert chat.get_outcome("c", "other") is None
+        chat.write_messages([answered("m", b'{"ok": true}')])
+        assert chat.get_answer("c", "m") == (b'{"ok": true}', "fp")
+        assert chat.get_answer("c", "other") is None
     finally:
         store.close()
     versions = sqlite3.connect(path).execute("SELECT * FROM schema_versions").fetchall()
-    assert sorted(versions) == [("chat", 1), ("delivery", 2)]
+    assert sorted(versions) == [("chat", 2), ("delivery", 2)]
+
+
+def test_an_earlier_versions_reservation_marks_are_dropped_its_answers_kept(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v1.db"
+    store = SQLiteStore(path)
+    store.open()
+    store.migrate("chat", MIGRATIONS["sqlite"][:1])  # the chat tables as version 1 made them
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.executemany(
+        "INSERT INTO message_outcomes VALUES (?, ?, ?, ?)",
+        [("c", "working", b"", 1.0), ("c", "done", b'{"old": 1}', 1.0)],
+    )
+    conn.commit()
+    conn.close()
+    store.open()
+    chat = SQLChatStore(store)
+    chat.open()
+    try:
+        assert chat.get_answer("c", "working") is None  # a retry processes it
+        assert chat.get_answer("c", "done") == (b'{"old": 1}', None)  # bound to no request
+        late = answered("done", b"{}", bound="any")
+        chat.write_messages([late])
+        assert late.earlier == b'{"old": 1}' and late.refused is None
+    finally:
+        store.close()
 
 
 def test_the_delivery_store_alone_has_no_chat_tables(tmp_path: Path) -> None:
@@ -92,7 +145,7 @@ def test_postgres_url_is_not_shown_with_its_password() -> None:
     assert "hunter2" not in repr(store)
 
 
-def test_a_message_id_is_reserved_once_released_on_failure_and_taken_over_when_stale(
+def test_a_message_id_is_taken_by_the_first_commit_and_bound_to_its_request(
     make_store: Callable[[], Store],
 ) -> None:
     db = make_store()
@@ -100,33 +153,90 @@ def test_a_message_id_is_reserved_once_released_on_failure_and_taken_over_when_s
     store = SQLChatStore(db)  # type: ignore[arg-type]
     store.open()
     try:
-        reserve = store.reserve_outcome
-        assert reserve("c", "m", now=100.0, stale_before=0.0) is None  # ours
-        assert reserve("c", "m", now=101.0, stale_before=0.0) == b""  # being processed
-        store.release_outcome("c", "m")  # the processing failed
-        assert reserve("c", "m", now=102.0, stale_before=0.0) is None  # a retry takes it
-        assert reserve("c", "m", now=500.0, stale_before=101.0) == b""  # not stale yet
-        assert reserve("c", "m", now=500.0, stale_before=103.0) is None  # stale: taken over
-        store.put_outcome("c", "m", b'{"done": 1}')
-        store.release_outcome("c", "m")  # a finished outcome is never released
-        assert reserve("c", "m", now=9e9, stale_before=9e9) == b'{"done": 1}'
-        assert reserve("c", "other", now=1.0, stale_before=0.0) is None
+        first = answered("m", b'{"n": 1}')
+        store.write_messages([first])
+        assert first.earlier is None and first.refused is None
+        twin = answered("m", b'{"n": 2}')  # the same request, processed again elsewhere
+        store.write_messages([twin])
+        assert twin.earlier == b'{"n": 1}' and twin.refused is None
+        other = answered("m", b'{"n": 3}', bound="another request")
+        store.write_messages([other])
+        assert isinstance(other.refused, IdempotencyMismatch) and other.earlier is None
+        assert [m.id for m in store.list_messages("c")] == ["m"]  # the first's message only
+        # twins in one batch: the first in it is stored, the other gets its answer
+        a, b = answered("n", b'{"n": 4}'), answered("n", b'{"n": 5}')
+        store.write_messages([a, b])
+        assert a.earlier is None and b.earlier == b'{"n": 4}'
+        assert [m.id for m in store.list_messages("c")] == ["m", "n"]
+        assert store.get_answer("c", "n") == (b'{"n": 4}', "fp")
     finally:
         db.close()
 
 
-def test_stored_answers_past_the_retention_are_forgotten(make_store: Callable[[], Store]) -> None:
+def test_a_message_for_another_agents_conversation_is_refused_and_its_key_left_free(
+    make_store: Callable[[], Store],
+) -> None:
+    db = make_store()
+    db.open()
+    store = SQLChatStore(db)  # type: ignore[arg-type]
+    store.open()
+    try:
+        store.write_messages([answered("m1", b"{}", agent="a")])
+        intruder = answered("m2", b"{}", agent="b")
+        store.write_messages([intruder])
+        assert isinstance(intruder.refused, Conflict)
+        assert "belongs to another agent" in str(intruder.refused)
+        assert store.get_answer("c", "m2") is None
+        conversation = store.get_conversation("c")
+        assert conversation is not None and conversation.agent_id == "a"
+        assert [m.id for m in store.list_messages("c")] == ["m1"]
+    finally:
+        db.close()
+
+
+def test_a_message_merges_the_contact_and_never_writes_the_ai_switch(
+    make_store: Callable[[], Store],
+) -> None:
+    db = make_store()
+    db.open()
+    store = SQLChatStore(db)  # type: ignore[arg-type]
+    store.open()
+    try:
+        first = answered("m1", b"{}")
+        assert first.conversation is not None
+        first.conversation.contact = {"name": "Ana"}
+        store.write_messages([first])
+        switched = store.set_ai_enabled("c", False)  # the operator, while m2 is in flight
+        assert switched is not None and switched.ai_enabled is False
+        second = answered("m2", b"{}")  # it read AI on, and a contact without the name
+        assert second.conversation is not None
+        second.conversation.contact = {"email": "ana@example.com"}
+        second.conversation.last_user_message_at = 50.0
+        store.write_messages([second])
+        stored = store.get_conversation("c")
+        assert stored is not None and stored.ai_enabled is False
+        assert stored.contact == {"name": "Ana", "email": "ana@example.com"}
+        assert stored.last_user_message_at == 50.0
+        assert store.set_ai_enabled("nope", True) is None
+    finally:
+        db.close()
+
+
+def test_stored_answers_past_the_retention_are_forgotten(
+    make_store: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = make_store()
     db.open()
     chat = SQLChatStore(db)  # type: ignore[arg-type]
     chat.open()
     try:
-        assert chat.reserve_outcome("c", "old", now=10.0, stale_before=0.0) is None
-        chat.put_outcome("c", "old", b'{"old": 1}')  # answered: keeps its first time
-        chat.put_outcome("c", "new", b"{}")  # stored now
-        assert chat.purge_outcomes(before=1e6) == 1
-        assert chat.get_outcome("c", "old") is None
-        assert chat.get_outcome("c", "new") == b"{}"
+        monkeypatch.setattr(time, "time", lambda: 10.0)
+        chat.write_messages([answered("old", b'{"old": 1}')])
+        monkeypatch.undo()
+        chat.write_messages([answered("new", b"{}")])
+        assert chat.purge_answers(before=1e6) == 1
+        assert chat.get_answer("c", "old") is None
+        assert chat.get_answer("c", "new") == (b"{}", "fp")
     finally:
         db.close()
 
@@ -177,8 +287,8 @@ def test_a_sqlite_claim_reads_the_due_index_in_order_not_every_pending_row(
     store.open()
     try:
         conn = sqlite3.connect(tmp_path / "plan.db")
-        sql = store._CLAIM.replace("{skip}", "")
-        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (0, "x", 1, 1, 8))]
+        sql = store._CLAIM.replace("{skip}", "").replace("{now}", store._NOW)
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (30, "x", 8))]
         conn.close()
         assert any("USING INDEX deliveries_due" in step for step in plan), plan
         assert not any("TEMP B-TREE" in step for step in plan), plan
@@ -196,7 +306,7 @@ def test_a_sqlite_claim_reads_the_due_index_in_order_not_every_pending_row(
                 for i in range(50)
             ]
         )
-        claimed = store.claim_due(now=now, limit=5, lease_until=now + 60, owner="o")
+        claimed = store.claim_due(limit=5, lease_seconds=60, owner="o")
         assert [d.webhook_id for d in claimed] == [f"w{i}" for i in range(5)]
     finally:
         store.close()

@@ -5,6 +5,15 @@ from __future__ import annotations
 
 __all__ = ["MIGRATIONS"]
 
+#: version 2: a stored answer keeps the fingerprint of its request (a messageId
+#: sent again with another request is refused, not answered); the marks of
+#: the reservations that earlier versions kept while a message was processed
+#: (an empty answer) are dropped: the commit decides a messageId now
+_ANSWERS_V2 = """
+    ALTER TABLE message_outcomes ADD COLUMN fingerprint TEXT;
+    DELETE FROM message_outcomes WHERE outcome = '';
+"""
+
 #: the chat tables, per SQL dialect (IF NOT EXISTS: databases made before the
 #: stores were split already hold them)
 MIGRATIONS: dict[str, list[str]] = {
@@ -46,6 +55,7 @@ MIGRATIONS: dict[str, list[str]] = {
     );
     CREATE INDEX IF NOT EXISTS message_outcomes_created ON message_outcomes (created_at);
     """,
+        _ANSWERS_V2.replace("''", "X''"),
     ],
     "postgresql": [
         """
@@ -85,5 +95,6 @@ MIGRATIONS: dict[str, list[str]] = {
     );
     CREATE INDEX IF NOT EXISTS message_outcomes_created ON message_outcomes (created_at);
     """,
+        _ANSWERS_V2.replace("''", "''::bytea"),
     ],
 }

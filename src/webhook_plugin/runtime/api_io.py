@@ -210,7 +210,8 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _conflict(request: Request, exc: Exception) -> Response:
-    return _error(409, "conflict", str(exc))
+    assert isinstance(exc, Conflict)
+    return _error(409, exc.code, str(exc))
 
 
 async def _settings_error(request: Request, exc: Exception) -> Response:

@@ -14,17 +14,29 @@ pipeline calls them in worker threads.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
 
+from ..exceptions import WebhookPluginError
 from ..storage._sql import SQLStore
 from ..storage.base import NewDelivery
 from ._chat_schema import MIGRATIONS
 
-__all__ = ["ChatStore", "ConversationRecord", "MessageRecord", "MessageWrite", "SQLChatStore"]
+__all__ = [
+    "Answer",
+    "ChatStore",
+    "Conflict",
+    "ConversationRecord",
+    "IdempotencyMismatch",
+    "MessageRecord",
+    "MessageWrite",
+    "SQLChatStore",
+    "fingerprint",
+]
 
 _json_encode = msgspec.json.Encoder().encode
 _contact_decoder = msgspec.json.Decoder(dict[str, str])
@@ -69,21 +81,66 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     attachments: list[dict[str, object]] = msgspec.field(default_factory=list)
 
 
+class Conflict(WebhookPluginError):
+    """The request contradicts what is stored (another agent's conversation, say)."""
+
+    code = "conflict"
+
+
+class IdempotencyMismatch(Conflict):
+    """A ``messageId`` already answered for another request (another agent,
+    channel, text or group): never that request's answer."""
+
+    code = "idempotency_mismatch"
+
+    @classmethod
+    def of(cls, message_id: str) -> IdempotencyMismatch:
+        return cls(
+            f"message {message_id!r} was already answered for another request (another"
+            " agent, channel, text or group): a messageId identifies one message; send a"
+            " new one"
+        )
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
+    """What a user message with a ``messageId`` was answered: a retry of it gets
+    ``body`` again, if it is the same request (``fingerprint``)."""
+
+    conversation_id: str
+    message_id: str
+    #: what identifies the request (see :func:`fingerprint`)
+    fingerprint: str
+    body: bytes
+
+
+def fingerprint(agent_id: str, channel: str, text: str, group_id: str | None) -> str:
+    """What a ``messageId`` is bound to: the same key with another agent,
+    channel, text or group is another request (:class:`IdempotencyMismatch`)."""
+    return hashlib.sha256(_json_encode([agent_id, channel, text, group_id])).hexdigest()[:32]
+
+
 class MessageWrite(msgspec.Struct, kw_only=True):
-    """Everything one chat message changed, written in one transaction."""
+    """Everything one chat message changed, written in one transaction; what the
+    database decided about it is set by :meth:`ChatStore.write_messages`."""
 
     conversation: ConversationRecord | None = None
     messages: list[MessageRecord] = msgspec.field(default_factory=list)
     deliveries: list[NewDelivery] = msgspec.field(default_factory=list)
-    #: ``(conversation_id, message_id, answer)``: what a retry of the message gets
-    outcome: tuple[str, str, bytes] | None = None
+    #: the answer of a user message with a ``messageId``, stored with it
+    answer: Answer | None = None
+    #: set when another request with the same ``messageId`` was answered first:
+    #: its answer, which this one gets too (nothing of this write is stored)
+    earlier: bytes | None = None
+    #: set when the database refused the write (nothing of it is stored)
+    refused: Conflict | None = None
 
 
 class ChatStore(Protocol):
     """What the chat pipeline keeps: agents, conversations, messages, answers."""
 
-    #: whether :meth:`get_conversation` may be called on the event loop (it is
-    #: a lookup by key that never waits for a writer), rather than in a thread
+    #: whether :meth:`get_conversation` and :meth:`get_answer` may be called on
+    #: the event loop (lookups by key that never wait for a writer), rather
+    #: than in a thread
     reads_inline: bool
 
     def open(self) -> None:
@@ -95,27 +152,21 @@ class ChatStore(Protocol):
         self, agent_id: str, *, name: str | None, organization_id: str | None, ai_enabled: bool
     ) -> None: ...
     def get_conversation(self, conversation_id: str) -> ConversationRecord | None: ...
-    def put_conversation(self, conversation: ConversationRecord) -> None: ...
-    def add_messages(self, messages: Sequence[MessageRecord]) -> None: ...
-    def get_outcome(self, conversation_id: str, message_id: str) -> bytes | None: ...
-    def reserve_outcome(
-        self, conversation_id: str, message_id: str, *, now: float, stale_before: float
-    ) -> bytes | None:
-        """Take a user message's ``messageId`` for processing: ``None`` when it is
-        ours now, ``b""`` while another request processes it, else its outcome."""
+    def set_ai_enabled(self, conversation_id: str, enabled: bool) -> ConversationRecord | None:
+        """Switch AI for a conversation (``None``: no such conversation)."""
         ...
 
-    def purge_outcomes(self, *, before: float) -> int: ...
-    def release_outcome(self, conversation_id: str, message_id: str) -> None:
-        """Give up a reservation whose processing failed (a retry may take it)."""
+    def get_answer(self, conversation_id: str, message_id: str) -> tuple[bytes, str | None] | None:
+        """The stored answer of a message and its request's fingerprint (``None``
+        for an answer stored before fingerprints were kept)."""
         ...
 
+    def purge_answers(self, *, before: float) -> int: ...
     def write_messages(self, writes: Sequence[MessageWrite]) -> None:
-        """Store what chat messages changed, each whole or not at all, in one transaction."""
+        """Store what chat messages changed, each whole or not at all, in one
+        transaction, and say on each write what the database decided."""
         ...
 
-    def touch_outcome(self, conversation_id: str, message_id: str, *, now: float) -> None: ...
-    def put_outcome(self, conversation_id: str, message_id: str, outcome: bytes) -> None: ...
     def list_messages(self, conversation_id: str) -> list[MessageRecord]: ...
     def list_agents(self, *, limit: int = 1000) -> list[dict[str, object]]: ...
     def list_conversations(
@@ -125,12 +176,37 @@ class ChatStore(Protocol):
         ...
 
 
+_CONVERSATION_COLUMNS = (
+    "id, agent_id, channel, ai_enabled, contact, created_at, last_user_message_at"
+)
+
+
+def _conversation(row: Sequence[Any]) -> ConversationRecord:
+    return ConversationRecord(
+        id=row[0],
+        agent_id=row[1],
+        channel=row[2],
+        ai_enabled=bool(row[3]),
+        contact=_contact(row[4]),
+        created_at=row[5],
+        last_user_message_at=row[6],
+    )
+
+
+def _key(w: MessageWrite) -> tuple[str, str]:
+    assert w.answer is not None
+    return w.answer.conversation_id, w.answer.message_id
+
+
 class SQLChatStore:
     """The chat store on the delivery store's database (SQLite or PostgreSQL).
 
     :param db: the delivery store, opened first: its connections, transactions
         and SQL dialect serve these tables too.
     """
+
+    #: rows one multi-row INSERT carries (5 parameters a row)
+    _CHUNK = 500
 
     def __init__(self, db: SQLStore) -> None:
         self._db = db
@@ -144,90 +220,175 @@ class SQLChatStore:
 
     def write_messages(self, writes: Sequence[MessageWrite]) -> None:
         """Everything some chat messages changed, in one transaction: their
-        conversations, messages, queued webhook deliveries and stored answers.
-        A message is stored whole or not at all, and many share one commit."""
-        # Rows are locked in one order (by id) whatever order the messages came
-        # in: two servers writing the same conversations must not deadlock.
-        # The last record of a conversation is its latest, as written in turn.
-        conversations = {w.conversation.id: w.conversation for w in writes if w.conversation}
+        conversations, messages, queued webhook deliveries and answers. A
+        message is stored whole or not at all, and many share one commit.
+
+        The database decides, in this transaction, what a message that raced
+        another may do; each write says so afterwards (``earlier``,
+        ``refused``):
+
+        - a ``messageId`` is taken by the first commit of its key (``INSERT ...
+          ON CONFLICT DO NOTHING``); a later one stores nothing and gets the
+          first one's answer, or :class:`IdempotencyMismatch` if it is another
+          request under the same key;
+        - a conversation is created once, and a message for it is refused
+          (:class:`Conflict`) unless its agent and channel are the stored ones;
+          its contact is merged and its last user message moved, never its AI
+          switch (an operator's, which a message in flight must not undo).
+
+        Rows are locked in one order (answers by key, then conversations by
+        id) whatever order the messages came in: two servers writing the same
+        ones must not deadlock.
+        """
+        for w in writes:
+            w.earlier = w.refused = None
         with self._db.transaction() as conn:
-            for conversation_id in sorted(conversations):
-                self._put_conversation(conn, conversations[conversation_id])
-            messages = [m for w in writes for m in w.messages]
+            twins = self._take_keys(conn, writes)
+            self._check_conversations(conn, [w for w in writes if _live(w)])
+            for w, first in twins:  # a twin in this batch gets what its first got
+                w.refused = first.refused
+                if first.refused is None:
+                    assert first.answer is not None
+                    w.earlier = first.answer.body
+            live = [w for w in writes if _live(w)]
+            messages = [m for w in live for m in w.messages]
             if messages:
                 self._add_messages(conn, messages)
-            self._db.queue_deliveries(conn, [d for w in writes for d in w.deliveries])
-            outcomes = sorted(w.outcome for w in writes if w.outcome is not None)
-            if outcomes:
-                self._put_outcomes(conn, outcomes)
+            self._db.queue_deliveries(conn, [d for w in live for d in w.deliveries])
 
-    def get_outcome(self, conversation_id: str, message_id: str) -> bytes | None:
-        row = self._db.read(
+    def _take_keys(
+        self, conn: Any, writes: Sequence[MessageWrite]
+    ) -> list[tuple[MessageWrite, MessageWrite]]:
+        """Store the answers whose keys are free; mark the others. Returns the
+        writes whose key a write before them in this batch took (and that one)."""
+        keyed = sorted((w for w in writes if w.answer is not None), key=_key)
+        if not keyed:
+            return []
+        first: dict[tuple[str, str], MessageWrite] = {}
+        for w in keyed:
+            first.setdefault(_key(w), w)
+        takers = list(first.values())
+        now = time.time()
+        won: set[tuple[str, str]] = set()
+        for start in range(0, len(takers), self._CHUNK):
+            chunk = takers[start : start + self._CHUNK]
+            params: list[Any] = []
+            for w in chunk:
+                a = w.answer
+                assert a is not None
+                params += (a.conversation_id, a.message_id, a.body, a.fingerprint, now)
+            rows = self._db.execute(
+                conn,
+                "INSERT INTO message_outcomes (conversation_id, message_id, outcome,"
+                " fingerprint, created_at) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (conversation_id, message_id) DO NOTHING"
+                " RETURNING conversation_id, message_id",
+                params,
+            ).fetchall()
+            won.update((r[0], r[1]) for r in rows)
+        for w in takers:
+            if _key(w) not in won:
+                self._lost(conn, w)
+        return [(w, first[_key(w)]) for w in keyed if first[_key(w)] is not w]
+
+    def _lost(self, conn: Any, w: MessageWrite) -> None:
+        """Another request's commit took ``w``'s key first: its answer, if the
+        request is the same."""
+        a = w.answer
+        assert a is not None
+        row = self._db.execute(
+            conn,
+            "SELECT outcome, fingerprint FROM message_outcomes"
+            " WHERE conversation_id = ? AND message_id = ?",
+            (a.conversation_id, a.message_id),
+        ).fetchone()
+        if row is None or not row[0]:  # purged meanwhile, or an older version's mark
+            w.refused = Conflict(
+                f"message {a.message_id!r} is being processed by an earlier request;"
+                " retry later for its answer"
+            )
+        elif row[1] is not None and row[1] != a.fingerprint:
+            w.refused = IdempotencyMismatch.of(a.message_id)
+        else:
+            w.earlier = bytes(row[0])
+
+    def _check_conversations(self, conn: Any, writes: Sequence[MessageWrite]) -> None:
+        """Create the conversations that do not exist; refuse the writes that
+        contradict a stored one; merge the others' contacts (under the row's lock)."""
+        by_id: dict[str, list[MessageWrite]] = {}
+        for w in writes:
+            if w.conversation is not None:
+                by_id.setdefault(w.conversation.id, []).append(w)
+        for conversation_id in sorted(by_id):
+            group = by_id[conversation_id]
+            created = self._insert_conversation(conn, group[0].conversation)  # type: ignore[arg-type]
+            stored = group[0].conversation if created else self._locked(conn, conversation_id)
+            assert stored is not None
+            contact, last = stored.contact, stored.last_user_message_at
+            for w in group:
+                c = w.conversation
+                assert c is not None
+                if c.agent_id != stored.agent_id:
+                    w.refused = Conflict(f"conversation {c.id!r} belongs to another agent")
+                elif c.channel != stored.channel:
+                    w.refused = Conflict(f"conversation {c.id!r} is on channel {stored.channel!r}")
+                else:
+                    contact = {**contact, **{k: v for k, v in c.contact.items() if v}}
+                    if c.last_user_message_at is not None:
+                        last = max(last or 0.0, c.last_user_message_at)
+                    continue
+                if w.answer is not None and w.earlier is None:  # its key is free again
+                    self._db.execute(
+                        conn,
+                        "DELETE FROM message_outcomes WHERE conversation_id = ? AND message_id = ?",
+                        _key(w),
+                    )
+            if contact != stored.contact or last != stored.last_user_message_at:
+                self._db.execute(
+                    conn,
+                    "UPDATE conversations SET contact = ?, last_user_message_at = ? WHERE id = ?",
+                    (_json_encode(contact), last, conversation_id),
+                )
+
+    def _insert_conversation(self, conn: Any, c: ConversationRecord) -> bool:
+        """Create ``c`` unless it exists; whether it was created."""
+        return (
+            self._db.execute(
+                conn,
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING RETURNING id",
+                (
+                    c.id,
+                    c.agent_id,
+                    c.channel,
+                    int(c.ai_enabled),
+                    _json_encode(c.contact),
+                    c.created_at,
+                    c.last_user_message_at,
+                ),
+            ).fetchone()
+            is not None
+        )
+
+    def _locked(self, conn: Any, conversation_id: str) -> ConversationRecord | None:
+        row = self._db.execute(
+            conn,
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?" + self._db.lock_row,
+            (conversation_id,),
+        ).fetchone()
+        return None if row is None else _conversation(row)
+
+    def get_answer(self, conversation_id: str, message_id: str) -> tuple[bytes, str | None] | None:
+        row = self._db.point_read(
             lambda c: self._db.execute(
                 c,
-                "SELECT outcome FROM message_outcomes WHERE conversation_id = ? AND message_id = ?",
+                "SELECT outcome, fingerprint FROM message_outcomes"
+                " WHERE conversation_id = ? AND message_id = ?",
                 (conversation_id, message_id),
             ).fetchone()
         )
-        return None if row is None else bytes(row[0])
-
-    def reserve_outcome(
-        self, conversation_id: str, message_id: str, *, now: float, stale_before: float
-    ) -> bytes | None:
-        # An empty outcome marks a message being processed. The reservation is
-        # ours when the row is new, or when it is a mark left older than
-        # stale_before (its request died); otherwise the row says what to answer.
-        with self._db.transaction() as conn:
-            mine = self._db.execute(
-                conn,
-                "INSERT INTO message_outcomes (conversation_id, message_id, outcome, created_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id) DO UPDATE"
-                " SET created_at = excluded.created_at"
-                " WHERE message_outcomes.outcome = ? AND message_outcomes.created_at < ?"
-                " RETURNING created_at",
-                (conversation_id, message_id, b"", now, b"", stale_before),
-            ).fetchone()
-            if mine is not None:
-                return None
-            row = self._db.execute(
-                conn,
-                "SELECT outcome FROM message_outcomes WHERE conversation_id = ? AND message_id = ?",
-                (conversation_id, message_id),
-            ).fetchone()
-        return b"" if row is None else bytes(row[0])
-
-    def release_outcome(self, conversation_id: str, message_id: str) -> None:
-        with self._db.transaction() as conn:
-            self._db.execute(
-                conn,
-                "DELETE FROM message_outcomes"
-                " WHERE conversation_id = ? AND message_id = ? AND outcome = ?",
-                (conversation_id, message_id, b""),
-            )
-
-    def put_outcome(self, conversation_id: str, message_id: str, outcome: bytes) -> None:
-        with self._db.transaction() as conn:
-            self._put_outcomes(conn, [(conversation_id, message_id, outcome)])
-
-    def _put_outcomes(self, conn: Any, outcomes: Sequence[tuple[str, str, bytes]]) -> None:
-        now = time.time()
-        self._db.execute_many(
-            conn,
-            "INSERT INTO message_outcomes (conversation_id, message_id, outcome, created_at)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (conversation_id, message_id)"
-            " DO UPDATE SET outcome = excluded.outcome",
-            [(c, m, o, now) for c, m, o in outcomes],
-        )
-
-    def touch_outcome(self, conversation_id: str, message_id: str, *, now: float) -> None:
-        """Keep a reservation alive (its request is still working on the message)."""
-        with self._db.transaction() as conn:
-            self._db.execute(
-                conn,
-                "UPDATE message_outcomes SET created_at = ?"
-                " WHERE conversation_id = ? AND message_id = ? AND outcome = ?",
-                (now, conversation_id, message_id, b""),
-            )
+        return None if row is None else (bytes(row[0]), row[1])
 
     def get_agent(self, agent_id: str) -> dict[str, object] | None:
         row = self._db.read(
@@ -257,49 +418,21 @@ class SQLChatStore:
         row = self._db.point_read(
             lambda c: self._db.execute(
                 c,
-                "SELECT id, agent_id, channel, ai_enabled, contact, created_at,"
-                " last_user_message_at FROM conversations WHERE id = ?",
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?",
                 (conversation_id,),
             ).fetchone()
         )
-        if row is None:
-            return None
-        return ConversationRecord(
-            id=row[0],
-            agent_id=row[1],
-            channel=row[2],
-            ai_enabled=bool(row[3]),
-            contact=_contact(row[4]),
-            created_at=row[5],
-            last_user_message_at=row[6],
-        )
+        return None if row is None else _conversation(row)
 
-    def put_conversation(self, conversation: ConversationRecord) -> None:
+    def set_ai_enabled(self, conversation_id: str, enabled: bool) -> ConversationRecord | None:
         with self._db.transaction() as conn:
-            self._put_conversation(conn, conversation)
-
-    def _put_conversation(self, conn: Any, conversation: ConversationRecord) -> None:
-        c = conversation
-        self._db.execute(
-            conn,
-            "INSERT INTO conversations (id, agent_id, channel, ai_enabled, contact,"
-            " created_at, last_user_message_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET ai_enabled = excluded.ai_enabled,"
-            " contact = excluded.contact, last_user_message_at = excluded.last_user_message_at",
-            (
-                c.id,
-                c.agent_id,
-                c.channel,
-                int(c.ai_enabled),
-                _json_encode(c.contact),
-                c.created_at,
-                c.last_user_message_at,
-            ),
-        )
-
-    def add_messages(self, messages: Sequence[MessageRecord]) -> None:
-        with self._db.transaction() as conn:
-            self._add_messages(conn, messages)
+            row = self._db.execute(
+                conn,
+                f"UPDATE conversations SET ai_enabled = ? WHERE id = ? RETURNING"
+                f" {_CONVERSATION_COLUMNS}",
+                (int(enabled), conversation_id),
+            ).fetchone()
+        return None if row is None else _conversation(row)
 
     def _add_messages(self, conn: Any, messages: Sequence[MessageRecord]) -> None:
         self._db.execute_many(
@@ -378,15 +511,7 @@ class SQLChatStore:
         rows = self._db.read(lambda c: self._db.execute(c, sql, args).fetchall())
         return [
             (
-                ConversationRecord(
-                    id=r[0],
-                    agent_id=r[1],
-                    channel=r[2],
-                    ai_enabled=bool(r[3]),
-                    contact=_contact(r[4]),
-                    created_at=r[5],
-                    last_user_message_at=r[6],
-                ),
+                _conversation(r),
                 None
                 if r[7] is None
                 else MessageRecord(
@@ -401,7 +526,7 @@ class SQLChatStore:
             for r in rows
         ]
 
-    def purge_outcomes(self, *, before: float) -> int:
+    def purge_answers(self, *, before: float) -> int:
         """Forget the answers of messages stored before ``before`` (a retry that
         late is a new message)."""
         with self._db.transaction() as conn:
@@ -409,3 +534,7 @@ class SQLChatStore:
                 conn, "DELETE FROM message_outcomes WHERE created_at < ?", (before,)
             ).rowcount
         return removed
+
+
+def _live(w: MessageWrite) -> bool:
+    return w.earlier is None and w.refused is None

@@ -31,15 +31,24 @@ from ..models import Agent, Attachment, Conversation, Group, Message
 from ..payloads import contact_from_wire
 from ..settings import WebhookSettings
 from ..storage._sql import SQLStore
-from .chat_store import ChatStore, ConversationRecord, MessageRecord, MessageWrite, SQLChatStore
+from .chat_store import (
+    Answer,
+    ChatStore,
+    Conflict,
+    ConversationRecord,
+    IdempotencyMismatch,
+    MessageRecord,
+    MessageWrite,
+    SQLChatStore,
+    fingerprint,
+)
 from .config import RuntimeConfig
 from .inbox import Inbox
-from .reservations import Conflict, Reservations
 from .timestamps import check_created_at
 from .worker_process import WorkerProcess
 from .writes import MessageWrites
 
-__all__ = ["ChatPipeline", "Conflict", "QueuedEvents"]
+__all__ = ["ChatPipeline", "Conflict", "IdempotencyMismatch", "QueuedEvents"]
 
 log = structlog.get_logger("webhook_plugin.runtime")
 
@@ -48,7 +57,8 @@ T = TypeVar("T")
 QueuedEvents = list[dict[str, str]]
 
 
-_encode_outcome = msgspec.json.Encoder().encode
+_encode_answer = msgspec.json.Encoder().encode
+_decode_answer = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class ChatPipeline:
@@ -83,7 +93,8 @@ class ChatPipeline:
         self.worker_process: WorkerProcess | None = None
         #: what messages change, written in shared transactions
         self.writes = MessageWrites(self.store, engine, self.blocking, clock=clock)
-        self.reservations = Reservations(self.store, self.blocking, clock)
+        #: the user messages (by key) this process is working on, for their twins
+        self._working: dict[tuple[str, str], anyio.Event] = {}
         #: the Inbox's stages (an operator's message, the conversation view)
         self.inbox = Inbox(self)
 
@@ -174,9 +185,11 @@ class ChatPipeline:
         )
 
     async def set_ai(self, conversation_id: str, enabled: bool) -> ConversationRecord:
-        record = await self.conversation(conversation_id)
-        record.ai_enabled = enabled
-        await self.blocking(self.store.put_conversation, record)
+        """An operator's switch: it holds whatever messages are in flight (they
+        never write it)."""
+        record = await self.blocking(self.store.set_ai_enabled, conversation_id, enabled)
+        if record is None:
+            raise NotFound(f"conversation {conversation_id!r} does not exist")
         return record
 
     # the stages ------------------------------------------------------------------------------
@@ -211,8 +224,18 @@ class ChatPipeline:
 
         With a ``message_id``, a client retrying a request it got no answer to
         gets the first answer again, with no second reply and no second set of
-        events, even while the first request is still running (the retry waits
-        for it up to a few seconds, then gets a :class:`Conflict`).
+        events; the database decides which request's answer that is:
+
+        - a retry of an answered message gets the stored answer from one read
+          by key, before any hook runs (the model is not asked again);
+        - twins in this process (a retry while the first is at work) wait for
+          the first and get its answer (single-flight);
+        - twins on two processes may both run the hooks; the first to commit
+          stores its answer and events, the other stores nothing (its events
+          are void) and answers what the first stored;
+        - the same ``message_id`` with another request (another agent, channel,
+          text or group) is an :class:`IdempotencyMismatch`, never the first
+          request's answer.
         """
         process = functools.partial(
             self._user_message,
@@ -227,30 +250,41 @@ class ChatPipeline:
             attachments=attachments,
         )
         if message_id is None:
-            return await process()
-        earlier = await self.reservations.take(conversation_id, message_id)
-        if earlier is not None:
-            return earlier
-        failure: Exception | None = None
-        outcome: dict[str, Any] = {}
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.reservations.keep, conversation_id, message_id)
-            try:
-                # the answer is stored with everything else the message changed
-                outcome = await process()
-            except Exception as exc:  # carried out of the task group unwrapped
-                failure = exc
-            finally:
-                tg.cancel_scope.cancel()
-        if failure is not None:
-            with anyio.CancelScope(shield=True):
-                await self.reservations.release(conversation_id, message_id)
-            raise failure
-        return outcome
+            return await process(None)
+        key = (conversation_id, message_id)
+        bound = fingerprint(agent_id, channel, text, group.id if group else None)
+        while True:
+            earlier = await self._answer(key, bound)
+            if earlier is not None:
+                return earlier
+            first = self._working.get(key)
+            if first is None:
+                break
+            await first.wait()  # then its answer, or ours to make if it failed
+        self._working[key] = done = anyio.Event()
+        try:
+            return await process(bound)
+        finally:
+            del self._working[key]
+            done.set()
+
+    async def _answer(self, key: tuple[str, str], bound: str) -> dict[str, Any] | None:
+        """The stored answer of a message, if it was answered (one read by key)."""
+        if getattr(self.store, "reads_inline", False):  # a host's own store may not say
+            stored = self.store.get_answer(*key)
+        else:
+            stored = await self.blocking(self.store.get_answer, *key)
+        if stored is None or not stored[0]:
+            return None
+        body, bound_to = stored
+        if bound_to is not None and bound_to != bound:
+            raise IdempotencyMismatch.of(key[1])
+        return _decode_answer(body)
 
     async def _user_message(
         self,
         agent_id: str,
+        bound: str | None,
         *,
         conversation_id: str,
         channel: str,
@@ -278,8 +312,11 @@ class ChatPipeline:
             raise Conflict(f"conversation {conversation_id!r} belongs to another agent")
         elif record.channel != channel:
             raise Conflict(f"conversation {conversation_id!r} is on channel {record.channel!r}")
-        if contact:
-            record.contact = {**record.contact, **{k: v for k, v in contact.items() if v}}
+        # the contact is merged with the stored one at commit (under its lock);
+        # the hooks see what is known now
+        given = {k: v for k, v in (contact or {}).items() if v}
+        if given:
+            record.contact = {**record.contact, **given}
         record.last_user_message_at = max(record.last_user_message_at or 0.0, created.timestamp())
         conversation = self.model(record)
         message = Message(
@@ -303,17 +340,31 @@ class ChatPipeline:
         reply: dict[str, str] = {}
         with self.engine.collecting() as collected:
             await self._run_user_hooks(agent, conversation, message, group, results, stored, reply)
-        outcome = {
+        answered = {
             "conversationId": conversation.id,
             "messageId": message.id,
             "reply": reply or None,
             "events": await self.settle(results, collected),
         }
-        key = (conversation.id, message_id, _encode_outcome(outcome)) if message_id else None
-        await self.writes.commit(
-            MessageWrite(conversation=record, messages=stored, outcome=key), collected
+        answer = None
+        if message_id is not None and bound is not None:
+            answer = Answer(
+                conversation_id=conversation.id,
+                message_id=message_id,
+                fingerprint=bound,
+                body=_encode_answer(answered),
+            )
+        write = MessageWrite(
+            conversation=msgspec.structs.replace(record, contact=given),
+            messages=stored,
+            answer=answer,
         )
-        return outcome
+        await self.writes.commit(write, collected)
+        if write.refused is not None:
+            raise write.refused
+        if write.earlier is not None:  # another request was answered first: its answer
+            return _decode_answer(write.earlier)
+        return answered
 
     async def _run_user_hooks(
         self,

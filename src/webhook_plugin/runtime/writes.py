@@ -23,11 +23,19 @@ from ..delivery.outbox import Batcher, Collected
 from ..exceptions import WebhookPluginError
 from .chat_store import ChatStore, MessageWrite
 
-__all__ = ["MessageWrites"]
+__all__ = ["MessageWrites", "Superseded"]
 
 log = structlog.get_logger("webhook_plugin.runtime")
 
 T = TypeVar("T")
+
+
+class Superseded(WebhookPluginError):
+    """Why the events of a message are not queued: a request with the same
+    ``messageId`` was answered first, and its events stand."""
+
+    def __init__(self) -> None:
+        super().__init__("another request with the same messageId was answered first")
 
 
 class MessageWrites:
@@ -55,7 +63,11 @@ class MessageWrites:
 
     async def commit(self, write: MessageWrite, collected: Collected) -> None:
         """Store ``write`` and the events ``collected`` with it, in one transaction
-        shared with the other messages being committed; return once it is durable."""
+        shared with the other messages being committed; return once it is durable.
+
+        What the database decided is on ``write`` (see
+        :meth:`~.chat_store.ChatStore.write_messages`): when it says ``earlier``
+        or ``refused``, nothing of it was stored and its events are void."""
         write.deliveries = collected.items
         try:
             if self._running:
@@ -65,7 +77,12 @@ class MessageWrites:
         except BaseException as exc:
             self._engine.written(collected, exc)
             raise
-        self._engine.written(collected)
+        if write.refused is not None:
+            self._engine.written(collected, write.refused)
+        elif write.earlier is not None:
+            self._engine.written(collected, Superseded())
+        else:
+            self._engine.written(collected)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -89,9 +106,9 @@ class MessageWrites:
             try:
                 await self._blocking(
                     functools.partial(
-                        self._store.purge_outcomes, before=self._clock() - config.retention
+                        self._store.purge_answers, before=self._clock() - config.retention
                     )
                 )
             except WebhookPluginError as exc:  # the next round tries again
-                log.warning("outcomes.purge_failed", error=str(exc))
+                log.warning("answers.purge_failed", error=str(exc))
             await anyio.sleep(config.purge_interval)

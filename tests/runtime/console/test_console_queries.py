@@ -50,7 +50,7 @@ def test_agents_and_conversations_newest_first(make_store: Callable[[], Store]) 
                 MessageWrite(conversation=_conversation("c2", "a2"), messages=[_message("c2", "m2", "two" * 100)]),
             ]
         )  # fmt: skip
-        store.add_messages([_message("c1", "m3", "latest")])
+        store.write_messages([MessageWrite(messages=[_message("c1", "m3", "latest")])])
         listed = store.list_conversations()
         assert [(c.id, m and m.text) for c, m in listed] == [
             ("c1", "latest"),
@@ -114,7 +114,7 @@ def test_a_lookup_by_key_sees_each_commit_and_waits_for_no_long_read(
     try:
         assert store.get_conversation("c1") is None
         store.put_agent("a1", name=None, organization_id=None, ai_enabled=True)
-        store.put_conversation(_conversation("c1"))
+        store.write_messages([MessageWrite(conversation=_conversation("c1"))])
         found = store.get_conversation("c1")
         assert found is not None and found.contact == {"name": "c1"}
         holding, release = threading.Event(), threading.Event()
@@ -127,7 +127,7 @@ def test_a_lookup_by_key_sees_each_commit_and_waits_for_no_long_read(
         reader.start()
         try:
             assert holding.wait(5)
-            store.put_conversation(_conversation("c2"))
+            store.write_messages([MessageWrite(conversation=_conversation("c2"))])
             found: list[ConversationRecord | None] = []
             lookup = threading.Thread(target=lambda: found.append(store.get_conversation("c2")))
             lookup.start()
