@@ -8,7 +8,8 @@ message costs moves far less. Two paths, each driven in this process:
 - ``route``: the runtime app (`create_app`, no delivery workers, SQLite in a
   temp dir) called through ASGI with 32 messages in flight: the route, its
   middlewares, the hooks, the payload and the group commit, without an HTTP
-  server.
+  server; with the message chat clients send (`_deployments.message`: a
+  `messageId` and a contact) and with the bare body.
 - ``engine (asyncio|trio)``: the hook, the outbox, the dispatcher and the
   client, to the loopback receiver of `_common.py`.
 
@@ -31,6 +32,7 @@ import anyio
 import anyio.lowlevel
 
 from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset
+from _deployments import message
 from _harness import emit, environment, parser
 from bench_delivery import _engine, _wait_for
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings
@@ -40,7 +42,7 @@ from webhook_plugin.runtime.app import create_app
 TOKEN = "bench-token-0123456789abcdef"
 
 
-def route(n: int, tmp: Path) -> tuple[float, float]:
+def route(n: int, tmp: Path, kind: str = "contract") -> tuple[float, float]:
     config = tmp / f"route-{time.monotonic_ns()}.toml"
     config.write_text(
         f"""
@@ -59,10 +61,8 @@ url = "http://127.0.0.1:9/hook"
     app = create_app(load_config(str(config)), workers=False)
     headers = [(b"authorization", f"Bearer {TOKEN}".encode())]
     state: dict[str, Any] = {}
-    text = "Olá, where is my order? " + "x" * 200
 
-    async def call(i: int) -> None:
-        body = f'{{"conversationId":"c_{i}","channel":"website","text":"{text}"}}'.encode()
+    async def call(body: bytes) -> None:
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -95,12 +95,12 @@ url = "http://127.0.0.1:9/hook"
         if statuses != [200]:
             raise RuntimeError(f"the route answered {statuses}")
 
-    async def many(count: int, offset: int) -> None:
-        numbers = iter(range(offset, offset + count))
+    async def many(bodies: list[bytes]) -> None:
+        numbers = iter(bodies)
 
         async def worker() -> None:
-            for i in numbers:
-                await call(i)
+            for body in numbers:
+                await call(body)
 
         await asyncio.gather(*(worker() for _ in range(32)))
 
@@ -123,9 +123,10 @@ url = "http://127.0.0.1:9/hook"
             await asyncio.sleep(0.01)
         if sent[0]["type"] != "lifespan.startup.complete":
             raise RuntimeError(f"the app did not start: {sent[0]}")
-        await many(300, 10**7)  # warm up
+        await many([message("warm", i, kind) for i in range(300)])
+        bodies = [message("timed", i, kind) for i in range(n)]  # made before the clock starts
         t0, p0 = time.thread_time(), time.process_time()
-        await many(n, 0)
+        await many(bodies)
         result = 1e6 * (time.thread_time() - t0) / n, 1e6 * (time.process_time() - p0) / n
         await lifespan.put({"type": "lifespan.shutdown"})
         await task
@@ -166,7 +167,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t, receiver() as url:
         tmp = Path(t)
         paths = {
-            "route (ASGI, no HTTP server, no delivery)": lambda: route(n, tmp),
+            "route, contract body (ASGI, no HTTP server, no delivery)": lambda: route(n, tmp),
+            "route, bare body": lambda: route(n, tmp, "bare"),
             "engine, hook to receiver (asyncio)": lambda: engine(url, 2 * n, "asyncio", tmp),
             "engine, hook to receiver (trio)": lambda: engine(url, 2 * n, "trio", tmp),
         }
