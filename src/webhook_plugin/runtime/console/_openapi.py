@@ -76,7 +76,9 @@ def _op(
             400: "invalid input (the message says which field)",
             401: "missing or wrong API token",
             404: "unknown agent, conversation or delivery",
-            409: "contradicts what is stored",
+            409: "contradicts what is stored: code conflict (another agent's conversation,"
+            " another channel) or idempotency_mismatch (a messageId already answered for"
+            " another agent, channel, text or group)",
             413: "body over 1 MiB or text over 64 KiB",
             503: "the database is unavailable",
         }[status]
@@ -124,7 +126,10 @@ def _paths() -> dict[str, Any]:
                 body="UserMessageIn",
                 errors=(400, 409, 413),
                 description="Answers once the events it queued are durably stored. The same"
-                " messageId posted again gets the same answer, with no new events.",
+                " messageId posted again with the same agent, channel, text and group gets the"
+                " same answer, with no new events, whichever server it reaches (the first"
+                " commit of the key decides); with another request it is a 409"
+                " idempotency_mismatch.",
             )
         },
         "/v1/conversations/{conversationId}": {
