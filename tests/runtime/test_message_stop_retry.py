@@ -66,6 +66,7 @@ def test_a_server_stopped_mid_message_and_a_retry_elsewhere_give_one_answer_and_
     )
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     answers: dict[str, list[dict]] = collections.defaultdict(list)
+    retried: list[int] = []
     lock = threading.Lock()
     with Receiver() as rx:
         path = config(tmp_path, database, rx.url)
@@ -92,6 +93,7 @@ def test_a_server_stopped_mid_message_and_a_retry_elsewhere_give_one_answer_and_
                         timeout=1.5,
                     )
                 except httpx.TimeoutException:
+                    retried.append(i)
                     r = httpx.post(
                         f"{second.url}/v1/agents/support/messages",
                         json=body(i),
@@ -139,11 +141,9 @@ def test_a_server_stopped_mid_message_and_a_retry_elsewhere_give_one_answer_and_
 
                 drop_schema(POSTGRES_URL, schema)
     assert "Traceback" not in logs, logs[-3000:]
-    retried = 0
+    assert retried, "no message was retried on the second server: the test proved nothing"
     for message_id, given in answers.items():
         assert all(a == given[0] for a in given), (message_id, given)
-        retried += len(given) > 3
-    assert retried, "no message was retried on the second server: the test proved nothing"
     webhooks: dict[str, set[str]] = collections.defaultdict(set)
     for r in rx.requests:
         webhooks[json.loads(r.body)["userMessageId"]].add(r.headers["webhook-id"])
