@@ -37,7 +37,7 @@ def console_config(tmp: Path, *, token: str | None = TOKEN) -> RuntimeConfig:
 
 @asynccontextmanager
 async def running_console(
-    tmp: Path, *, token: str | None = TOKEN, base_url: str = "http://console.test"
+    tmp: Path, *, token: str | None = TOKEN, base_url: str = "http://localhost"
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real runtime app in-process, its engine running; the client keeps cookies."""
     app: Any = create_app(console_config(tmp, token=token))

@@ -212,7 +212,10 @@ async def test_api_answers_400_naming_the_field_without_the_value(tmp_path: Path
     app = create_app(config, workers=False)
     assert isinstance(app, WebhookMiddleware)
     transport = httpx.ASGITransport(app=app)
-    async with app.running(), httpx.AsyncClient(transport=transport, base_url="http://app") as api:
+    async with (
+        app.running(),
+        httpx.AsyncClient(transport=transport, base_url="http://localhost") as api,
+    ):
         r = await api.put(
             "/v1/agents/support/webhook",
             json={"url": "https://hooks.example.com/chat", "header": "X-Api-Key: ключ"},

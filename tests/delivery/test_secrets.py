@@ -105,7 +105,7 @@ async def api(tmp_path):  # type: ignore[no-untyped-def]
     app = create_app(cfg)
     async with app.running() as pipeline:  # type: ignore[attr-defined]
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client, pipeline
 
 

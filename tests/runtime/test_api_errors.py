@@ -135,14 +135,19 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(
     status: int,
     code: str,
 ) -> None:
-    r = api.request(method, path, content=body)
+    json_body = {"content-type": "application/json"} if body is not None else {}
+    r = api.request(method, path, content=body, headers=json_body)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["code"] == code and error["message"]
 
 
 def test_oversized_bodies_and_texts_are_413(api: httpx.Client) -> None:
-    r = api.post("/v1/agents/support/messages", content=b"x" * (1024 * 1024 + 1))
+    r = api.post(
+        "/v1/agents/support/messages",
+        content=b"x" * (1024 * 1024 + 1),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     big = {"conversationId": "big", "channel": "api", "text": "é" * 40_000}
     r = api.post("/v1/agents/support/messages", json=big)

@@ -53,7 +53,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app: Any = create_app(_config(tmp_path))
     async with app.running():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             # a webhook URL nobody answers, so that a delivery row exists
             r = await c.put(f"/v1/agents/{AGENT}/webhook", json={"url": "http://127.0.0.1:9/h"})
             assert r.status_code == 200, r.text

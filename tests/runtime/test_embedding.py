@@ -77,7 +77,7 @@ async def test_example_app_sends_signed_webhooks(
     app = load_example(example, tmp_path, monkeypatch, receiver)
     async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             r = await client.post("/chat", json={"chat": "c-1", "text": "hello"})
             assert r.status_code == 200, r.text
             [event] = r.json()["events"]

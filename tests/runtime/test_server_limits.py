@@ -134,7 +134,7 @@ def test_idle_connection_is_closed_after_the_head_timeout(server: Serve) -> None
 def test_half_sent_head_is_answered_408_and_closed(server: Serve) -> None:
     with server.connect() as s:
         start = time.monotonic()
-        s.sendall(b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: x\r\nContent-Le")
+        s.sendall(b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
         data, closed = read_until_closed(s)
     assert HEAD_TIMEOUT * 0.9 <= closed - start <= HEAD_TIMEOUT + MARGIN
     head, _, body = data.partition(b"\r\n\r\n")
@@ -145,7 +145,7 @@ def test_half_sent_head_is_answered_408_and_closed(server: Serve) -> None:
 
 def test_a_trickling_head_is_cut_off_at_the_deadline(server: Serve) -> None:
     """A byte now and then does not reset the clock (slowloris)."""
-    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
     with server.connect() as s:
         start = time.monotonic()
         sel = selectors.DefaultSelector()
@@ -164,7 +164,7 @@ def test_a_head_in_pieces_within_the_timeout_is_served(server: Serve) -> None:
     with server.connect() as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\n")
         time.sleep(HEAD_TIMEOUT / 3)
-        s.sendall(b"Host: x\r\n")
+        s.sendall(b"Host: 127.0.0.1\r\n")
         time.sleep(HEAD_TIMEOUT / 3)
         s.sendall(b"\r\n")
         status, _, body = read_response(s)
@@ -174,7 +174,7 @@ def test_a_head_in_pieces_within_the_timeout_is_served(server: Serve) -> None:
 def test_an_oversized_head_is_refused_with_431(server: Serve) -> None:
     with server.connect() as s:
         try:
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000)
         except (BrokenPipeError, ConnectionResetError):
             pass  # refused while we were still writing
         data, _ = read_until_closed(s)
@@ -189,7 +189,7 @@ def test_a_body_slower_than_the_body_timeout_gets_408(server: Serve) -> None:
     with server.connect() as s:
         start = time.monotonic()
         s.sendall(
-            b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         )
         sel = selectors.DefaultSelector()
@@ -213,7 +213,7 @@ def test_a_body_trickling_on_after_an_early_answer_is_cut_off(server: Serve) -> 
     in time, however often a byte arrives."""
     with server.connect() as s:
         s.sendall(
-            b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+            b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
         )
         status, _, _ = read_response(s)
         assert status == 401
@@ -231,9 +231,10 @@ def test_a_body_trickling_on_after_an_early_answer_is_cut_off(server: Serve) -> 
 
 def test_a_large_body_refused_early_leaves_the_connection_usable(server: Serve) -> None:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as api:
-        r = api.post("/v1/agents/x/messages", content=b"x" * (1024 * 1024 + 1))
+        json_body = {"content-type": "application/json"}
+        r = api.post("/v1/agents/x/messages", content=b"x" * (1024 * 1024 + 1), headers=json_body)
         assert r.status_code == 413
-        r = api.post("/v1/agents/x/messages", content=b"x" * (200 * 1024))
+        r = api.post("/v1/agents/x/messages", content=b"x" * (200 * 1024), headers=json_body)
         assert r.status_code == 400  # not JSON: the app, not the server, answers
 
 
@@ -241,7 +242,7 @@ def test_a_body_in_time_is_served(server: Serve) -> None:
     body = json.dumps({"conversationId": "c_ok", "channel": "website", "text": "hi"}).encode()
     with server.connect() as s:
         s.sendall(
-            b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
@@ -258,7 +259,7 @@ def test_a_body_in_time_is_served(server: Serve) -> None:
 def test_an_idle_kept_alive_connection_is_closed(server: Serve) -> None:
     with server.connect() as s:
         for _ in range(2):  # kept alive between requests
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             status, headers, _ = read_response(s)
             assert status == 200 and headers.get("connection") != "close"
         idle_since = time.monotonic()
@@ -276,7 +277,7 @@ def test_at_the_cap_a_new_client_takes_the_place_of_the_longest_idle(server: Ser
     try:
         time.sleep(0.2)
         with server.connect() as s:  # the 21st, a real client
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             status, _, _ = read_response(s)
         assert status == 200
         idle[0].settimeout(HEAD_TIMEOUT / 2)  # closed for room, before its head timeout
@@ -293,7 +294,7 @@ def test_over_the_cap_of_served_connections_new_ones_get_503(server: Serve) -> N
     kept = [server.connect() for _ in range(20)]
     try:
         for s in kept:
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         for s in kept:
             assert read_response(s)[0] == 200
         refused = [server.connect() for _ in range(5)]
@@ -404,7 +405,7 @@ def test_a_flood_of_idle_and_half_sent_connections(tmp_path: Path) -> None:
             opened_at[s] = time.monotonic()
             if i % 2:
                 try:
-                    s.sendall(b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: x\r\nAuthori")
+                    s.sendall(b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthori")
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # closed for room already
             s.setblocking(False)
@@ -572,8 +573,8 @@ def test_a_pipelined_requests_body_is_timed_from_when_it_is_served() -> None:
             time.sleep(0.05)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(
-                b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
-                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345"
+                b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n12345"
             )
             time.sleep(0.3)
             s.sendall(b"67890")

@@ -63,6 +63,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         structlog.get_logger("webhook_plugin.cli").warning(
             "serve.weak_api_token", hint="use 16 or more random characters"
         )
+    if not _is_loopback(args.host) and not config.runtime.allowed_hosts:
+        structlog.get_logger("webhook_plugin.cli").warning(
+            "serve.no_allowed_hosts",
+            hint="only loopback Host names are answered (400 for the others): list the names"
+            " browsers and clients use to reach this server in [runtime] allowed_hosts",
+        )
     if args.no_workers and config.runtime.database.startswith("sqlite"):
         structlog.get_logger("webhook_plugin.cli").warning(
             "serve.no_workers_on_sqlite",

@@ -10,7 +10,7 @@ from .config import RuntimeConfig
 from .console import Console
 from .middleware import WebhookMiddleware
 from .routes import routes
-from .security import BodyLimitMiddleware, TokenAuthMiddleware
+from .security import BodyLimitMiddleware, BrowserGuard, TokenAuthMiddleware
 from .worker_process import WorkerProcess
 
 __all__ = ["create_app"]
@@ -27,9 +27,10 @@ def create_app(
     """Build the runtime's ASGI app.
 
     The layers, outermost first: the webhook middleware (owns the plugins and
-    the delivery engine), the web console (answers its own pages, with its own
-    sign-in, and passes every other path on), the API token check (when
-    ``api_token`` is set), the 1 MiB body limit, then Starlette's routes.
+    the delivery engine), what a browser may reach (``Host``, ``Origin``, JSON
+    bodies), the web console (answers its own pages, with its own sign-in, and
+    passes every other path on), the API token check (when ``api_token`` is
+    set), the 1 MiB body limit, then Starlette's routes.
 
     :param workers: ``False`` serves the API without delivery workers
         (``webhook-plugin serve --no-workers``).
@@ -42,4 +43,5 @@ def create_app(
     if config.runtime.api_token:
         app = TokenAuthMiddleware(app, config.runtime.api_token)
     app = Console(app, config.runtime.api_token)
+    app = BrowserGuard(app, config.runtime.allowed_hosts)
     return WebhookMiddleware(app, config, workers=workers, worker_process=worker_process)

@@ -23,11 +23,22 @@ from ..settings import SettingsInput, WebhookSettings
 __all__ = ["AgentConfig", "RuntimeConfig", "config_from_text", "load_config", "read_config"]
 
 
+#: a host name a browser may use to reach serve: a name, ``*.`` and a domain,
+#: an IPv4 address or a bracketed IPv6 one; no scheme, port or path
+_HOST_PATTERN = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]{2,45}\]$"
+AllowedHost = Annotated[str, Meta(pattern=_HOST_PATTERN)]
+
+
 class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     plugins: list[str] = msgspec.field(default_factory=lambda: ["webhook_plugin"])
     database: str = "sqlite:///webhook-plugin.db"
     api_token: Annotated[str, Meta(min_length=1)] | None = None
     load_entry_points: bool = True
+    #: ``Host`` names served besides the loopback ones (``CONTRACT.md`` section 4):
+    #: the names browsers use to reach this server
+    allowed_hosts: Annotated[list[AllowedHost], Meta(max_length=100)] = msgspec.field(
+        default_factory=list
+    )
 
 
 #: the old name of the ``[webhook]`` table's type, kept for callers that build one

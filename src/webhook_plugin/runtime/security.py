@@ -1,15 +1,32 @@
-"""Pure ASGI middleware that guards the HTTP API: a bearer token, body limits and
-a time limit on reading the body."""
+"""Pure ASGI middleware that guards the HTTP API: what a browser may reach, a
+bearer token, body limits and a time limit on reading the body."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
+from typing import Final
+from urllib.parse import urlsplit
 
 import anyio
 import msgspec
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimitMiddleware", "BodyTimeoutMiddleware", "TokenAuthMiddleware", "error_response"]
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "BodyLimitMiddleware",
+    "BodyTimeoutMiddleware",
+    "BrowserGuard",
+    "TokenAuthMiddleware",
+    "error_response",
+]
+
+#: the ``Host`` names every server answers: loopback names and addresses
+#: (``*.localhost`` resolves to loopback in every current browser, RFC 6761)
+LOOPBACK_HOSTS: Final = ("localhost", "*.localhost", "127.0.0.1", "[::1]")
+_STATE_CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 _encode = msgspec.json.Encoder().encode
 
@@ -34,6 +51,90 @@ async def error_response(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class BrowserGuard:
+    """What a browser may reach, token or not (pure ASGI, ``CONTRACT.md`` section 4).
+
+    - ``Host`` must be a loopback name or address or one of ``allowed_hosts``,
+      else ``400`` from Starlette's ``TrustedHostMiddleware``: a page on
+      ``evil.example`` whose name was rebound to 127.0.0.1 sends ``Host:
+      evil.example``, and is answered nothing.
+    - A state-changing request (``POST``, ``PUT``, ``PATCH``, ``DELETE``) whose
+      ``Origin`` is another origin (another host, or the same host on another
+      port), or whose ``Sec-Fetch-Site`` is ``cross-site``, is ``403``: a page
+      on another site cannot drive the API or the console through the visitor's
+      browser, with or without ``mode: "no-cors"``.
+    - A ``/v1`` request body must be ``application/json`` (``415``): a browser
+      must then ask first (a CORS preflight), which we never allow. Clients that
+      are not browsers send no ``Origin`` and are not concerned.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str] = ()) -> None:
+        self.app = app
+        self._hosts = TrustedHostMiddleware(
+            self._same_origin, allowed_hosts=[*LOOPBACK_HOSTS, *allowed_hosts], www_redirect=False
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._hosts(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _same_origin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] in _STATE_CHANGING:
+            origin = site = ctype = host = None
+            body = False
+            for name, value in scope["headers"]:
+                if name == b"origin":
+                    origin = value.decode("latin-1")
+                elif name == b"sec-fetch-site":
+                    site = value
+                elif name == b"content-type":
+                    ctype = value
+                elif name == b"host":
+                    host = value.decode("latin-1")
+                elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+                    body = True
+            if site == b"cross-site" or (origin is not None and not _same(origin, host, scope)):
+                await error_response(
+                    send,
+                    403,
+                    "cross_origin",
+                    "a request that changes something must come from this server's own"
+                    " pages or from a client that is not a browser",
+                )
+                return
+            if body and scope["path"].startswith("/v1") and not _json(ctype):
+                await error_response(
+                    send,
+                    415,
+                    "unsupported_media_type",
+                    "a /v1 request body must be sent with 'Content-Type: application/json'",
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+def _json(ctype: bytes | None) -> bool:
+    return ctype is not None and ctype.partition(b";")[0].strip().lower() == b"application/json"
+
+
+def _same(origin: str, host: str | None, scope: Scope) -> bool:
+    """Whether ``origin`` (an ``Origin`` header) is the origin the request was
+    sent to (its ``Host``): the same host name, and the same port when both say
+    one (behind a TLS proxy the scheme seen here may differ from the browser's)."""
+    try:
+        given, sent_to = urlsplit(origin), urlsplit(f"//{host}")
+        port, expected = given.port, sent_to.port
+    except ValueError:
+        return False
+    if given.scheme not in _DEFAULT_PORTS or not given.hostname or not sent_to.hostname:
+        return False  # "null" (a sandboxed page, a file), or nonsense
+    if given.hostname != sent_to.hostname:  # (both lowercased by urlsplit)
+        return False
+    return expected is None or (port or _DEFAULT_PORTS[given.scheme]) == expected
 
 
 class TokenAuthMiddleware:

@@ -92,7 +92,7 @@ async def test_every_page_needs_a_session_and_the_api_token_signs_in(tmp_path: P
 
 
 async def test_the_session_cookie_is_secure_over_tls(tmp_path: Path) -> None:
-    async with running_console(tmp_path, base_url="https://console.test") as client:
+    async with running_console(tmp_path, base_url="https://localhost") as client:
         cookie = _cookie_header(await sign_in(client))
         assert "secure" in {f.strip().lower() for f in cookie.split(";")}
 

@@ -1,0 +1,175 @@
+"""What a browser can reach (``CONTRACT.md`` section 4): a ``Host`` allow-list
+against DNS rebinding, no state change from another origin, JSON bodies only on
+``/v1``. In-process, on the real app; the browser itself is in
+``console/test_console_browser.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from console_client import BEARER, console_config
+from webhook_plugin.exceptions import ConfigError
+from webhook_plugin.runtime.app import create_app
+from webhook_plugin.runtime.config import parse_config
+
+pytestmark = pytest.mark.anyio
+
+MESSAGE = {"conversationId": "c1", "channel": "web", "text": "hi"}
+
+
+async def app_for(tmp: Path, *, token: str | None = None, hosts: tuple[str, ...] = ()) -> Any:
+    config = console_config(tmp, token=token)
+    runtime = msgspec.structs.replace(config.runtime, allowed_hosts=list(hosts))
+    return create_app(msgspec.structs.replace(config, runtime=runtime))
+
+
+def client(app: Any, base_url: str = "http://127.0.0.1:8000") -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+
+
+@pytest.mark.parametrize("token", [None, "front-door-token-0123456789"])
+async def test_a_rebound_host_is_answered_nothing(tmp_path: Path, token: str | None) -> None:
+    app = await app_for(tmp_path, token=token)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with app.running(), client(app) as c:
+        for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", ""):
+            for path in ("/v1/inbox/conversations/c1", "/agents", "/healthz", "/"):
+                r = await c.get(path, headers={**headers, "Host": host})
+                assert r.status_code == 400, (host, path, r.text)
+                assert "c1" not in r.text
+        for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "app.localhost"):
+            r = await c.get("/healthz", headers={"Host": host})
+            assert r.status_code == 200, (host, r.text)
+
+
+async def test_allowed_hosts_are_served_too(tmp_path: Path) -> None:
+    app = await app_for(tmp_path, hosts=("chat.example.com", "*.example.org"))
+    async with app.running(), client(app) as c:
+        for host, status in (
+            ("chat.example.com", 200),
+            ("CHAT.example.com:443", 200),
+            ("eu.example.org", 200),
+            ("example.com", 400),
+            ("chat.example.com.evil", 400),
+        ):
+            r = await c.get("/healthz", headers={"Host": host})
+            assert r.status_code == status, host
+
+
+@pytest.mark.parametrize("token", [None, "front-door-token-0123456789"])
+async def test_a_state_change_from_another_origin_is_403_token_or_not(
+    tmp_path: Path, token: str | None
+) -> None:
+    app = await app_for(tmp_path, token=token)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    async with app.running(), client(app) as c:
+        for foreign in (
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Origin": "http://127.0.0.1:3000"},  # another local server's page
+            {"Origin": "http://localhost:8000"},  # another name is another origin
+            {"Sec-Fetch-Site": "cross-site"},
+        ):
+            r = await c.post("/v1/agents/bot/messages", json=MESSAGE, headers={**auth, **foreign})
+            assert r.status_code == 403, (foreign, r.text)
+            assert r.json()["error"]["code"] == "cross_origin"
+            r = await c.post("/v1/agents/bot/webhook/rotate-secret", headers={**auth, **foreign})
+            assert r.status_code == 403, foreign
+            r = await c.post("/login", data={"token": "x"}, headers=foreign)
+            assert r.status_code == 403, foreign
+        r = await c.get("/v1/inbox/conversations/c1", headers={**auth, "Origin": "http://x.y"})
+        assert r.status_code == 404  # reading is the Host check's and the token's to refuse
+        same = {"Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "same-origin"}
+        r = await c.post("/v1/agents/bot/messages", json=MESSAGE, headers={**auth, **same})
+        assert r.status_code == 200, r.text
+        r = await c.post("/v1/agents/bot/messages", json={**MESSAGE, "text": "two"}, headers=auth)
+        assert r.status_code == 200, r.text  # no Origin: not a browser
+
+
+@pytest.mark.parametrize(
+    "ctype", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+async def test_a_v1_body_that_is_not_json_is_415(tmp_path: Path, ctype: str | None) -> None:
+    app = await app_for(tmp_path)
+    async with app.running(), client(app) as c:
+        headers = {"Content-Type": ctype} if ctype else {}
+        r = await c.post(
+            "/v1/agents/bot/messages", content=msgspec.json.encode(MESSAGE), headers=headers
+        )
+        assert r.status_code == 415, r.text
+        assert r.json()["error"]["code"] == "unsupported_media_type"
+        r = await c.post(
+            "/v1/agents/bot/messages",
+            content=msgspec.json.encode(MESSAGE),
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        assert r.status_code == 200, r.text
+        assert (await c.get("/v1/inbox/conversations/c1")).json()["messages"][0]["text"] == "hi"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(origin=st.text(max_size=80), host=st.text(max_size=40))
+def test_any_origin_and_host_get_an_answer_never_an_error(origin: str, host: str) -> None:
+    import anyio
+
+    from webhook_plugin.runtime.security import BrowserGuard
+
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> int:
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/x",
+            "scheme": "http",
+            "headers": [
+                (b"host", host.encode("utf-8", "surrogateescape")),
+                (b"origin", origin.encode("utf-8", "surrogateescape")),
+            ],
+        }
+        await BrowserGuard(app)(scope, receive, send)
+        return int(sent[0]["status"])
+
+    status = anyio.run(main)
+    assert status in (204, 400, 403)
+    if status == 204:  # only a loopback Host, and that very origin
+        name = urlsplit(origin).hostname or ""
+        assert name in ("localhost", "127.0.0.1", "::1") or name.endswith(".localhost")
+
+
+@pytest.mark.parametrize(
+    "hosts", [["http://chat.example.com"], ["chat.example.com:8000"], ["a*.example.com"], [""]]
+)
+def test_allowed_hosts_are_host_names_only(hosts: list[str]) -> None:
+    with pytest.raises(ConfigError, match="allowed_hosts"):
+        parse_config({"runtime": {"allowed_hosts": hosts}})
+
+
+async def test_the_api_token_is_still_asked(tmp_path: Path) -> None:
+    app = create_app(console_config(tmp_path))
+    async with app.running(), client(app) as c:  # type: ignore[attr-defined]
+        r = await c.post("/v1/agents/bot/messages", json=MESSAGE)
+        assert r.status_code == 401
+        r = await c.post("/v1/agents/bot/messages", json=MESSAGE, headers=BEARER)
+        assert r.status_code == 200
