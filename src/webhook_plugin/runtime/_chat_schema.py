@@ -14,6 +14,18 @@ _ANSWERS_V2 = """
     DELETE FROM message_outcomes WHERE outcome = '';
 """
 
+#: version 3: the console's session signing key, random, shared by every serve
+#: on the database, with a slow-KDF check of the API token it was made under
+#: (a server with another token makes a new key: every session ends)
+_CONSOLE_KEY_V3 = """
+    CREATE TABLE IF NOT EXISTS console_keys (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        signing_key BLOB NOT NULL,
+        salt BLOB NOT NULL,
+        token_check BLOB NOT NULL
+    );
+"""
+
 #: the chat tables, per SQL dialect (IF NOT EXISTS: databases made before the
 #: stores were split already hold them)
 MIGRATIONS: dict[str, list[str]] = {
@@ -56,6 +68,7 @@ MIGRATIONS: dict[str, list[str]] = {
     CREATE INDEX IF NOT EXISTS message_outcomes_created ON message_outcomes (created_at);
     """,
         _ANSWERS_V2.replace("''", "X''"),
+        _CONSOLE_KEY_V3,
     ],
     "postgresql": [
         """
@@ -96,5 +109,6 @@ MIGRATIONS: dict[str, list[str]] = {
     CREATE INDEX IF NOT EXISTS message_outcomes_created ON message_outcomes (created_at);
     """,
         _ANSWERS_V2.replace("''", "''::bytea"),
+        _CONSOLE_KEY_V3.replace("BLOB", "BYTEA"),
     ],
 }

@@ -15,6 +15,8 @@ pipeline calls them in worker threads.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -162,6 +164,12 @@ class ChatStore(Protocol):
         ...
 
     def purge_answers(self, *, before: float) -> int: ...
+    def session_key(self, api_token: str | None) -> bytes:
+        """The console's session signing key: the stored one if it was made under
+        ``api_token``, else a new random one (stored, so that every server on
+        the database shares it; a changed token ends every session)."""
+        ...
+
     def write_messages(self, writes: Sequence[MessageWrite]) -> None:
         """Store what chat messages changed, each whole or not at all, in one
         transaction, and say on each write what the database decided."""
@@ -379,6 +387,41 @@ class SQLChatStore:
         ).fetchone()
         return None if row is None else _conversation(row)
 
+    def session_key(self, api_token: str | None) -> bytes:
+        # The database decides: a key is created once (DO NOTHING) and replaced
+        # only over the check it was read with (compare-and-set), so servers
+        # starting together end up with the one key that was stored.
+        with self._db.transaction() as conn:
+            row = self._db.execute(
+                conn,
+                "SELECT signing_key, salt, token_check FROM console_keys WHERE id = 1"
+                + self._db.lock_row,
+            ).fetchone()
+            if row is not None and hmac.compare_digest(
+                _token_check(api_token, bytes(row[1])), bytes(row[2])
+            ):
+                return bytes(row[0])
+            key, salt = secrets.token_bytes(32), secrets.token_bytes(16)
+            made = (key, salt, _token_check(api_token, salt))
+            if row is None:
+                self._db.execute(
+                    conn,
+                    "INSERT INTO console_keys (id, signing_key, salt, token_check)"
+                    " VALUES (1, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    made,
+                )
+            else:
+                self._db.execute(
+                    conn,
+                    "UPDATE console_keys SET signing_key = ?, salt = ?, token_check = ?"
+                    " WHERE id = 1 AND token_check = ?",
+                    (*made, bytes(row[2])),
+                )
+            stored = self._db.execute(
+                conn, "SELECT signing_key FROM console_keys WHERE id = 1"
+            ).fetchone()
+        return bytes(stored[0])
+
     def get_answer(self, conversation_id: str, message_id: str) -> tuple[bytes, str | None] | None:
         row = self._db.point_read(
             lambda c: self._db.execute(
@@ -534,6 +577,12 @@ class SQLChatStore:
                 conn, "DELETE FROM message_outcomes WHERE created_at < ?", (before,)
             ).rowcount
         return removed
+
+
+def _token_check(api_token: str | None, salt: bytes) -> bytes:
+    """A slow KDF of the token (scrypt, ~50 ms): the stored check tells nothing
+    about the token that a guesser could test quickly."""
+    return hashlib.scrypt((api_token or "").encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
 
 
 def _live(w: MessageWrite) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -93,6 +94,9 @@ class ChatPipeline:
         self.worker_process: WorkerProcess | None = None
         #: what messages change, written in shared transactions
         self.writes = MessageWrites(self.store, engine, self.blocking, clock=clock)
+        #: what signs the console's sessions (the store's, once :meth:`open_store`
+        #: and the runtime have read it; random until then)
+        self.session_key = secrets.token_bytes(32)
         #: the user messages (by key) this process is working on, for their twins
         self._working: dict[tuple[str, str], anyio.Event] = {}
         #: the Inbox's stages (an operator's message, the conversation view)

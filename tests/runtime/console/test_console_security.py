@@ -278,3 +278,68 @@ def test_the_console_owns_only_its_paths() -> None:
     assert owns("/openapi.json") and owns("/static/console.css") and owns("/login")
     for path in ("/v1/agents/x/webhook", "/metrics", "/healthz", "/agentsx", "/inboxes"):
         assert not owns(path), path
+
+
+async def test_the_session_cookie_tells_nothing_about_the_token(tmp_path: Path) -> None:
+    """An anonymous cookie was once signed with HMAC(token, a constant): a guesser
+    could test tokens offline. Now it is signed with a random key."""
+    import hashlib
+    import hmac
+
+    async with running_console(tmp_path) as client:
+        await client.get("/login")  # no credentials: a session with a CSRF token
+        cookie = client.cookies[COOKIE_NAME]
+    payload, _, signature = cookie.partition(".")
+    derived = hmac.new(TOKEN.encode(), b"webhook-plugin console session v1", hashlib.sha256)
+    guess = hmac.new(derived.digest(), payload.encode(), hashlib.sha256).digest()
+    assert base64.urlsafe_b64encode(guess).decode().rstrip("=") != signature
+
+
+async def test_sessions_are_shared_by_servers_on_one_database_and_end_with_the_token(
+    tmp_path: Path,
+) -> None:
+    async with running_console(tmp_path) as first:
+        await sign_in(first)
+        cookie = first.cookies[COOKIE_NAME]
+    async with running_console(tmp_path) as second:  # another server, same database
+        second.cookies.set(COOKIE_NAME, cookie)
+        assert (await second.get("/agents")).status_code == 200
+    other = tmp_path / "other"
+    other.mkdir()
+    async with running_console(other) as stranger:  # same token, another database
+        stranger.cookies.set(COOKIE_NAME, cookie)
+        assert (await stranger.get("/agents")).status_code == 303
+    new_token = "another-token-0123456789"
+    async with running_console(tmp_path, token=new_token) as changed:  # the token changed
+        changed.cookies.set(COOKIE_NAME, cookie)
+        assert (await changed.get("/agents")).status_code == 303
+    async with running_console(tmp_path) as back:  # and back: a new key again
+        back.cookies.set(COOKIE_NAME, cookie)
+        assert (await back.get("/agents")).status_code == 303
+
+
+def test_servers_starting_together_share_one_key(make_store: object) -> None:
+    import threading
+
+    from webhook_plugin.runtime.chat_store import SQLChatStore
+
+    stores = [make_store() for _ in range(4)]  # type: ignore[operator]
+    for store in stores:
+        store.open()
+    try:
+        SQLChatStore(stores[0]).open()
+        keys: list[bytes] = []
+        threads = [
+            threading.Thread(target=lambda s=s: keys.append(SQLChatStore(s).session_key("t")))
+            for s in stores
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(keys) == 4 and len(set(keys)) == 1
+        assert SQLChatStore(stores[0]).session_key("t") == keys[0]
+        assert SQLChatStore(stores[0]).session_key("u") != keys[0]
+    finally:
+        for store in stores:
+            store.close()

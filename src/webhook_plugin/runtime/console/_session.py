@@ -3,10 +3,13 @@
 The session is a cookie holding a small JSON object signed with HMAC-SHA256
 (``HttpOnly``, ``SameSite=Strict``, ``Secure`` over TLS): whether the visitor
 signed in, when, and the CSRF token that every state-changing form must send
-back. With an ``api_token`` the signing key is derived from it, so that every
-process serving the same config accepts the same sessions, and changing the
-token ends them all; without one (loopback only, no sign-in) the key is random
-per process and the session only carries the CSRF token.
+back. The signing key is random and kept in the database
+(:meth:`~..chat_store.ChatStore.session_key`), so that every process serving
+the same database accepts the same sessions; it is never derived from the
+token, so a cookie tells a guesser nothing about the token; and a server
+started with another token makes a new key, which ends every session.
+Without a token (loopback only, no sign-in) the session only carries the
+CSRF token.
 
 :class:`ConsoleGuard` is pure ASGI middleware: it reads the session, sends a
 visitor who has not signed in to ``/login``, writes the cookie back when the
@@ -28,6 +31,8 @@ from urllib.parse import parse_qs, quote
 import msgspec
 from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..middleware import STATE_KEY
 
 __all__ = [
     "COOKIE_NAME",
@@ -72,15 +77,13 @@ def _unb64(text: str) -> bytes:
 
 
 class SessionCodec:
-    """Signs and checks session cookies: ``base64(json) "." base64(hmac)``."""
+    """Signs and checks session cookies: ``base64(json) "." base64(hmac)``.
 
-    def __init__(self, api_token: str | None) -> None:
-        if api_token:
-            self._key = hmac.new(
-                api_token.encode(), b"webhook-plugin console session v1", hashlib.sha256
-            ).digest()
-        else:
-            self._key = secrets.token_bytes(32)
+    :param key: the signing key (random, see the module's docstring).
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
@@ -199,9 +202,19 @@ class ConsoleGuard:
     def __init__(self, app: ASGIApp, api_token: str | None) -> None:
         self.app = app
         self.api_token = api_token
-        self.codec = SessionCodec(api_token)
+        #: until the runtime has read the database's key (an app not started)
+        self._key = secrets.token_bytes(32)
+        self._codec = SessionCodec(self._key)
         #: sessions signed out in this process, until they would expire anyway
         self._revoked: dict[str, float] = {}
+
+    def codec(self, scope: Scope) -> SessionCodec:
+        """The codec of the database's key (the running pipeline holds it)."""
+        pipeline = scope.get("state", {}).get(STATE_KEY)
+        key = getattr(pipeline, "session_key", None)
+        if isinstance(key, bytes) and key is not self._key:
+            self._key, self._codec = key, SessionCodec(key)
+        return self._codec
 
     def _load(self, scope: Scope) -> Session:
         cookie = ""
@@ -209,7 +222,7 @@ class ConsoleGuard:
             if name == b"cookie":
                 cookie = cookie_parser(value.decode("latin-1")).get(COOKIE_NAME, "")
                 break
-        data = self.codec.loads(cookie) if cookie else None
+        data = self.codec(scope).loads(cookie) if cookie else None
         if data is not None and data.get("auth"):
             iat = data.get("iat")
             expired = not isinstance(iat, int) or not 0 <= time.time() - iat <= MAX_AGE
@@ -217,11 +230,13 @@ class ConsoleGuard:
                 data = None
         return Session(data)
 
-    def _cookie(self, session: Session, secure: bool) -> bytes:
-        flags = "; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
+    def _cookie(self, session: Session, scope: Scope) -> bytes:
+        flags = "; Path=/; HttpOnly; SameSite=Strict"
+        if scope.get("scheme") == "https":
+            flags += "; Secure"
         if session.ended:
             return f"{COOKIE_NAME}=; Max-Age=0{flags}".encode()
-        return f"{COOKIE_NAME}={self.codec.dumps(session.data)}{flags}".encode()
+        return f"{COOKIE_NAME}={self.codec(scope).dumps(session.data)}{flags}".encode()
 
     def _revoke(self, sid: object) -> None:
         """Refuse a signed-out session's cookie from now on, should it be sent again.
@@ -240,7 +255,6 @@ class ConsoleGuard:
             return
         session = self._load(scope)
         scope[_SCOPE_KEY] = session
-        secure = scope.get("scheme") == "https"
         path: str = scope["path"]
         public = path == "/login" or path.startswith(PUBLIC_PATHS)
         if self.api_token and not session.signed_in and not public:
@@ -263,7 +277,7 @@ class ConsoleGuard:
                 if session.ended:
                     self._revoke(session.ended_sid)
                 if session.changed:
-                    headers.append((b"set-cookie", self._cookie(session, secure)))
+                    headers.append((b"set-cookie", self._cookie(session, scope)))
                 message = {**message, "headers": headers}
             await send(message)
 
