@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from console_client import BEARER, console_config
+from console_client import BEARER, console_config, csrf_of
 from webhook_plugin.exceptions import ConfigError
 from webhook_plugin.runtime.app import create_app
 from webhook_plugin.runtime.config import parse_config
@@ -173,3 +173,101 @@ async def test_the_api_token_is_still_asked(tmp_path: Path) -> None:
         assert r.status_code == 401
         r = await c.post("/v1/agents/bot/messages", json=MESSAGE, headers=BEARER)
         assert r.status_code == 200
+
+
+# guessing costs time and leaves a trace -------------------------------------------------
+
+
+def test_a_bucket_lets_a_few_wrong_tries_through_then_one_every_few_seconds() -> None:
+    from webhook_plugin.runtime.security import Guesses
+
+    now = [100.0]
+    g = Guesses(burst=3, per=5.0, clock=lambda: now[0], max_clients=2)
+    for _ in range(3):
+        assert g.retry_after("a") is None
+        g.failed("a")
+    assert g.retry_after("a") == 5
+    now[0] += 2.0
+    assert g.retry_after("a") == 3
+    now[0] += 3.0
+    assert g.retry_after("a") is None  # one more try earned
+    g.failed("a")
+    assert g.retry_after("a") == 5
+    assert g.retry_after("b") is None  # another address is not concerned
+    g.failed("b")
+    g.failed("c")  # over max_clients: the least recent is forgotten
+    assert len(g._buckets) == 2 and "a" not in g._buckets
+
+
+async def test_wrong_tokens_are_answered_429_with_retry_after_and_logged(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    token = "front-door-token-0123456789"
+    app = await app_for(tmp_path, token=token)
+    guesser = httpx.ASGITransport(app=app, client=("203.0.113.7", 4000))
+    async with (
+        app.running(),
+        httpx.AsyncClient(transport=guesser, base_url="http://127.0.0.1") as c,
+        client(app) as other,
+    ):
+        with capture_logs() as logs:
+            for n in range(10):
+                r = await c.get(
+                    "/v1/inbox/conversations/c1", headers={"Authorization": f"Bearer {n}"}
+                )
+                assert r.status_code == 401
+            r = await c.get("/v1/inbox/conversations/c1", headers={"Authorization": "Bearer x"})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_attempts"
+            assert 1 <= int(r.headers["retry-after"]) <= 6
+            right = {"Authorization": f"Bearer {token}"}
+            r = await c.get("/v1/inbox/conversations/c1", headers=right)
+            assert r.status_code == 429  # even the right token: no oracle
+            r = await other.get("/v1/inbox/conversations/c1", headers=right)
+            assert r.status_code == 404  # another address is served
+            csrf = csrf_of((await other.get("/login")).text)
+            for n in range(10):  # wrong sign-ins count like wrong tokens
+                r = await other.post("/login", data={"csrf": csrf, "token": f"wrong {n}"})
+                assert r.status_code == 401
+            page = await other.post("/login", data={"csrf": csrf, "token": token})
+            assert page.status_code == 429 and "try again in" in page.text
+            assert 1 <= int(page.headers["retry-after"]) <= 6
+    refusals = [e for e in logs if e["event"] == "auth.refused"]
+    assert [e["reason"] for e in refusals[:12]] == ["wrong_token"] * 10 + [
+        "too_many_wrong_tokens"
+    ] * 2
+    assert all(e["client"] == "203.0.113.7" for e in refusals[:12])
+    assert token not in str(logs)
+
+
+#: the fail2ban filter the README gives, with <HOST> as fail2ban expands it
+FAIL2BAN = (
+    r'^\{"client": "<HOST>", "path": "(?:[^"\\]|\\.)*",'
+    r' "reason": "(?:wrong|too_many)_[a-z_]+", "event": "auth\.refused"'
+)
+
+
+def test_the_documented_fail2ban_filter_matches_what_serve_logs(tmp_path: Path) -> None:
+    import re
+
+    from servers import Server
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"failregex = {FAIL2BAN}" in readme
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[runtime]\ndatabase = "sqlite:///{tmp_path / "g.db"}"\n'
+        'api_token = "front-door-token-0123456789"\n'
+    )
+    server = Server(config, tmp_path, "--log-format", "json")
+    try:
+        for path in ("x", "x%22y", "x%5C%22y"):  # a quote in the path cannot dodge the rule
+            httpx.get(
+                f"{server.url}/v1/inbox/conversations/{path}",
+                headers={"Authorization": f"Bearer {path}"},
+            )
+        httpx.get(f"{server.url}/v1/inbox/conversations/x")  # no token: not a guess
+    finally:
+        logged = server.stop()
+    pattern = re.compile(FAIL2BAN.replace("<HOST>", r"(?P<host>[^\"]+)"))
+    hosts = [m["host"] for line in logged.splitlines() if (m := pattern.match(line))]
+    assert hosts == ["127.0.0.1"] * 3, logged[-2000:]

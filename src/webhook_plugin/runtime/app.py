@@ -10,7 +10,7 @@ from .config import RuntimeConfig
 from .console import Console
 from .middleware import WebhookMiddleware
 from .routes import routes
-from .security import BodyLimitMiddleware, BrowserGuard, TokenAuthMiddleware
+from .security import BodyLimitMiddleware, BrowserGuard, Guesses, TokenAuthMiddleware
 from .worker_process import WorkerProcess
 
 __all__ = ["create_app"]
@@ -40,8 +40,9 @@ def create_app(
     config = config or RuntimeConfig()
     app: ASGIApp = Starlette(routes=routes, exception_handlers=exception_handlers)
     app = BodyLimitMiddleware(app, MAX_BODY_BYTES)
+    guesses = Guesses()  # wrong tokens and wrong sign-ins count alike
     if config.runtime.api_token:
-        app = TokenAuthMiddleware(app, config.runtime.api_token)
-    app = Console(app, config.runtime.api_token)
+        app = TokenAuthMiddleware(app, config.runtime.api_token, guesses=guesses)
+    app = Console(app, config.runtime.api_token, guesses)
     app = BrowserGuard(app, config.runtime.allowed_hosts)
     return WebhookMiddleware(app, config, workers=workers, worker_process=worker_process)

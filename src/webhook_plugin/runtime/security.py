@@ -4,12 +4,15 @@ bearer token, body limits and a time limit on reading the body."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 from typing import Final
 from urllib.parse import urlsplit
 
 import anyio
 import msgspec
+import structlog
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +21,7 @@ __all__ = [
     "BodyLimitMiddleware",
     "BodyTimeoutMiddleware",
     "BrowserGuard",
+    "Guesses",
     "TokenAuthMiddleware",
     "error_response",
 ]
@@ -29,6 +33,70 @@ _STATE_CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 _encode = msgspec.json.Encoder().encode
+
+log = structlog.get_logger("webhook_plugin.security")
+
+
+class Guesses:
+    """Wrong API tokens and sign-ins, counted per client address: a token bucket
+    each. A client may get the token wrong ``burst`` times in a row, then once
+    every ``per`` seconds; past that, every attempt it makes to authenticate,
+    right or wrong, is answered ``429`` with ``Retry-After`` until its bucket
+    has refilled (a right answer must not tell a guesser it guessed).
+
+    A small bucket rather than a rate-limiting library: one dict, no storage
+    to run, the same on asyncio and trio. It is per process: N servers give a
+    guesser N times the rate, still far too little to guess a 16-character
+    token. ``max_clients`` bounds the memory (the fullest buckets are the first
+    forgotten).
+    """
+
+    def __init__(
+        self,
+        *,
+        burst: int = 10,
+        per: float = 6.0,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst = burst
+        self.per = per
+        self.max_clients = max_clients
+        self._clock = clock
+        #: client -> (tokens left, when counted)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def _left(self, client: str) -> float:
+        tokens, at = self._buckets.get(client, (self.burst, 0.0))
+        return min(self.burst, tokens + (self._clock() - at) / self.per)
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until ``client`` may try again, or ``None`` when it may now."""
+        if client not in self._buckets:
+            return None
+        left = self._left(client)
+        return None if left >= 1 else max(1, math.ceil((1 - left) * self.per))
+
+    def failed(self, client: str) -> None:
+        """``client`` got the token wrong: one try less."""
+        left = self._left(client) - 1
+        self._buckets.pop(client, None)  # the most recent last, for the eviction below
+        self._buckets[client] = (left, self._clock())
+        if len(self._buckets) > self.max_clients:
+            oldest = next(iter(self._buckets))
+            del self._buckets[oldest]
+
+
+def client_of(scope: Scope) -> str:
+    """The client's address (the proxy's, unless uvicorn trusts its headers)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def refused(client: str, path: str, reason: str) -> None:
+    """One structured line per refused attempt to authenticate, which a fail2ban
+    rule can match (README, "Guessing")."""
+    log.warning("auth.refused", client=client, path=path, reason=reason)
 
 
 async def error_response(
@@ -145,11 +213,16 @@ class TokenAuthMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, token: str, prefix: str | tuple[str, ...] = ("/v1", "/metrics")
+        self,
+        app: ASGIApp,
+        token: str,
+        prefix: str | tuple[str, ...] = ("/v1", "/metrics"),
+        guesses: Guesses | None = None,
     ) -> None:
         self.app = app
         self._expected = f"Bearer {token}".encode()
         self._prefix = prefix
+        self.guesses = guesses or Guesses()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self._prefix):
@@ -160,7 +233,22 @@ class TokenAuthMiddleware:
             if name == b"authorization":
                 given = value
                 break
+        client = client_of(scope)
+        wait = self.guesses.retry_after(client)
+        if wait is not None:
+            refused(client, scope["path"], "too_many_wrong_tokens")
+            await error_response(
+                send,
+                429,
+                "too_many_attempts",
+                f"too many wrong API tokens from this address: try again in {wait} s",
+                [(b"retry-after", str(wait).encode())],
+            )
+            return
         if not hmac.compare_digest(given, self._expected):
+            if given:
+                self.guesses.failed(client)
+            refused(client, scope["path"], "wrong_token" if given else "no_token")
             await error_response(
                 send,
                 401,

@@ -16,7 +16,7 @@ from typing import Final
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..security import BodyLimitMiddleware
+from ..security import BodyLimitMiddleware, Guesses
 from ._openapi import openapi_document
 from ._pages import console_routes, exception_handlers
 from ._session import ConsoleGuard
@@ -45,10 +45,13 @@ class Console:
         session signed in with it.
     """
 
-    def __init__(self, app: ASGIApp, api_token: str | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, api_token: str | None = None, guesses: Guesses | None = None
+    ) -> None:
         self.app = app
         pages = Starlette(routes=console_routes(), exception_handlers=exception_handlers)
         pages.state.api_token = api_token
+        pages.state.guesses = guesses or Guesses()
         self.pages: ASGIApp = ConsoleGuard(BodyLimitMiddleware(pages, MAX_FORM_BYTES), api_token)
 
     _SUBPATHS = tuple(prefix + "/" for prefix in CONSOLE_PATHS)

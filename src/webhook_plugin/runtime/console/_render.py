@@ -86,7 +86,13 @@ def _environment() -> jinja2.Environment:
 templates = Jinja2Templates(env=_environment())
 
 
-def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+def render(
+    request: Request,
+    template: str,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    **context: Any,
+) -> Response:
     session = session_of(request)
     base = {
         "csrf": session.csrf,
@@ -94,7 +100,9 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
         "flash": session.pop_flash(),
         "section": "",
     }
-    return templates.TemplateResponse(request, template, {**base, **context}, status_code=status)
+    return templates.TemplateResponse(
+        request, template, {**base, **context}, status_code=status, headers=headers
+    )
 
 
 def redirect(url: str) -> Response:

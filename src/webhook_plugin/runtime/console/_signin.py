@@ -8,6 +8,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..security import Guesses, client_of, refused
 from ._render import field, local_target, redirect, render
 from ._session import read_form, session_of
 
@@ -27,9 +28,24 @@ async def login(request: Request) -> Response:
     expected: str | None = request.app.state.api_token
     if not expected:
         return redirect(target)
+    guesses: Guesses = request.app.state.guesses
+    client = client_of(request.scope)
+    wait = guesses.retry_after(client)
+    if wait is not None:
+        refused(client, request.url.path, "too_many_wrong_sign_ins")
+        return render(
+            request,
+            "login.html",
+            status=429,
+            headers={"retry-after": str(wait)},
+            next=target,
+            error=f"Too many wrong API tokens from this address: try again in {wait} seconds.",
+        )
     if hmac.compare_digest(field(fields, "token").encode(), expected.encode()):
         session_of(request).sign_in()
         return redirect(target)
+    guesses.failed(client)
+    refused(client, request.url.path, "wrong_sign_in")
     await anyio.sleep(0.2)  # a guesser gets five tries a second per connection, not thousands
     return render(
         request,
