@@ -105,9 +105,16 @@ class NetworkGuard:
             return
         if _normal_host(host) in self._hosts or any(ip in n for n in self._networks):
             return
+        # A name's addresses are not told: whoever may save settings would
+        # otherwise learn what internal names resolve to (an internal DNS lookup)
+        literal = _normal_host(host) == _normal_host(str(ip))
+        what = (
+            f"a private or loopback address ({reason})"
+            if literal
+            else ("it resolves to a private or loopback address")
+        )
         raise BlockedAddress(
-            f"refusing to connect to {host!r}: it resolves to a {reason} ({ip}); "
-            "list it in allow_private_hosts to permit it"
+            f"refusing to connect to {host!r}: {what}; list it in allow_private_hosts to permit it"
         )
 
     def refuses(self, url: str) -> str | None:

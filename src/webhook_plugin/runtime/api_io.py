@@ -23,6 +23,7 @@ from ..exceptions import NotFound, SettingsError, StorageError
 from ..settings import SettingsInput, mask_header
 from ..storage.base import DeliveryRecord
 from . import timestamps
+from .ids import id_problem, normalized_id
 from .pipeline import Conflict
 from .timestamps import check_created_at
 
@@ -37,12 +38,14 @@ __all__ = [
     "check_agent_id",
     "check_text",
     "checked_created_at",
+    "checked_id",
     "decode",
     "delivery_json",
     "exception_handlers",
     "iso",
     "json",
     "parse_id",
+    "path_id",
     "unmask_header",
 ]
 
@@ -53,7 +56,8 @@ MAX_TEXT_BYTES = 64 * 1024
 MAX_ID = 2**63 - 1
 
 
-Id = Annotated[str, Meta(min_length=1, max_length=200)]
+#: an id in a body; the rule every id follows is :func:`checked_id`'s
+Id = Annotated[str, Meta(max_length=1000)]
 
 
 Short = Annotated[str, Meta(max_length=1000)]
@@ -165,9 +169,24 @@ def parse_id(text: str) -> int | None:
     return value if 1 <= value <= MAX_ID else None
 
 
+def checked_id(kind: str, value: str) -> str:
+    """An id given by a client, NFC-normalized, or a ``400`` saying what is wrong
+    with it (:mod:`.ids`: one rule for every id)."""
+    value = normalized_id(value)
+    problem = id_problem(value)
+    if problem is not None:
+        code = "invalid_agent" if kind == "agent id" else "invalid_id"
+        raise ApiError(400, code, f"{kind} {value[:80]!r} {problem}")
+    return value
+
+
+def path_id(request: Request, name: str, kind: str) -> str:
+    """The id in the path parameter ``name``, checked (:func:`checked_id`)."""
+    return checked_id(kind, request.path_params[name])
+
+
 def check_agent_id(agent_id: str) -> None:
-    if not 0 < len(agent_id) <= 200:
-        raise ApiError(400, "invalid_agent", "agent ids are 1 to 200 characters")
+    checked_id("agent id", agent_id)
 
 
 def check_text(text: str) -> None:

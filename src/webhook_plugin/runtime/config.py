@@ -19,6 +19,7 @@ from msgspec import Meta
 from ..delivery.config import DeliveryConfig
 from ..exceptions import ConfigError, SettingsError
 from ..settings import SettingsInput, WebhookSettings
+from .ids import id_problem, normalized_id
 
 __all__ = ["AgentConfig", "RuntimeConfig", "config_from_text", "load_config", "read_config"]
 
@@ -67,6 +68,10 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         seen: set[str] = set()
         for index, agent in enumerate(self.agents):
+            agent.id = normalized_id(agent.id)
+            problem = id_problem(agent.id)
+            if problem is not None:
+                raise ConfigError(f"agents[{index}].id: {agent.id!r} {problem}")
             if agent.id in seen:
                 raise ConfigError(f"agents[{index}]: agent id {agent.id!r} appears twice")
             seen.add(agent.id)

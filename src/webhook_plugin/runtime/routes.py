@@ -25,14 +25,15 @@ from .api_io import (
     InboxMessageIn,
     SettingsIn,
     UserMessageIn,
-    check_agent_id,
     check_text,
     checked_created_at,
+    checked_id,
     decode,
     delivery_json,
     iso,
     json,
     parse_id,
+    path_id,
     unmask_header,
 )
 from .middleware import pipeline_from
@@ -44,21 +45,22 @@ __all__ = ["routes"]
 
 
 async def post_message(request: Request) -> Response:
-    check_agent_id(request.path_params["agent_id"])
+    agent_id = path_id(request, "agent_id", "agent id")
     body: UserMessageIn = await decode(request, UserMessageIn)
     check_text(body.text)
     created_at = checked_created_at(body.created_at)
     contact = msgspec.to_builtins(body.contact) if body.contact else None
+    group = body.group
     outcome = await pipeline_from(request).user_message(
-        request.path_params["agent_id"],
-        conversation_id=body.conversation_id,
+        agent_id,
+        conversation_id=checked_id("conversationId", body.conversation_id),
         channel=body.channel,
         text=body.text,
-        message_id=body.message_id,
+        message_id=None if body.message_id is None else checked_id("messageId", body.message_id),
         created_at=created_at,
         contact=contact,
-        group=Group(id=body.group.id, name=body.group.name, mentioned=body.group.mentioned)
-        if body.group
+        group=Group(id=checked_id("group.id", group.id), name=group.name, mentioned=group.mentioned)
+        if group
         else None,
         attachments=tuple(
             Attachment(url=a.url, mime_type=a.mime_type, name=a.name, size=a.size)
@@ -71,7 +73,7 @@ async def post_message(request: Request) -> Response:
 async def patch_conversation(request: Request) -> Response:
     body: ConversationPatch = await decode(request, ConversationPatch)
     record = await pipeline_from(request).set_ai(
-        request.path_params["conversation_id"], body.ai_enabled
+        path_id(request, "conversation_id", "conversation id"), body.ai_enabled
     )
     return json({"conversationId": record.id, "aiEnabled": record.ai_enabled})
 
@@ -80,13 +82,15 @@ async def post_inbox_message(request: Request) -> Response:
     body: InboxMessageIn = await decode(request, InboxMessageIn)
     check_text(body.text)
     outcome = await pipeline_from(request).inbox_message(
-        request.path_params["conversation_id"], body.text
+        path_id(request, "conversation_id", "conversation id"), body.text
     )
     return json(outcome)
 
 
 async def get_inbox_conversation(request: Request) -> Response:
-    view = await pipeline_from(request).inbox_view(request.path_params["conversation_id"])
+    view = await pipeline_from(request).inbox_view(
+        path_id(request, "conversation_id", "conversation id")
+    )
     return json(view)
 
 
@@ -95,7 +99,7 @@ async def get_inbox_conversation(request: Request) -> Response:
 
 async def _settings_or_404(request: Request) -> tuple[str, WebhookSettings]:
     pipeline = pipeline_from(request)
-    agent_id = request.path_params["agent_id"]
+    agent_id = path_id(request, "agent_id", "agent id")
     await pipeline.agent(agent_id)  # 404 for an unknown agent
     settings = await pipeline.engine.get_settings(agent_id)
     return agent_id, settings or WebhookSettings()
@@ -108,8 +112,7 @@ async def get_webhook(request: Request) -> Response:
 
 async def put_webhook(request: Request) -> Response:
     pipeline = pipeline_from(request)
-    agent_id = request.path_params["agent_id"]
-    check_agent_id(agent_id)
+    agent_id = path_id(request, "agent_id", "agent id")
     body: SettingsInput = await decode(request, SettingsIn)
     current = await pipeline.engine.get_settings(agent_id) or WebhookSettings()
     settings = WebhookSettings.validated(

@@ -24,6 +24,7 @@ from ...settings import (
     validate_url,
 )
 from ..api_io import unmask_header
+from ..ids import id_problem, normalized_id
 from ..middleware import pipeline_from
 from ._health import duration
 from ._render import agent_label, db, field, path_agent_id, redirect, render, seg, when
@@ -64,13 +65,10 @@ async def agents(request: Request) -> Response:
 
 async def open_agent(request: Request) -> Response:
     """The *Open* form of the agents page: any agent id, existing or new."""
-    agent_id = request.query_params.get("agentId", "").strip()
-    problem = None
-    if not 0 < len(agent_id) <= 200:
-        problem = "Type an agent id of 1 to 200 characters."
-    elif "/" in agent_id or any(ord(c) < 0x20 for c in agent_id):
-        problem = "An agent id cannot contain / or control characters."
+    agent_id = normalized_id(request.query_params.get("agentId", "").strip())
+    problem = id_problem(agent_id)
     if problem:
+        problem = f"An agent id {problem}."
         pipeline = pipeline_from(request)
         rows = await db(pipeline.store.list_agents)
         settings = await db(pipeline.engine.store.all_settings)

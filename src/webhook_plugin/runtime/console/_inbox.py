@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import channels
-from ..api_io import MAX_TEXT_BYTES
+from ..api_io import MAX_TEXT_BYTES, path_id
 from ..middleware import pipeline_from
 from ._render import db, field, redirect, render, seg
 from ._session import read_form, session_of
@@ -55,7 +55,7 @@ def _reason(channel: str, status: str) -> str | None:
 
 async def conversation(request: Request) -> Response:
     pipeline = pipeline_from(request)
-    conversation_id: str = request.path_params["conversation_id"]
+    conversation_id = path_id(request, "conversation_id", "conversation id")
     # the user-info hook runs here, before the page renders, within its time box
     view = await pipeline.inbox_view(conversation_id)
     record = await pipeline.conversation(conversation_id)
@@ -84,7 +84,7 @@ async def conversation(request: Request) -> Response:
 
 async def send_message(request: Request) -> Response:
     pipeline = pipeline_from(request)
-    conversation_id: str = request.path_params["conversation_id"]
+    conversation_id = path_id(request, "conversation_id", "conversation id")
     fields = await read_form(request)
     text = field(fields, "text")
     page = f"/inbox/{seg(conversation_id)}"
@@ -107,7 +107,7 @@ async def send_message(request: Request) -> Response:
 
 
 async def set_ai(request: Request) -> Response:
-    conversation_id: str = request.path_params["conversation_id"]
+    conversation_id = path_id(request, "conversation_id", "conversation id")
     fields = await read_form(request)
     enabled = field(fields, "ai_enabled") == "on"
     await pipeline_from(request).set_ai(conversation_id, enabled)

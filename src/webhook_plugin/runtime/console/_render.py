@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 
 from ..._version import __version__
 from .. import timestamps
-from ..api_io import check_agent_id
+from ..api_io import path_id
 from ..middleware import pipeline_from
 from ._health import duration
 from ._session import session_of
@@ -130,9 +130,7 @@ async def db(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def path_agent_id(request: Request) -> str:
-    agent_id: str = request.path_params["agent_id"]
-    check_agent_id(agent_id)
-    return agent_id
+    return path_id(request, "agent_id", "agent id")
 
 
 async def agent_label(request: Request, agent_id: str) -> tuple[str, bool]:
