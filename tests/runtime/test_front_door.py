@@ -271,3 +271,39 @@ def test_the_documented_fail2ban_filter_matches_what_serve_logs(tmp_path: Path) 
     pattern = re.compile(FAIL2BAN.replace("<HOST>", r"(?P<host>[^\"]+)"))
     hosts = [m["host"] for line in logged.splitlines() if (m := pattern.match(line))]
     assert hosts == ["127.0.0.1"] * 3, logged[-2000:]
+
+
+# health tells the truth about writes ------------------------------------------------------
+
+
+async def test_a_write_locked_database_is_unhealthy_and_a_message_is_503_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the SQLite file's write lock for a long time."""
+    import sqlite3
+    import time
+
+    app = await app_for(tmp_path)
+    async with app.running(), client(app) as c:
+        assert (await c.get("/healthz")).status_code == 200
+        other = sqlite3.connect(tmp_path / "console.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the other process's long write
+        try:
+            started = time.monotonic()
+            health = await c.get("/healthz")
+            assert health.status_code == 503, health.text
+            assert "cannot be written" in health.json()["reason"]
+            assert time.monotonic() - started < 4
+            started = time.monotonic()
+            r = await c.post("/v1/agents/bot/messages", json={**MESSAGE, "messageId": "m-1"})
+            took = time.monotonic() - started
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "storage_unavailable"
+            assert r.headers["retry-after"] == "5"
+            assert took < 8, f"the message waited {took:.1f} s"
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert (await c.get("/healthz")).status_code == 200
+        r = await c.post("/v1/agents/bot/messages", json={**MESSAGE, "messageId": "m-1"})
+        assert r.status_code == 200, r.text  # the retry, once the lock is gone

@@ -193,7 +193,9 @@ class DeliveryEngine:
         return self.supervisor.problem()
 
     async def check_health(self, *, timeout: float = 2.0) -> str | None:
-        """:meth:`health`, and whether the database answers a query within ``timeout``."""
+        """:meth:`health`, whether the database answers a query, and whether a
+        write could begin (no other process holding the write lock), within
+        ``timeout``."""
         problem = self.health()
         if problem is not None:
             return problem
@@ -202,6 +204,11 @@ class DeliveryEngine:
                 await self._blocking(self.store.ping)
         except (StorageError, TimeoutError):
             return "the database is unavailable"
+        try:
+            with anyio.fail_after(timeout):
+                await self._blocking(self.store.ping_write, timeout / 2)
+        except (StorageError, TimeoutError):
+            return "the database cannot be written now (another process holds its write lock)"
         return None
 
     # loops that only stop when the engine does -----------------------------------------------

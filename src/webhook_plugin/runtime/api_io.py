@@ -238,7 +238,9 @@ async def _settings_error(request: Request, exc: Exception) -> Response:
 
 
 async def _storage_error(request: Request, exc: Exception) -> Response:
-    return _error(503, "storage_unavailable", "the database is unavailable; try again shortly")
+    answer = _error(503, "storage_unavailable", "the database is unavailable; try again shortly")
+    answer.headers["retry-after"] = "5"
+    return answer
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -40,6 +40,11 @@ __all__ = [
     "fingerprint",
 ]
 
+#: seconds a message's commit waits for the database's write lock (another
+#: process holding it) before it fails: its client is answered 503, not kept
+#: waiting; a retry with the same messageId is safe
+WRITE_WAIT = 5.0
+
 _json_encode = msgspec.json.Encoder().encode
 _contact_decoder = msgspec.json.Decoder(dict[str, str])
 _attachments_decoder = msgspec.json.Decoder(list[dict[str, Any]])
@@ -250,7 +255,7 @@ class SQLChatStore:
         """
         for w in writes:
             w.earlier = w.refused = None
-        with self._db.transaction() as conn:
+        with self._db.transaction(wait=WRITE_WAIT) as conn:
             twins = self._take_keys(conn, writes)
             self._check_conversations(conn, [w for w in writes if _live(w)])
             for w, first in twins:  # a twin in this batch gets what its first got
@@ -391,7 +396,7 @@ class SQLChatStore:
         # The database decides: a key is created once (DO NOTHING) and replaced
         # only over the check it was read with (compare-and-set), so servers
         # starting together end up with the one key that was stored.
-        with self._db.transaction() as conn:
+        with self._db.transaction(wait=WRITE_WAIT) as conn:
             row = self._db.execute(
                 conn,
                 "SELECT signing_key, salt, token_check FROM console_keys WHERE id = 1"
@@ -448,7 +453,7 @@ class SQLChatStore:
     def put_agent(
         self, agent_id: str, *, name: str | None, organization_id: str | None, ai_enabled: bool
     ) -> None:
-        with self._db.transaction() as conn:
+        with self._db.transaction(wait=WRITE_WAIT) as conn:
             self._db.execute(
                 conn,
                 "INSERT INTO agents (id, name, organization_id, ai_enabled, created_at)"
@@ -468,7 +473,7 @@ class SQLChatStore:
         return None if row is None else _conversation(row)
 
     def set_ai_enabled(self, conversation_id: str, enabled: bool) -> ConversationRecord | None:
-        with self._db.transaction() as conn:
+        with self._db.transaction(wait=WRITE_WAIT) as conn:
             row = self._db.execute(
                 conn,
                 f"UPDATE conversations SET ai_enabled = ? WHERE id = ? RETURNING"
@@ -572,7 +577,7 @@ class SQLChatStore:
     def purge_answers(self, *, before: float) -> int:
         """Forget the answers of messages stored before ``before`` (a retry that
         late is a new message)."""
-        with self._db.transaction() as conn:
+        with self._db.transaction(wait=WRITE_WAIT) as conn:
             removed: int = self._db.execute(
                 conn, "DELETE FROM message_outcomes WHERE created_at < ?", (before,)
             ).rowcount

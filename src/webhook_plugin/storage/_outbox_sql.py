@@ -72,12 +72,13 @@ class OutboxSQL(Plumbing):
         """Called in the transaction that queued new deliveries."""
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """One write transaction (yields a connection), serialised with the others."""
+    def transaction(self, *, wait: float | None = None) -> Iterator[Any]:
+        """One write transaction (yields a connection), serialised with the others;
+        ``wait`` bounds its wait for a lock (see :meth:`_tx`)."""
         inserted: list[_Inserted] = []
         self._leasing.inserted = inserted
         try:
-            with self._tx() as conn:
+            with self._tx(wait=wait) as conn:
                 yield conn
         except BaseException:  # rolled back: none of them was leased
             for each in inserted:

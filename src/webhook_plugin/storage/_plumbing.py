@@ -105,8 +105,14 @@ class Plumbing(ABC):
     _LOCK_ROW: ClassVar[str] = ""
 
     @abstractmethod
-    def _tx(self, *, durable: bool = True) -> AbstractContextManager[Any]:
+    def _tx(
+        self, *, durable: bool = True, wait: float | None = None
+    ) -> AbstractContextManager[Any]:
         """One write transaction; yields a connection.
+
+        ``wait`` bounds how long it waits for the database's write lock (or a
+        row lock) before it fails with :class:`StorageError`: a request some
+        client waits on must not hang while another process holds the lock.
 
         ``durable=False`` commits without waiting for the disk (SQLite
         ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): for

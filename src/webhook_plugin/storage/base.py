@@ -293,6 +293,11 @@ class DeliveryStore(Protocol):
         does not answer."""
         ...
 
+    def ping_write(self, wait: float) -> None:
+        """Raise :class:`~webhook_plugin.exceptions.StorageError` unless a write
+        transaction can begin within ``wait`` seconds (it is rolled back)."""
+        ...
+
     def update_settings(
         self, agent_id: str, change: Callable[[WebhookSettings | None], WebhookSettings]
     ) -> WebhookSettings:

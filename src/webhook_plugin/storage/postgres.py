@@ -194,7 +194,7 @@ class PostgresStore(SQLStore):
             cur.executemany(self._sql(sql), list(rows))
 
     @contextmanager
-    def _tx(self, *, durable: bool = True) -> Iterator[Any]:
+    def _tx(self, *, durable: bool = True, wait: float | None = None) -> Iterator[Any]:
         if self._pool is None:
             raise StorageError(f"{self!r} is not open")
         psycopg, _ = _psycopg()
@@ -202,6 +202,8 @@ class PostgresStore(SQLStore):
             with self._connection() as conn:
                 if not durable:
                     conn.execute("SET LOCAL synchronous_commit TO OFF")
+                if wait is not None:  # for a row lock another transaction holds
+                    conn.execute(f"SET LOCAL lock_timeout = {max(1, int(wait * 1000))}")
                 yield conn
         except psycopg.Error as exc:
             raise StorageError(f"PostgreSQL write failed: {_safe(exc)}") from exc
@@ -232,6 +234,13 @@ class PostgresStore(SQLStore):
                 self._down = True
             raise
         self._down = False
+
+    def ping_write(self, wait: float) -> None:
+        """A transaction that may write can begin (not a read-only standby, not
+        out of disk for its WAL), within ``wait`` seconds."""
+        with self._tx(durable=False, wait=wait) as conn:
+            conn.execute(f"SET LOCAL statement_timeout = {max(1, int(wait * 1000))}")
+            conn.execute("SELECT txid_current()")
 
     def _claim_params(
         self, limit: int, lease_seconds: float, owner: str, skip: tuple[str, ...]

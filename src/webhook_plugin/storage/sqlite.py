@@ -28,17 +28,20 @@ T = TypeVar("T")
 #: seconds between two looks at the queued-deliveries counter: 5 ms after a
 #: change, growing to 50 ms while nothing happens (an idle process stays idle)
 _WATCH_INTERVAL: Final = (0.005, 0.05)
-#: how long a writer waits for another process's write transaction, and the
-#: longest pause between its tries (SQLite's own busy handler sleeps up to
-#: 100 ms between tries, which is what a message waits when ``serve`` and
-#: ``worker`` share the file)
-_BEGIN_WAIT: Final = 30.0
+#: how long a writer waits for another process's write transaction (theirs
+#: take milliseconds: one held longer is a stuck or hostile process, and a
+#: request must be answered 503 rather than hang), and the longest pause
+#: between its tries (SQLite's own busy handler sleeps up to 100 ms between
+#: tries, which is what a message waits when ``serve`` and ``worker`` share
+#: the file). Background writes (results, claims) are retried after it.
+_BEGIN_WAIT: Final = 5.0
 _BEGIN_PAUSE: Final = (0.0002, 0.002)
 
 
-def _begin(conn: sqlite3.Connection) -> None:
-    """``BEGIN IMMEDIATE``, waiting in short steps while another process writes."""
-    deadline = time.monotonic() + _BEGIN_WAIT
+def _begin(conn: sqlite3.Connection, wait: float = _BEGIN_WAIT) -> None:
+    """``BEGIN IMMEDIATE``, waiting in short steps (up to ``wait`` seconds) while
+    another process writes."""
+    deadline = time.monotonic() + wait
     pause = _BEGIN_PAUSE[0]
     while True:
         try:
@@ -266,16 +269,22 @@ class SQLiteStore(SQLStore):
                 raise
 
     @contextmanager
-    def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def _tx(
+        self, *, durable: bool = True, wait: float | None = None
+    ) -> Iterator[sqlite3.Connection]:
         """One write transaction, serialised with every other writer."""
         if self._write is None:
             raise StorageError(f"{self!r} is not open")
-        with self._write_lock:
+        # one deadline for this process's writer and the file's write lock
+        deadline = None if wait is None else time.monotonic() + wait
+        if not self._write_lock.acquire(timeout=-1 if wait is None else wait):
+            raise StorageError("SQLite write failed: database is locked (by this process)")
+        try:
             conn = self._write
             if not durable:  # in WAL mode: no fsync; the next durable commit syncs it
                 conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                _begin(conn)
+                _begin(conn, _BEGIN_WAIT if deadline is None else deadline - time.monotonic())
                 yield conn
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -289,6 +298,8 @@ class SQLiteStore(SQLStore):
             finally:
                 if not durable:
                     conn.execute("PRAGMA synchronous=FULL")
+        finally:
+            self._write_lock.release()
 
     def _x(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return conn.execute(sql, params)
@@ -321,3 +332,9 @@ class SQLiteStore(SQLStore):
         why = _why_unwritable(self.path)
         if why is not None:
             raise StorageError(f"SQLite database {str(self.path)!r} cannot be written: {why}")
+
+    def ping_write(self, wait: float) -> None:
+        """A write transaction can begin within ``wait`` seconds (no other process
+        holds the file's write lock longer), then is rolled back."""
+        with self._tx(durable=False, wait=wait):
+            pass
