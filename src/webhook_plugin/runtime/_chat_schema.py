@@ -26,6 +26,18 @@ _CONSOLE_KEY_V3 = """
     );
 """
 
+#: version 4: a conversation's last message (``last_seq``), kept by every write
+#: of messages, so that the Inbox lists conversations a page at a time by an
+#: index rather than by sorting them all
+_RECENT_V4 = """
+    ALTER TABLE conversations ADD COLUMN last_seq BIGINT NOT NULL DEFAULT 0;
+    UPDATE conversations SET last_seq = COALESCE(
+        (SELECT MAX(seq) FROM messages WHERE conversation_id = conversations.id), 0);
+    CREATE INDEX IF NOT EXISTS conversations_recent ON conversations (last_seq, id);
+    CREATE INDEX IF NOT EXISTS conversations_agent_recent
+        ON conversations (agent_id, last_seq, id);
+"""
+
 #: the chat tables, per SQL dialect (IF NOT EXISTS: databases made before the
 #: stores were split already hold them)
 MIGRATIONS: dict[str, list[str]] = {
@@ -69,6 +81,7 @@ MIGRATIONS: dict[str, list[str]] = {
     """,
         _ANSWERS_V2.replace("''", "X''"),
         _CONSOLE_KEY_V3,
+        _RECENT_V4,
     ],
     "postgresql": [
         """
@@ -110,5 +123,6 @@ MIGRATIONS: dict[str, list[str]] = {
     """,
         _ANSWERS_V2.replace("''", "''::bytea"),
         _CONSOLE_KEY_V3.replace("BLOB", "BYTEA"),
+        _RECENT_V4,
     ],
 }

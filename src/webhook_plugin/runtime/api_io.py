@@ -44,6 +44,7 @@ __all__ = [
     "exception_handlers",
     "iso",
     "json",
+    "page_query",
     "parse_id",
     "path_id",
     "unmask_header",
@@ -183,6 +184,22 @@ def checked_id(kind: str, value: str) -> str:
 def path_id(request: Request, name: str, kind: str) -> str:
     """The id in the path parameter ``name``, checked (:func:`checked_id`)."""
     return checked_id(kind, request.path_params[name])
+
+
+def page_query(request: Request, *, default: int, most: int) -> tuple[int | None, int]:
+    """The ``before`` cursor and the ``limit`` of a paged read (``400
+    invalid_query`` saying what is wrong)."""
+    given = request.query_params.get("before")
+    before = parse_id(given) if given else None
+    if given and before is None:
+        raise ApiError(
+            400, "invalid_query", f"before must be a cursor from nextBefore, not {given!r:.40}"
+        )
+    text = request.query_params.get("limit")
+    limit = parse_id(text) if text else default
+    if limit is None or limit > most:
+        raise ApiError(400, "invalid_query", f"limit must be a whole number from 1 to {most}")
+    return before, limit
 
 
 def check_agent_id(agent_id: str) -> None:

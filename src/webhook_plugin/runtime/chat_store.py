@@ -86,6 +86,8 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     #: ``received``, ``sent``, ``blocked`` or ``noted``
     status: str
     attachments: list[dict[str, object]] = msgspec.field(default_factory=list)
+    #: its place in the database (0 until stored): the Inbox's paging cursor
+    seq: int = 0
 
 
 class Conflict(WebhookPluginError):
@@ -180,12 +182,26 @@ class ChatStore(Protocol):
         transaction, and say on each write what the database decided."""
         ...
 
-    def list_messages(self, conversation_id: str) -> list[MessageRecord]: ...
-    def list_agents(self, *, limit: int = 1000) -> list[dict[str, object]]: ...
+    def list_messages(
+        self, conversation_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[MessageRecord]:
+        """The newest ``limit`` messages stored before the one at ``before`` (its
+        ``seq``), oldest first."""
+        ...
+
+    def list_agents(self, *, after: str | None = None, limit: int = 100) -> list[dict[str, object]]:
+        """Agents by name, then id, from the one after agent ``after``."""
+        ...
+
     def list_conversations(
-        self, *, agent_id: str | None = None, limit: int = 100
+        self, *, agent_id: str | None = None, before: str | None = None, limit: int = 100
     ) -> list[tuple[ConversationRecord, MessageRecord | None]]:
-        """Conversations, the most recently active first, each with its last message."""
+        """Conversations, the most recently active first, each with its last
+        message, from the one after conversation ``before``."""
+        ...
+
+    def agent_names(self, agent_ids: Sequence[str]) -> dict[str, str | None]:
+        """The names of these agents (``None``: it has none)."""
         ...
 
 
@@ -267,6 +283,13 @@ class SQLChatStore:
             messages = [m for w in live for m in w.messages]
             if messages:
                 self._add_messages(conn, messages)
+                # the Inbox's order (locked above, in the order of their ids)
+                self._db.execute_many(
+                    conn,
+                    "UPDATE conversations SET last_seq ="
+                    " (SELECT MAX(seq) FROM messages WHERE conversation_id = ?) WHERE id = ?",
+                    [(c, c) for c in sorted({m.conversation_id for m in messages})],
+                )
             self._db.queue_deliveries(conn, [d for w in live for d in w.deliveries])
 
     def _take_keys(
@@ -333,7 +356,11 @@ class SQLChatStore:
         for w in writes:
             if w.conversation is not None:
                 by_id.setdefault(w.conversation.id, []).append(w)
-        for conversation_id in sorted(by_id):
+        others = {m.conversation_id for w in writes for m in w.messages} - set(by_id)
+        for conversation_id in sorted(by_id.keys() | others):
+            if conversation_id in others:  # an operator's message: its row, locked
+                self._locked(conn, conversation_id)
+                continue
             group = by_id[conversation_id]
             created = self._insert_conversation(conn, group[0].conversation)  # type: ignore[arg-type]
             stored = group[0].conversation if created else self._locked(conn, conversation_id)
@@ -501,13 +528,15 @@ class SQLChatStore:
             ],
         )
 
-    def list_messages(self, conversation_id: str) -> list[MessageRecord]:
+    def list_messages(
+        self, conversation_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[MessageRecord]:
         rows = self._db.read(
             lambda c: self._db.execute(
                 c,
-                "SELECT id, conversation_id, author, text, created_at, status, attachments"
-                " FROM messages WHERE conversation_id = ? ORDER BY seq",
-                (conversation_id,),
+                "SELECT id, conversation_id, author, text, created_at, status, attachments, seq"
+                " FROM messages WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (conversation_id, _MAX_SEQ if before is None else before, limit),
             ).fetchall()
         )
         return [
@@ -519,18 +548,30 @@ class SQLChatStore:
                 created_at=r[4],
                 status=r[5],
                 attachments=_attachments(r[6]),
+                seq=r[7],
             )
-            for r in rows
+            for r in reversed(rows)
         ]
 
-    def list_agents(self, *, limit: int = 1000) -> list[dict[str, object]]:
-        """Every agent (as :meth:`get_agent` gives one), by name, then id. Read-only."""
+    def list_agents(self, *, after: str | None = None, limit: int = 100) -> list[dict[str, object]]:
+        """Agents (as :meth:`get_agent` gives one), by name, then id, from the one
+        after agent ``after`` (keyset paging: no page reads the ones before it).
+        Read-only."""
+        where = ""
+        args: list[object] = [limit]
+        if after is not None:
+            where = (
+                " WHERE (COALESCE(name, id) > (SELECT COALESCE(name, id) FROM agents WHERE id = ?)"
+                " OR (COALESCE(name, id) = (SELECT COALESCE(name, id) FROM agents WHERE id = ?)"
+                " AND id > ?))"
+            )
+            args = [after, after, after, limit]
         rows = self._db.read(
             lambda c: self._db.execute(
                 c,
                 "SELECT id, name, organization_id, ai_enabled FROM agents"
-                " ORDER BY COALESCE(name, id), id LIMIT ?",
-                (limit,),
+                f"{where} ORDER BY COALESCE(name, id), id LIMIT ?",
+                args,
             ).fetchall()
         )
         return [
@@ -539,21 +580,30 @@ class SQLChatStore:
         ]
 
     def list_conversations(
-        self, *, agent_id: str | None = None, limit: int = 100
+        self, *, agent_id: str | None = None, before: str | None = None, limit: int = 100
     ) -> list[tuple[ConversationRecord, MessageRecord | None]]:
         """Conversations, the most recently active first (by their last stored
-        message), each with that message (its text cut to 200 characters). Read-only."""
-        where = ""
+        message), each with that message (its text cut to 200 characters), from
+        the one after conversation ``before`` (keyset paging, by the index on
+        ``last_seq``: no page reads more than its rows). Read-only."""
+        where: list[str] = []
         args: list[object] = []
         if agent_id is not None:
-            where = " WHERE c.agent_id = ?"
+            where.append("c.agent_id = ?")
             args.append(agent_id)
+        if before is not None:
+            where.append(
+                "(c.last_seq < (SELECT last_seq FROM conversations WHERE id = ?)"
+                " OR (c.last_seq = (SELECT last_seq FROM conversations WHERE id = ?)"
+                " AND c.id < ?))"
+            )
+            args += [before, before, before]
         sql = (
             "SELECT c.id, c.agent_id, c.channel, c.ai_enabled, c.contact, c.created_at,"
             " c.last_user_message_at, m.id, m.author, SUBSTR(m.text, 1, 200), m.created_at,"
-            " m.status FROM conversations c LEFT JOIN messages m ON m.seq ="
-            " (SELECT MAX(seq) FROM messages WHERE conversation_id = c.id)"
-            f"{where} ORDER BY COALESCE(m.seq, 0) DESC, c.created_at DESC LIMIT ?"
+            " m.status FROM conversations c LEFT JOIN messages m ON m.seq = c.last_seq"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY c.last_seq DESC, c.id DESC LIMIT ?"
         )
         args.append(limit)
         rows = self._db.read(lambda c: self._db.execute(c, sql, args).fetchall())
@@ -574,6 +624,17 @@ class SQLChatStore:
             for r in rows
         ]
 
+    def agent_names(self, agent_ids: Sequence[str]) -> dict[str, str | None]:
+        ids = sorted(set(agent_ids))[:1000]
+        if not ids:
+            return {}
+        rows = self._db.read(
+            lambda c: self._db.execute(
+                c, f"SELECT id, name FROM agents WHERE id IN ({','.join('?' * len(ids))})", ids
+            ).fetchall()
+        )
+        return {r[0]: r[1] for r in rows}
+
     def purge_answers(self, *, before: float) -> int:
         """Forget the answers of messages stored before ``before`` (a retry that
         late is a new message)."""
@@ -582,6 +643,10 @@ class SQLChatStore:
                 conn, "DELETE FROM message_outcomes WHERE created_at < ?", (before,)
             ).rowcount
         return removed
+
+
+#: above any message's ``seq`` (a signed 64-bit integer)
+_MAX_SEQ = 2**63 - 1
 
 
 def _token_check(api_token: str | None, salt: bytes) -> bytes:

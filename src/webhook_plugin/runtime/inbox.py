@@ -4,9 +4,10 @@ page longer than the user-info time box)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import structlog
@@ -19,7 +20,11 @@ from .timestamps import iso
 if TYPE_CHECKING:
     from .pipeline import ChatPipeline
 
-__all__ = ["Inbox"]
+__all__ = ["MAX_PAGE", "PAGE", "Inbox"]
+
+#: messages in one page of a conversation, by default and at most
+PAGE: Final = 50
+MAX_PAGE: Final = 200
 
 log = structlog.get_logger("webhook_plugin.runtime")
 
@@ -69,12 +74,23 @@ class Inbox:
         await p.writes.commit(MessageWrite(messages=[stored]), collected)
         return {"messageId": message.id, "status": verdict, "events": events}
 
-    async def view(self, conversation_id: str) -> dict[str, Any]:
-        """The conversation as the Inbox shows it, enriched with user info."""
+    async def view(
+        self, conversation_id: str, *, before: int | None = None, limit: int = PAGE
+    ) -> dict[str, Any]:
+        """The conversation as the Inbox shows it, enriched with user info: its
+        newest ``limit`` messages older than the cursor ``before``, oldest first,
+        and ``nextBefore`` when there are older ones (a long conversation is
+        read a page at a time, never whole)."""
         p = self._p
         record = await p.conversation(conversation_id)
         agent = await p.agent(record.agent_id, create=True)
-        messages = await p.blocking(p.store.list_messages, conversation_id)
+        messages = await p.blocking(
+            functools.partial(
+                p.store.list_messages, conversation_id, before=before, limit=limit + 1
+            )
+        )
+        older = len(messages) > limit
+        messages = messages[1:] if older else messages
         info = await self.user_info(agent, p.model(record))
         return {
             "conversationId": record.id,
@@ -96,6 +112,7 @@ class Inbox:
             "userInfo": info.data,
             "userInfoStatus": info.status,
             **({"userInfoError": info.error} if info.error else {}),
+            **({"nextBefore": messages[0].seq} if older else {}),
         }
 
     async def user_info(self, agent: Agent, conversation: Conversation) -> UserInfo:

@@ -426,9 +426,11 @@ class ChatPipeline:
         """:meth:`Inbox.message <.inbox.Inbox.message>`."""
         return await self.inbox.message(conversation_id, text)
 
-    async def inbox_view(self, conversation_id: str) -> dict[str, Any]:
+    async def inbox_view(
+        self, conversation_id: str, *, before: int | None = None, limit: int = 50
+    ) -> dict[str, Any]:
         """:meth:`Inbox.view <.inbox.Inbox.view>`."""
-        return await self.inbox.view(conversation_id)
+        return await self.inbox.view(conversation_id, before=before, limit=limit)
 
 
 def _chat_store_for(engine: DeliveryEngine) -> ChatStore:

@@ -32,10 +32,12 @@ from .api_io import (
     delivery_json,
     iso,
     json,
+    page_query,
     parse_id,
     path_id,
     unmask_header,
 )
+from .inbox import MAX_PAGE, PAGE
 from .middleware import pipeline_from
 
 __all__ = ["routes"]
@@ -88,9 +90,9 @@ async def post_inbox_message(request: Request) -> Response:
 
 
 async def get_inbox_conversation(request: Request) -> Response:
-    view = await pipeline_from(request).inbox_view(
-        path_id(request, "conversation_id", "conversation id")
-    )
+    conversation_id = path_id(request, "conversation_id", "conversation id")
+    before, limit = page_query(request, default=PAGE, most=MAX_PAGE)
+    view = await pipeline_from(request).inbox_view(conversation_id, before=before, limit=limit)
     return json(view)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,19 +49,33 @@ async def index(request: Request) -> Response:
     return redirect("/agents")
 
 
-async def agents(request: Request) -> Response:
+#: agents on one page of /agents
+AGENTS_PAGE: Final = 100
+
+
+async def _listed(request: Request, after: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of agents, each with its settings (from memory), and the link to the next."""
     pipeline = pipeline_from(request)
-    rows = await db(pipeline.store.list_agents)
-    settings = await db(pipeline.engine.store.all_settings)
+    rows = await db(pipeline.store.list_agents, after=after, limit=AGENTS_PAGE + 1)
+    more = len(rows) > AGENTS_PAGE
+    rows = rows[:AGENTS_PAGE]
     listed = [
         {
             "id": row["id"],
             "label": row.get("name") or row["id"],
-            "settings": settings.get(str(row["id"])),
+            "settings": pipeline.engine.settings_for(str(row["id"])),
         }
         for row in rows
     ]
-    return render(request, "agents.html", section="agents", agents=listed, new_error=None)
+    return listed, f"?{urlencode({'after': rows[-1]['id']})}" if more else None
+
+
+async def agents(request: Request) -> Response:
+    after = request.query_params.get("after") or None
+    listed, later = await _listed(request, after)
+    return render(
+        request, "agents.html", section="agents", agents=listed, later=later, new_error=None
+    )
 
 
 async def open_agent(request: Request) -> Response:
@@ -68,17 +83,10 @@ async def open_agent(request: Request) -> Response:
     agent_id = normalized_id(request.query_params.get("agentId", "").strip())
     problem = id_problem(agent_id)
     if problem:
-        problem = f"An agent id {problem}."
-        pipeline = pipeline_from(request)
-        rows = await db(pipeline.store.list_agents)
-        settings = await db(pipeline.engine.store.all_settings)
-        listed = [
-            {"id": r["id"], "label": r.get("name") or r["id"], "settings": settings.get(r["id"])}
-            for r in rows
-        ]
+        listed, later = await _listed(request, None)
         return render(
-            request, "agents.html", status=400, section="agents", agents=listed,
-            new_error=problem, new_value=agent_id,
+            request, "agents.html", status=400, section="agents", agents=listed, later=later,
+            new_error=f"An agent id {problem}.", new_value=agent_id,
         )  # fmt: skip
     return redirect(f"/agents/{seg(agent_id)}/settings/webhook")
 

@@ -66,7 +66,9 @@ class InboxMessage(_Answer, omit_defaults=True):
 
 
 class InboxConversation(_Answer, omit_defaults=True):
-    """The conversation as the Inbox shows it, enriched with the user-info answer."""
+    """The conversation as the Inbox shows it, enriched with the user-info answer:
+    its newest messages (a page, oldest first); ``nextBefore`` is the cursor of
+    the older ones, when there are."""
 
     conversation_id: str
     agent_id: str
@@ -77,6 +79,7 @@ class InboxConversation(_Answer, omit_defaults=True):
     user_info: dict[str, Any] | None
     user_info_status: Literal["ok", "not_configured", "timeout", "error"]
     user_info_error: str | UnsetType = UNSET
+    next_before: int | UnsetType = UNSET
 
 
 class WebhookSettingsAnswer(_Answer, omit_defaults=True):

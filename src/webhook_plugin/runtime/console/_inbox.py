@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import time
 from typing import Final
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import channels
-from ..api_io import MAX_TEXT_BYTES, path_id
+from ..api_io import MAX_TEXT_BYTES, parse_id, path_id
+from ..inbox import PAGE
 from ..middleware import pipeline_from
-from ._render import db, field, redirect, render, seg
+from ._render import db, field, redirect, render_off_loop, seg
 from ._session import read_form, session_of
 
 __all__ = ["conversation", "inbox", "send_message", "set_ai"]
@@ -21,13 +23,27 @@ __all__ = ["conversation", "inbox", "send_message", "set_ai"]
 _AUTHORS: Final = {"user": "User", "agent": "AI agent", "operator": "Operator"}
 
 
+#: conversations on one page of the Inbox
+INBOX_PAGE: Final = 100
+
+
 async def inbox(request: Request) -> Response:
     pipeline = pipeline_from(request)
     agent_filter = request.query_params.get("agent") or None
-    rows = await db(pipeline.store.list_conversations, agent_id=agent_filter, limit=200)
-    names = {
-        str(r["id"]): str(r.get("name") or r["id"]) for r in await db(pipeline.store.list_agents)
-    }
+    before = request.query_params.get("before") or None
+    rows = await db(
+        pipeline.store.list_conversations,
+        agent_id=agent_filter,
+        before=before,
+        limit=INBOX_PAGE + 1,
+    )
+    older = None
+    if len(rows) > INBOX_PAGE:
+        rows = rows[:INBOX_PAGE]
+        query = {"before": rows[-1][0].id, **({"agent": agent_filter} if agent_filter else {})}
+        older = f"?{urlencode(query)}"
+    known = await db(pipeline.store.agent_names, [record.agent_id for record, _ in rows])
+    names = {agent_id: name or agent_id for agent_id, name in known.items()}
     conversations = [
         {
             "id": record.id,
@@ -40,8 +56,13 @@ async def inbox(request: Request) -> Response:
         }
         for record, last in rows
     ]  # fmt: skip
-    return render(
-        request, "inbox.html", section="inbox", conversations=conversations, agent=agent_filter
+    return await render_off_loop(
+        request,
+        "inbox.html",
+        section="inbox",
+        conversations=conversations,
+        agent=agent_filter,
+        older=older,
     )
 
 
@@ -56,8 +77,9 @@ def _reason(channel: str, status: str) -> str | None:
 async def conversation(request: Request) -> Response:
     pipeline = pipeline_from(request)
     conversation_id = path_id(request, "conversation_id", "conversation id")
+    before = parse_id(request.query_params.get("before", ""))
     # the user-info hook runs here, before the page renders, within its time box
-    view = await pipeline.inbox_view(conversation_id)
+    view = await pipeline.inbox_view(conversation_id, before=before, limit=PAGE)
     record = await pipeline.conversation(conversation_id)
     agent = await pipeline.agent(record.agent_id)
     verdict, reason = channels.decide(record.channel, record.last_user_message_at, time.time())
@@ -66,9 +88,12 @@ async def conversation(request: Request) -> Response:
         for m in view["messages"]
     ]  # fmt: skip
     contact = view["contact"]
-    return render(
+    older = f"?{urlencode({'before': view['nextBefore']})}" if "nextBefore" in view else None
+    return await render_off_loop(
         request,
         "conversation.html",
+        older=older,
+        paged=before is not None,
         section="inbox",
         view=view,
         messages=messages,

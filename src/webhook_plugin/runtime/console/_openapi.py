@@ -156,8 +156,22 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "The conversation for the Inbox, with fetched user info",
                 "InboxConversation",
-                params=(_CONVERSATION,),
-                errors=(404,),
+                params=(
+                    _CONVERSATION,
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "nextBefore of the page read before: older messages only",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "messages in the page: the newest ones, oldest first",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                    },
+                ),
+                errors=(400, 404),
             )
         },
         "/v1/agents/{agentId}/webhook": {

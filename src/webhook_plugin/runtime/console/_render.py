@@ -29,6 +29,7 @@ __all__ = [
     "db",
     "field",
     "local_target",
+    "render_off_loop",
     "path_agent_id",
     "redirect",
     "render",
@@ -103,6 +104,12 @@ def render(
     return templates.TemplateResponse(
         request, template, {**base, **context}, status_code=status, headers=headers
     )
+
+
+async def render_off_loop(request: Request, template: str, **context: Any) -> Response:
+    """:func:`render` in a worker thread: for pages that may be large (a page of
+    long messages), so that building them never holds up the event loop."""
+    return await anyio.to_thread.run_sync(lambda: render(request, template, **context))
 
 
 def redirect(url: str) -> Response:
