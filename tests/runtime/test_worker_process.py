@@ -157,21 +157,20 @@ def test_inline_workers_deliver_in_serve_itself(tmp_path: Path) -> None:
 
 
 #: a stand-in child: reads serve's hello line, serves BODY as its metrics on a
-#: loopback port, says the port, and exits once its standard input closes
+#: says it is ready, then reports BODY as its metrics every 50 ms (nothing
+#: with HANG), and exits once its standard input closes
 FAKE_CHILD = """
-import http.server, json, os, sys, threading
+import json, os, sys, threading, time
 hello = json.loads(sys.stdin.readline())
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if os.environ.get("HANG"):
-            threading.Event().wait()
-        body = os.environ["BODY"].encode()
-        self.send_response(200); self.send_header("content-length", str(len(body)))
-        self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-server = http.server.HTTPServer(("127.0.0.1", 0), H)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-print(json.dumps({"metrics_port": server.server_port}), flush=True)
+sys.stdout.buffer.write(b'{"ready": true}\\n'); sys.stdout.flush()
+def reports():
+    while not os.environ.get("HANG"):
+        raw = os.environ.get("RAW")
+        raw = "x" * (2 * 1024 * 1024) if raw == "LONG" else raw
+        line = raw or json.dumps({"metrics": os.environ["BODY"]})
+        sys.stdout.buffer.write(line.encode() + b"\\n"); sys.stdout.flush()
+        time.sleep(0.05)
+threading.Thread(target=reports, daemon=True).start()
 sys.stdin.read()
 """
 
@@ -189,19 +188,19 @@ async def wait_for(check: object, timeout: float = 10) -> None:
         (b"", "os.close(1)"),
         (b"", "sys.exit(3)"),
         (b"not json\n", "time.sleep(60)"),
-        (b'{"metrics_port": "80"}\n', "time.sleep(60)"),
-        (b'{"metrics_port": true}\n', "time.sleep(60)"),
-        (b'{"metrics_port": 70000}\n', "time.sleep(60)"),
+        (b'{"ready": "yes"}\n', "time.sleep(60)"),
+        (b'{"metrics_port": 8080}\n', "time.sleep(60)"),  # an older version's hello
+        (b'{"ready": false}\n', "time.sleep(60)"),
         (b"[" * 3000 + b"\n", "time.sleep(60)"),
         (b"x" * 10_000, "time.sleep(60)"),
-        (b'{"metrics_port": 8', "time.sleep(60)"),  # and then silence
+        (b'{"ready": tr', "time.sleep(60)"),  # and then silence
     ],
 )
 async def test_a_worker_that_never_says_it_is_ready_is_reported_and_started_again(
     output: bytes, then: str
 ) -> None:
-    """What the child prints first is checked: anything but its metrics port
-    leaves it reported down (and killed, if it does not end by itself), and a
+    """What the child prints first is checked: anything but "ready" leaves it
+    reported down (and killed, if it does not end by itself), and a
     silent one is not waited for beyond the start timeout. Whatever it does,
     the supervisor goes on."""
     script = (
@@ -235,17 +234,33 @@ async def test_a_worker_that_cannot_be_started_is_reported_not_fatal() -> None:
         "webhook_plugin_delivery_healthy 1\nx abc\n",  # good, then not
     ],
 )
-async def test_metrics_that_do_not_parse_count_as_no_answer(
+async def test_reports_that_do_not_parse_count_as_none(
     body: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The child's answer is hostile input too: one that does not parse is
-    not merged (no 500 from /metrics), and two in a row report it down."""
+    """The child's reports are hostile input too: one that does not parse is
+    not merged (no 500 from /metrics), and silence that long reports it down."""
     monkeypatch.setenv("BODY", body)
     monkeypatch.setattr("webhook_plugin.runtime.worker_process._PROBE", 0.1)
     process = WorkerProcess([sys.executable, "-c", FAKE_CHILD], "x = 1", "test.toml")
     async with anyio.create_task_group() as tg:
         await tg.start(process.run)
-        await wait_for(lambda: process.problem() == "the delivery worker process does not answer")
+        await wait_for(lambda: process.problem() == "the delivery worker process does not report")
+        assert await process.metrics() == ""
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("raw", ["not json", '{"metrics": 1}', "[]", '{"other": "x"}', "LONG"])
+async def test_report_lines_that_are_not_reports_count_as_none(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BODY", "")
+    monkeypatch.setenv("RAW", raw)
+    monkeypatch.setattr("webhook_plugin.runtime.worker_process._PROBE", 0.1)
+    process = WorkerProcess([sys.executable, "-c", FAKE_CHILD], None)
+    async with anyio.create_task_group() as tg:
+        await tg.start(process.run)
+        await wait_for(lambda: process.problem() == "the delivery worker process does not report")
         assert await process.metrics() == ""
         tg.cancel_scope.cancel()
 
@@ -293,10 +308,10 @@ def test_merged_metrics_sum_counters_and_keep_the_shared_backlog_once(
 
 
 @pytest.mark.anyio
-async def test_a_worker_that_stops_answering_is_killed_and_started_again(
+async def test_a_worker_that_stops_reporting_is_killed_and_started_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Stopped or wedged (its metrics never answer): reported, then killed and
+    """Stopped or wedged (it never reports): reported, then killed and
     replaced, rather than left holding its leases for ever."""
     monkeypatch.setenv("BODY", "")
     monkeypatch.setenv("HANG", "1")
@@ -304,6 +319,86 @@ async def test_a_worker_that_stops_answering_is_killed_and_started_again(
     process = WorkerProcess([sys.executable, "-c", FAKE_CHILD], None)
     async with anyio.create_task_group() as tg:
         await tg.start(process.run)
-        await wait_for(lambda: process.problem() == "the delivery worker process does not answer")
+        await wait_for(lambda: process.problem() == "the delivery worker process does not report")
         await wait_for(lambda: "exited with code -9" in (process.problem() or ""))
         tg.cancel_scope.cancel()
+
+
+def _listening(pid: int) -> list[str]:
+    """The TCP ports ``pid`` listens on (from /proc: no packet sent)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                ports.append(fields[1])
+    return ports
+
+
+@pytest.mark.slow
+@needs_two_cores
+def test_serves_worker_process_listens_on_no_port(tmp_path: Path) -> None:
+    """Its metrics and health reach serve over the pipe only serve holds, not a
+    port any local user could open."""
+    with Receiver() as rx:
+        server = Server(write_config(tmp_path, rx.url), tmp_path)
+        try:
+            wait_until(lambda: len(children(server.proc.pid)) == 1)
+            [worker] = children(server.proc.pid)
+            with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as api:
+                wait_until(lambda: api.get("/healthz").status_code == 200)
+                events = post_message(api, "c_pipe")["events"]
+                succeeded = 'webhook_plugin_attempts_total{outcome="succeeded"}'
+                wait_until(lambda: sample(api.get("/metrics").text, succeeded) == len(events))
+            assert _listening(worker) == []
+            assert len(_listening(server.proc.pid)) == 1  # serve's own port
+        finally:
+            server.stop()
+
+
+@pytest.mark.slow
+def test_a_workers_metrics_server_closes_idle_connections(tmp_path: Path) -> None:
+    """`webhook-plugin worker --metrics-port`: a connection that sends nothing is
+    closed after a while, not kept with a thread for ever."""
+    import socket
+    import subprocess
+
+    from servers import CLI, free_port
+
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    port = free_port()
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen(
+            [*CLI, "worker", "--config", str(config), "--metrics-port", str(port)],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/metrics"))
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        started = time.monotonic()
+        for s in idle:
+            s.settimeout(20)
+            assert s.recv(1) == b""  # closed by the server
+            s.close()
+        assert time.monotonic() - started < 15
+        assert _answers(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return "webhook_plugin_" in httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return False

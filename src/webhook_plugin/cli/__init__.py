@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-host", default="127.0.0.1", help="the address for --metrics-port"
     )
     # serve's own worker process: stop once standard input (a pipe from serve)
-    # closes, and say the metrics port first, on standard output
+    # closes, and report (ready, then metrics every second) on standard output
     worker.add_argument("--until-stdin-closes", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 

@@ -10,7 +10,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -124,7 +124,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from ..delivery.engine import DeliveryEngine
     from ..runtime.config import config_from_text
-    from ..runtime.worker_process import HealthCollector
+    from ..runtime.worker_process import READY, REPORT_EVERY, HealthCollector, report
     from ..storage import open_store
 
     log = structlog.get_logger("webhook_plugin.cli")
@@ -137,7 +137,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise WebhookPluginError("worker needs --config FILE (the config serve runs with)")
     else:
         config = _load(args.config)
-    port = 0 if args.until_stdin_closes and args.metrics_port is None else args.metrics_port
+    port = args.metrics_port
 
     async def until_signal(scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -153,27 +153,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.info("worker.stopping", reason="serve closed its pipe")
         scope.cancel()
 
+    async def report_to_serve(engine: DeliveryEngine, pipe: int) -> None:
+        """Its metrics (its health among them) to serve, a line a second, on
+        the pipe only serve holds (see runtime.worker_process)."""
+        while True:
+            text = await anyio.to_thread.run_sync(engine.metrics.render)
+            await anyio.to_thread.run_sync(_write_all, pipe, report(text))
+            await anyio.sleep(REPORT_EVERY)
+
     async def run() -> None:
         async with DeliveryEngine(open_store(config.runtime.database), config.delivery()) as engine:
             server = None
-            if port is not None:
-                from prometheus_client import start_http_server
-
+            if port is not None or args.until_stdin_closes:
                 engine.metrics.registry.register(
                     HealthCollector(engine, anyio.lowlevel.current_token())
                 )
-                # a thread of its own: a scrape reads the backlog with a blocking call
-                server, _ = start_http_server(
-                    port, addr=args.metrics_host, registry=engine.metrics.registry
-                )
+            if port is not None:
+                server = serve_metrics(engine.metrics.registry, args.metrics_host, port)
                 log.info("worker.metrics", host=args.metrics_host, port=server.server_port)
-            if args.until_stdin_closes:  # serve waits for this line; the rest goes to stderr
-                print(json.dumps({"metrics_port": server and server.server_port}), flush=True)
-                os.dup2(2, 1)
+            pipe = None
+            if args.until_stdin_closes:  # serve waits for this line; the log goes to stderr
+                pipe = os.dup(1)
+                os.dup2(2, 1)  # whatever else prints cannot garble the reports
+                _write_all(pipe, READY)
             log.info("worker.started")
             async with anyio.create_task_group() as tg:
-                if args.until_stdin_closes:
+                if pipe is not None:
                     tg.start_soon(until_stdin_closes, tg.cancel_scope)
+                    tg.start_soon(report_to_serve, engine, pipe)
                 else:
                     tg.start_soon(until_signal, tg.cancel_scope)
             if server is not None:
@@ -181,6 +188,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     anyio.run(run)
     return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def serve_metrics(registry: Any, host: str, port: int) -> Any:
+    """Prometheus metrics (``GET /metrics``) on ``host:port``, from a thread,
+    with prometheus-client's WSGI app; unlike its own server, a connection that
+    sends nothing for 10 s is closed (no thread kept per idle connection)."""
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    class Handler(WSGIRequestHandler):
+        timeout = 10.0
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    server = make_server(host, port, make_wsgi_app(registry), Server, handler_class=Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def _read_line(fd: int) -> bytes:

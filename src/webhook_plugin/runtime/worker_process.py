@@ -10,21 +10,22 @@ delivers them than when its own event loop does both. So ``serve`` starts one:
   same config even if the file changes, or was a pipe (``--config <(...)``);
 - **kept running**: when it exits, or cannot be started, it is started again
   after a pause (1 s, doubling up to 30 s; back to 1 s once it ran a minute);
-- **checked**: every few seconds ``serve`` reads the child's metrics, which
-  carry its engine's health (``webhook_plugin_delivery_healthy``); ``/healthz``
-  says why it is down, does not answer or is failing; one that has not
-  answered for half a minute (stopped, wedged) is killed and started again.
-  Deliveries wait in the outbox meanwhile, so nothing queued is lost;
+- **reporting over its pipe**: the child says it is ready, then writes its
+  metrics every second as one line on its standard output (a pipe only
+  ``serve`` holds: no port any other local user could reach), which carry its
+  engine's health (``webhook_plugin_delivery_healthy``); ``/healthz`` says
+  why it is down, silent or failing; one that has been silent for half a
+  minute (stopped, wedged) is killed and started again. Deliveries wait in
+  the outbox meanwhile, so nothing queued is lost;
 - **outlives it never**: the child ignores ``SIGINT`` and ``SIGTERM`` (a
   terminal's Ctrl-C or a service manager's stop reaches ``serve``, which stops
   it in order) and stops, draining like a worker on ``SIGTERM``, once its
   standard input closes, which happens however ``serve`` ends, ``kill -9``
   included;
-- **counted in ``/metrics``**: the child serves its registry on a loopback port
-  it chose (it prints the port as its first line), and ``serve`` adds those
-  counters to its own (:func:`~webhook_plugin.delivery.metrics.merge`), with
-  the last counts of earlier children carried over so that no counter goes
-  down when one is replaced.
+- **counted in ``/metrics``**: ``serve`` adds the counters of the child's last
+  report to its own (:func:`~webhook_plugin.delivery.metrics.merge`), with the
+  last counts of earlier children carried over so that no counter goes down
+  when one is replaced.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
-import httpx
 import structlog
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,7 +48,7 @@ from prometheus_client.registry import Collector
 from ..delivery.engine import DeliveryEngine
 from ..delivery.metrics import merge
 
-__all__ = ["HEALTH_GAUGE", "HealthCollector", "WorkerProcess"]
+__all__ = ["HEALTH_GAUGE", "READY", "REPORT_EVERY", "HealthCollector", "WorkerProcess", "report"]
 
 log = structlog.get_logger("webhook_plugin.runtime")
 
@@ -56,11 +56,17 @@ log = structlog.get_logger("webhook_plugin.runtime")
 _PAUSE: Final = (1.0, 30.0)
 #: a child that ran this long is healthy: its next exit pauses the least again
 _STEADY: Final = 60.0
-#: seconds between looks at the child's metrics and health, and their timeout
+#: seconds between the child's reports (its metrics, one line each)
+REPORT_EVERY: Final = 1.0
+#: the first line the child writes once its engine runs
+READY: Final = b'{"ready": true}\n'
+#: seconds between the supervisor's looks at whether a report came
 _PROBE: Final = 5.0
-#: looks in a row that it did not answer, before it counts as down, and is killed
+#: looks in a row without a good report, before it counts as down, and is killed
 _MISSES: Final = 2
 _KILL_AFTER: Final = 6
+#: the longest report line read (a metrics text is a few kB)
+_MAX_LINE: Final = 1024 * 1024
 #: the gauge the child's metrics carry: 1 when its engine is healthy
 HEALTH_GAUGE: Final = "webhook_plugin_delivery_healthy"
 
@@ -71,7 +77,7 @@ class WorkerProcess:
     config file, or ``None`` for the defaults) on its standard input.
 
     :param grace: seconds the child gets to finish once told to stop.
-    :param start_timeout: seconds it gets to say its metrics port.
+    :param start_timeout: seconds it gets to say it is ready.
     """
 
     def __init__(
@@ -87,19 +93,19 @@ class WorkerProcess:
         self._hello = json.dumps({"config": config, "origin": origin}).encode() + b"\n"
         self.grace = grace
         self.start_timeout = start_timeout
-        self._metrics_url: str | None = None
-        self._client: httpx.AsyncClient | None = None
-        #: the last metrics the current child answered, and what earlier ones counted
+        #: the last metrics the current child reported, and what earlier ones counted
         self._last = ""
         self._carried = ""
         self._misses = 0
+        #: good reports since the last look (the watchdog's)
+        self._reports = 0
         #: why it is not delivering, for /healthz (None: it is)
         self._down: str | None = "the delivery worker process is starting"
 
     def problem(self) -> str | None:
         """Why deliveries are not being made now, or ``None``."""
         if self._down is None and self._misses >= _MISSES:
-            return "the delivery worker process does not answer"
+            return "the delivery worker process does not report"
         return self._down
 
     async def run(
@@ -109,13 +115,7 @@ class WorkerProcess:
         to end this: the child is then stopped). Started at once: serve answers
         (``/healthz`` with 503) while its first child starts."""
         task_status.started()
-        # one client for its whole life: making one costs 30-100 ms of this event
-        # loop (an SSL context), a stall every probe would add to every request
-        try:
-            async with httpx.AsyncClient(timeout=_PROBE, trust_env=False) as self._client:
-                await self._supervise()
-        finally:
-            self._client = None
+        await self._supervise()
 
     async def _supervise(self) -> None:
         pause = _PAUSE[0]
@@ -145,70 +145,72 @@ class WorkerProcess:
         except OSError as exc:  # the interpreter gone, or no process or file left
             return f"could not be started ({exc.strerror or exc})"
         try:
-            assert process.stdin is not None
-            port = None
+            assert process.stdin is not None and process.stdout is not None
+            lines = _Lines(process.stdout)
+            ready = False
             with anyio.move_on_after(self.start_timeout):
                 await process.stdin.send(self._hello)
-                port = await _first_line_port(process)
-            if port is None:
+                ready = await lines.next() == READY.strip()
+            if not ready:
                 with anyio.move_on_after(1):  # it may be exiting: let it say how
                     await process.wait()
                 if process.returncode is None:
                     log.warning("worker_process.not_ready", pid=process.pid)
                     process.kill()
                 return f"did not start (exit code {await process.wait()})"
-            self._metrics_url = f"http://127.0.0.1:{port}/metrics"
-            self._misses = 0
+            self._misses = self._reports = 0
             self._down = None
             log.info("worker_process.started", pid=process.pid)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._probe_loop, process)
+                tg.start_soon(self._read_reports, lines)
+                tg.start_soon(self._watch, process)
                 code = await process.wait()
                 tg.cancel_scope.cancel()
             return f"exited with code {code}"
         except (OSError, anyio.BrokenResourceError) as exc:  # its pipe broke: it is gone
             return f"exited ({exc})"
         finally:
-            self._metrics_url = None
             with anyio.CancelScope(shield=True):
                 await _stop(process, self.grace)
 
-    async def _probe_loop(self, process: anyio.abc.Process) -> None:
+    async def _read_reports(self, lines: _Lines) -> None:
+        """Take each report the child writes; one that does not parse is
+        hostile input: counted as none, never merged."""
+        while (line := await lines.next()) is not None:
+            try:
+                text = json.loads(line)["metrics"]
+                if not isinstance(text, str):
+                    raise TypeError("metrics is not a text")
+                healthy = _gauge(text, HEALTH_GAUGE)  # and the whole text must parse
+            except Exception as exc:
+                log.warning("worker_process.bad_report", error=type(exc).__name__)
+                continue
+            self._reports += 1
+            self._misses, self._last = 0, text
+            if healthy == 0:
+                self._down = "the delivery worker process reports a failure (see its log)"
+            else:
+                self._down = None
+
+    async def _watch(self, process: anyio.abc.Process) -> None:
+        """Every few seconds: did a good report come? A child silent for too
+        long (stopped, wedged) is killed, and another started."""
         while True:
             await anyio.sleep(_PROBE)
-            await self._scrape()
-            if self._misses >= _KILL_AFTER:  # stopped or wedged: start another
+            if self._reports:
+                self._reports = 0
+                continue
+            self._misses += 1
+            log.warning("worker_process.silent", pid=process.pid, misses=self._misses)
+            if self._misses >= _KILL_AFTER:
                 log.warning("worker_process.unresponsive", pid=process.pid, misses=self._misses)
                 process.kill()
                 return
 
-    async def _scrape(self) -> None:
-        """Read the child's metrics (a look at its health too)."""
-        url, client = self._metrics_url, self._client
-        if url is None or client is None:
-            return
-        try:
-            response = await client.get(url)
-            response.raise_for_status()
-            text = response.text
-            healthy = _gauge(text, HEALTH_GAUGE)  # and the whole text must parse
-        except Exception as exc:  # whatever it answered, or did not
-            self._misses += 1
-            log.warning("worker_process.no_answer", error=type(exc).__name__, misses=self._misses)
-            return
-        if self._metrics_url != url:  # it ended meanwhile: its counts are carried
-            return
-        self._misses, self._last = 0, text
-        if healthy == 0:
-            self._down = "the delivery worker process reports a failure (see its log)"
-        else:
-            self._down = None
-
     async def metrics(self) -> str:
-        """What the children counted, in the text format: the current one's
-        metrics (its last answer, if it does not answer now) with the earlier
-        ones' last counts added, so that counters never go down."""
-        await self._scrape()
+        """What the children counted, in the text format: the current one's last
+        report with the earlier ones' last counts added, so that counters never
+        go down."""
         return merge(self._last, self._carried)
 
 
@@ -218,23 +220,36 @@ def _gauge(text: str, name: str) -> float | None:
     return next((s.value for s in samples if s.name == name), None)
 
 
-async def _first_line_port(process: anyio.abc.Process) -> int | None:
-    """The metrics port the child prints first (``{"metrics_port": N}``), or
-    ``None`` if it ends its output or says something else."""
-    assert process.stdout is not None
-    buffer = b""
-    while b"\n" not in buffer:
-        try:
-            buffer += await process.stdout.receive()
-        except (anyio.EndOfStream, anyio.BrokenResourceError):
-            return None
-        if len(buffer) > 4096:
-            return None
-    try:
-        port = json.loads(buffer.split(b"\n", 1)[0])["metrics_port"]
-    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
-        return None
-    return port if type(port) is int and 0 < port < 65536 else None
+class _Lines:
+    """The child's standard output, a line at a time (at most :data:`_MAX_LINE`
+    bytes: a longer one is dropped, read to its end)."""
+
+    def __init__(self, stream: anyio.abc.ByteReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+        self._skipping = False
+
+    async def next(self) -> bytes | None:
+        """The next line (without its newline), or ``None`` at the end of output."""
+        while True:
+            head, newline, rest = self._buffer.partition(b"\n")
+            if newline:
+                self._buffer = rest
+                if self._skipping:
+                    self._skipping = False
+                    continue
+                return head
+            if len(self._buffer) > _MAX_LINE:
+                self._buffer, self._skipping = b"", True
+            try:
+                self._buffer += await self._stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return None
+
+
+def report(metrics_text: str) -> bytes:
+    """One report line, as the child writes it."""
+    return json.dumps({"metrics": metrics_text}).encode() + b"\n"
 
 
 async def _stop(process: anyio.abc.Process, grace: float) -> None:
