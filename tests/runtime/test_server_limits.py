@@ -213,7 +213,8 @@ def test_a_body_trickling_on_after_an_early_answer_is_cut_off(server: Serve) -> 
     in time, however often a byte arrives."""
     with server.connect() as s:
         s.sendall(
-            b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
+            b"POST /v1/agents/x/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
         )
         status, _, _ = read_response(s)
         assert status == 401
