@@ -59,7 +59,11 @@ url = "http://127.0.0.1:9/hook"
 """
     )
     app = create_app(load_config(str(config)), workers=False)
-    headers = [(b"authorization", f"Bearer {TOKEN}".encode())]
+    headers = [
+        (b"authorization", f"Bearer {TOKEN}".encode()),
+        (b"host", b"127.0.0.1:8000"),
+        (b"content-type", b"application/json"),
+    ]
     state: dict[str, Any] = {}
 
     async def call(body: bytes) -> None:
