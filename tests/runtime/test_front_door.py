@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import msgspec
 import pytest
@@ -289,6 +290,7 @@ async def test_a_write_locked_database_is_unhealthy_and_a_message_is_503_not_a_h
         other = sqlite3.connect(tmp_path / "console.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # the other process's long write
         try:
+            await anyio.sleep(1.1)  # the database is asked at most once a second
             started = time.monotonic()
             health = await c.get("/healthz")
             assert health.status_code == 503, health.text
@@ -304,6 +306,30 @@ async def test_a_write_locked_database_is_unhealthy_and_a_message_is_503_not_a_h
         finally:
             other.execute("ROLLBACK")
             other.close()
+        await anyio.sleep(1.1)
         assert (await c.get("/healthz")).status_code == 200
         r = await c.post("/v1/agents/bot/messages", json={**MESSAGE, "messageId": "m-1"})
         assert r.status_code == 200, r.text  # the retry, once the lock is gone
+
+
+async def test_a_host_without_a_port_is_the_default_port(tmp_path: Path) -> None:
+    """Another server on the same name (a page on localhost:3000) is another
+    origin, though Host names no port (serve on port 80, or behind a proxy)."""
+    app = await app_for(tmp_path, hosts=("chat.example.com",))
+    async with app.running(), client(app) as c:
+        for host, origin, status in (
+            ("localhost", "http://localhost:3000", 403),
+            ("localhost", "http://localhost", 200),
+            ("localhost", "http://localhost:80", 200),
+            ("localhost", "https://localhost", 200),  # a TLS proxy in front
+            ("localhost", "https://localhost:8443", 403),
+            # a proxy that rewrites Host: the browser's origin is a listed name
+            ("127.0.0.1:8000", "https://chat.example.com", 200),
+            ("127.0.0.1:8000", "https://evil.example.com", 403),
+        ):
+            r = await c.post(
+                "/v1/agents/bot/messages",
+                json={**MESSAGE, "text": f"{host} {origin}"},
+                headers={"Host": host, "Origin": origin},
+            )
+            assert r.status_code == status, (host, origin, r.text)

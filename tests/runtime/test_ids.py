@@ -41,7 +41,6 @@ def message(conversation: str, **more: object) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
-        ("conversationId", "a/b", "'/'"),
         ("conversationId", "..", "'.' or '..'"),
         ("conversationId", ".", "'.' or '..'"),
         ("conversationId", "evil\u202egnp.exe", "U+202E"),
@@ -70,6 +69,27 @@ async def test_an_agent_id_against_the_rule_is_400(api: httpx.AsyncClient) -> No
         "/v1/agents/bot/messages", json=message("c1", group={"id": "g\x07", "name": "G"})
     )
     assert r.status_code == 400 and "group.id" in r.json()["error"]["message"]
+
+
+async def test_a_conversation_id_with_a_slash_opens_in_the_api_and_the_console(
+    api: httpx.AsyncClient,
+) -> None:
+    cid = "wa/5511999990000@c.us"
+    r = await api.post("/v1/agents/bot/messages", json=message(cid))
+    assert r.status_code == 200, r.text
+    encoded = quote(cid, safe="")
+    view = await api.get(f"/v1/inbox/conversations/{encoded}")
+    assert view.status_code == 200 and view.json()["conversationId"] == cid
+    page = await api.get(f"/inbox/{encoded}")
+    assert page.status_code == 200 and f'action="/inbox/{encoded}/ai"' in page.text
+    r = await api.patch(f"/v1/conversations/{encoded}", json={"aiEnabled": False})
+    assert r.status_code == 200 and r.json() == {"conversationId": cid, "aiEnabled": False}
+    r = await api.post(f"/v1/conversations/{encoded}/inbox-messages", json={"text": "hello"})
+    assert r.status_code == 200, r.text
+    view = await api.get(f"/v1/inbox/conversations/{encoded}")
+    assert [m["author"] for m in view.json()["messages"]][-1] == "operator"
+    r = await api.post("/v1/agents/a%2Fb/messages", json=message("c2"))  # not an agent's
+    assert r.status_code in (400, 404)
 
 
 async def test_ids_that_differ_only_by_normalization_are_one_conversation(

@@ -114,3 +114,25 @@ async def test_agents_and_conversations_are_listed_a_page_at_a_time(tmp_path: Pa
         await _store(c, [MessageWrite(messages=[_message("c000", 1)])])  # c000 speaks again
         listed = await _follow(c, "/inbox", r'href="/inbox/(c\d+)"', "Older conversations")
         assert listed[0] == "c000" and len(listed) == 230
+
+
+def test_a_conversation_that_moves_between_two_pages_is_not_listed_twice(tmp_path: Path) -> None:
+    from webhook_plugin.runtime.chat_store import SQLChatStore
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    db = SQLiteStore(tmp_path / "pages.db")
+    db.open()
+    store = SQLChatStore(db)
+    store.open()
+    try:
+        for n in range(1, 6):
+            store.write_messages(
+                [MessageWrite(conversation=_conversation(f"k{n}"), messages=[_message(f"k{n}", 0)])]
+            )
+        first = store.list_conversations(limit=3)
+        assert [c.id for c, _ in first] == ["k5", "k4", "k3"]
+        store.write_messages([MessageWrite(messages=[_message("k3", 1)])])  # k3 moves up
+        second = store.list_conversations(before=first[-1][0].cursor, limit=3)
+        assert [c.id for c, _ in second] == ["k2", "k1"]
+    finally:
+        db.close()

@@ -173,6 +173,17 @@ def test_a_message_id_is_taken_by_the_first_commit_and_bound_to_its_request(
         assert a.earlier is None and b.earlier == b'{"n": 4}'
         assert [m.id for m in store.list_messages("c")] == ["m", "n"]
         assert store.get_answer("c", "n") == (b'{"n": 4}', "fp")
+        # twins in one batch with another request under the key: refused, and
+        # the first's answer stands (even when its conversation is another's)
+        c, d = answered("o", b'{"n": 6}'), answered("o", b'{"n": 7}', bound="other", agent="b")
+        store.write_messages([c, d])
+        assert c.earlier is None and c.refused is None
+        assert isinstance(d.refused, IdempotencyMismatch)
+        assert store.get_answer("c", "o") == (b'{"n": 6}', "fp")
+        # a first that lost to an answer stored before: its twin gets that answer
+        e, f = answered("m", b'{"n": 8}'), answered("m", b'{"n": 9}')
+        store.write_messages([e, f])
+        assert e.earlier == f.earlier == b'{"n": 1}'
     finally:
         db.close()
 

@@ -130,6 +130,8 @@ class DeliveryEngine:
             f"webhook_plugin_collecting_{id(self)}", default=None
         )
         self._background_scope: anyio.CancelScope | None = None
+        #: when the database was last asked about its health, and what it said
+        self._db_checked: tuple[float, str | None] = (-1e9, None)
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -199,17 +201,26 @@ class DeliveryEngine:
         problem = self.health()
         if problem is not None:
             return problem
+        # the database is asked at most once a second, however often health is
+        # (an unauthenticated /healthz flood must not become a write flood)
+        now = anyio.current_time()
+        if now - self._db_checked[0] < 1.0:
+            return self._db_checked[1]
+        problem = None
         try:
             with anyio.fail_after(timeout):
                 await self._blocking(self.store.ping)
         except (StorageError, TimeoutError):
-            return "the database is unavailable"
-        try:
-            with anyio.fail_after(timeout):
-                await self._blocking(self.store.ping_write, timeout / 2)
-        except (StorageError, TimeoutError):
-            return "the database cannot be written now (another process holds its write lock)"
-        return None
+            problem = "the database is unavailable"
+        ping_write = getattr(self.store, "ping_write", None)  # a store of another kind
+        if problem is None and ping_write is not None:
+            try:
+                with anyio.fail_after(timeout):
+                    await self._blocking(ping_write, timeout / 2)
+            except (StorageError, TimeoutError):
+                problem = "the database cannot be written now (its write lock is held)"
+        self._db_checked = (anyio.current_time(), problem)
+        return problem
 
     # loops that only stop when the engine does -----------------------------------------------
 

@@ -174,9 +174,10 @@ def checked_id(kind: str, value: str) -> str:
     """An id given by a client, NFC-normalized, or a ``400`` saying what is wrong
     with it (:mod:`.ids`: one rule for every id)."""
     value = normalized_id(value)
-    problem = id_problem(value)
+    agent = kind == "agent id"
+    problem = id_problem(value, agent=agent)
     if problem is not None:
-        code = "invalid_agent" if kind == "agent id" else "invalid_id"
+        code = "invalid_agent" if agent else "invalid_id"
         raise ApiError(400, code, f"{kind} {value[:80]!r} {problem}")
     return value
 

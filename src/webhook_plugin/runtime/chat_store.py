@@ -74,6 +74,13 @@ class ConversationRecord(msgspec.Struct, kw_only=True):
     contact: dict[str, str]
     created_at: float
     last_user_message_at: float | None = None
+    #: its last message's ``seq`` (as listed by ``list_conversations``)
+    last_seq: int = 0
+
+    @property
+    def cursor(self) -> str:
+        """Where a listing that ended with this conversation goes on from."""
+        return f"{self.last_seq}:{self.id}"
 
 
 class MessageRecord(msgspec.Struct, kw_only=True):
@@ -210,8 +217,9 @@ _CONVERSATION_COLUMNS = (
 )
 
 
-def _conversation(row: Sequence[Any]) -> ConversationRecord:
+def _conversation(row: Sequence[Any], last_seq: int = 0) -> ConversationRecord:
     return ConversationRecord(
+        last_seq=last_seq,
         id=row[0],
         agent_id=row[1],
         channel=row[2],
@@ -273,12 +281,18 @@ class SQLChatStore:
             w.earlier = w.refused = None
         with self._db.transaction(wait=WRITE_WAIT) as conn:
             twins = self._take_keys(conn, writes)
-            self._check_conversations(conn, [w for w in writes if _live(w)])
+            waiting = {id(w) for w, _ in twins}  # decided by their first, below
+            self._check_conversations(
+                conn, [w for w in writes if _live(w) and id(w) not in waiting]
+            )
             for w, first in twins:  # a twin in this batch gets what its first got
-                w.refused = first.refused
-                if first.refused is None:
-                    assert first.answer is not None
-                    w.earlier = first.answer.body
+                assert w.answer is not None and first.answer is not None
+                if w.answer.fingerprint != first.answer.fingerprint:
+                    w.refused = IdempotencyMismatch.of(w.answer.message_id)
+                elif first.refused is not None:
+                    w.refused = first.refused
+                else:
+                    w.earlier = first.earlier or first.answer.body
             live = [w for w in writes if _live(w)]
             messages = [m for w in live for m in w.messages]
             if messages:
@@ -583,25 +597,25 @@ class SQLChatStore:
         self, *, agent_id: str | None = None, before: str | None = None, limit: int = 100
     ) -> list[tuple[ConversationRecord, MessageRecord | None]]:
         """Conversations, the most recently active first (by their last stored
-        message), each with that message (its text cut to 200 characters), from
-        the one after conversation ``before`` (keyset paging, by the index on
-        ``last_seq``: no page reads more than its rows). Read-only."""
+        message), each with that message (its text cut to 200 characters), after
+        the cursor ``before`` (:attr:`ConversationRecord.cursor` of the last one a page
+        listed; keyset paging by the index on ``last_seq``: no page reads more
+        than its rows, and one that moved meanwhile is not listed twice).
+        Read-only."""
         where: list[str] = []
         args: list[object] = []
         if agent_id is not None:
             where.append("c.agent_id = ?")
             args.append(agent_id)
-        if before is not None:
-            where.append(
-                "(c.last_seq < (SELECT last_seq FROM conversations WHERE id = ?)"
-                " OR (c.last_seq = (SELECT last_seq FROM conversations WHERE id = ?)"
-                " AND c.id < ?))"
-            )
-            args += [before, before, before]
+        if before is not None:  # the cursor: "<last_seq>:<id>" of the last one listed
+            text, _, after_id = before.partition(":")
+            seq = int(text) if text.isdigit() and len(text) < 19 else 0
+            where.append("(c.last_seq < ? OR (c.last_seq = ? AND c.id < ?))")
+            args += [seq, seq, after_id]
         sql = (
             "SELECT c.id, c.agent_id, c.channel, c.ai_enabled, c.contact, c.created_at,"
             " c.last_user_message_at, m.id, m.author, SUBSTR(m.text, 1, 200), m.created_at,"
-            " m.status FROM conversations c LEFT JOIN messages m ON m.seq = c.last_seq"
+            " m.status, c.last_seq FROM conversations c LEFT JOIN messages m ON m.seq = c.last_seq"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY c.last_seq DESC, c.id DESC LIMIT ?"
         )
@@ -609,7 +623,7 @@ class SQLChatStore:
         rows = self._db.read(lambda c: self._db.execute(c, sql, args).fetchall())
         return [
             (
-                _conversation(r),
+                _conversation(r, last_seq=r[12]),
                 None
                 if r[7] is None
                 else MessageRecord(

@@ -69,7 +69,7 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         seen: set[str] = set()
         for index, agent in enumerate(self.agents):
             agent.id = normalized_id(agent.id)
-            problem = id_problem(agent.id)
+            problem = id_problem(agent.id, agent=True)
             if problem is not None:
                 raise ConfigError(f"agents[{index}].id: {agent.id!r} {problem}")
             if agent.id in seen:

@@ -265,11 +265,16 @@ routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/v1/agents/{agent_id}/messages", post_message, methods=["POST"]),
-    Route("/v1/conversations/{conversation_id}", patch_conversation, methods=["PATCH"]),
+    # a conversation's id may hold a "/" (runtime/ids.py): it takes the rest of the path
+    Route("/v1/conversations/{conversation_id:path}", patch_conversation, methods=["PATCH"]),
     Route(
-        "/v1/conversations/{conversation_id}/inbox-messages", post_inbox_message, methods=["POST"]
+        "/v1/conversations/{conversation_id:path}/inbox-messages",
+        post_inbox_message,
+        methods=["POST"],
     ),
-    Route("/v1/inbox/conversations/{conversation_id}", get_inbox_conversation, methods=["GET"]),
+    Route(
+        "/v1/inbox/conversations/{conversation_id:path}", get_inbox_conversation, methods=["GET"]
+    ),
     Route("/v1/agents/{agent_id}/webhook", get_webhook, methods=["GET"]),
     Route("/v1/agents/{agent_id}/webhook", put_webhook, methods=["PUT"]),
     Route("/v1/agents/{agent_id}/webhook/rotate-secret", rotate_secret, methods=["POST"]),

@@ -140,6 +140,7 @@ class BrowserGuard:
 
     def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str] = ()) -> None:
         self.app = app
+        self._allowed = tuple(h.lower() for h in allowed_hosts)
         self._hosts = TrustedHostMiddleware(
             self._same_origin, allowed_hosts=[*LOOPBACK_HOSTS, *allowed_hosts], www_redirect=False
         )
@@ -165,7 +166,8 @@ class BrowserGuard:
                     host = value.decode("latin-1")
                 elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
                     body = True
-            if site == b"cross-site" or (origin is not None and not _same(origin, host, scope)):
+            foreign = origin is not None and not _same(origin, host, self._allowed)
+            if site == b"cross-site" or foreign:
                 await error_response(
                     send,
                     403,
@@ -189,20 +191,31 @@ def _json(ctype: bytes | None) -> bool:
     return ctype is not None and ctype.partition(b";")[0].strip().lower() == b"application/json"
 
 
-def _same(origin: str, host: str | None, scope: Scope) -> bool:
-    """Whether ``origin`` (an ``Origin`` header) is the origin the request was
-    sent to (its ``Host``): the same host name, and the same port when both say
-    one (behind a TLS proxy the scheme seen here may differ from the browser's)."""
+def _same(origin: str, host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether ``origin`` (an ``Origin`` header) is this server's: the origin the
+    request was sent to (its ``Host``), or one on a name listed in
+    ``allowed_hosts`` (a proxy in front may rewrite ``Host``).
+
+    The same host name, and the same port: a ``Host`` without one is the
+    default port, and the ``Origin``'s port must then be its own scheme's
+    default (behind a TLS proxy the scheme seen here may differ from the
+    browser's), so that another server on the same name (``localhost:3000``)
+    is another origin."""
     try:
         given, sent_to = urlsplit(origin), urlsplit(f"//{host}")
         port, expected = given.port, sent_to.port
     except ValueError:
         return False
-    if given.scheme not in _DEFAULT_PORTS or not given.hostname or not sent_to.hostname:
+    if given.scheme not in _DEFAULT_PORTS or not given.hostname:
         return False  # "null" (a sandboxed page, a file), or nonsense
-    if given.hostname != sent_to.hostname:  # (both lowercased by urlsplit)
+    name = given.hostname  # (lowercased by urlsplit)
+    if any(name == a or (a.startswith("*.") and name.endswith(a[1:])) for a in allowed):
+        return True
+    if name != sent_to.hostname:
         return False
-    return expected is None or (port or _DEFAULT_PORTS[given.scheme]) == expected
+    if expected is None:
+        return port is None or port == _DEFAULT_PORTS[given.scheme]
+    return (port or _DEFAULT_PORTS[given.scheme]) == expected
 
 
 class TokenAuthMiddleware:

@@ -158,10 +158,11 @@ class OutboxSQL(Plumbing):
                 lease.append(d)
             else:
                 rest.append(d)
-        # the lease ends on the database's clock (see _CLAIM); here, counted
-        # from before the insert on the monotonic clock
+        # the lease ends on the database's clock (see _CLAIM), from this
+        # statement (its transaction may have waited for locks); here, counted
+        # from before it on the monotonic clock, so never later than there
         lease_until = time.monotonic() + handoff.lease_seconds
-        row_sql = f"(?, ?, ?, ?, ?, ?, ?, {self._NOW} + ?, ?)"
+        row_sql = f"(?, ?, ?, ?, ?, ?, ?, {self._STATEMENT_NOW} + ?, ?)"
         claimed: list[ClaimedDelivery] = []
         for start in range(0, len(lease), self._LEASE_CHUNK):
             chunk = lease[start : start + self._LEASE_CHUNK]

@@ -100,6 +100,9 @@ class Plumbing(ABC):
     #: the database's clock, in Unix seconds: what every lease is measured by,
     #: so that processes on hosts whose clocks disagree still agree on leases
     _NOW: ClassVar[str] = "((julianday('now') - 2440587.5) * 86400.0)"
+    #: the database's clock when the statement runs (not when its transaction
+    #: began): for a lease taken late in a transaction that may have waited
+    _STATEMENT_NOW: ClassVar[str] = _NOW
     #: appended to a SELECT that must hold its row until the transaction ends
     #: (SQLite's BEGIN IMMEDIATE already holds the whole database)
     _LOCK_ROW: ClassVar[str] = ""

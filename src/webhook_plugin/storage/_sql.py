@@ -266,7 +266,7 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                 if r.sent
             ],
         )
-        for agent_id, since in failing_since.items():
+        for agent_id, since in sorted(failing_since.items()):  # rows locked in one order
             if since is None:
                 self._x(
                     conn,
@@ -281,7 +281,7 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                     " WHERE agent_id = ? AND failing_since IS NULL",
                     (since, agent_id),
                 )
-        for agent_id, reason in disable.items():
+        for agent_id, reason in sorted(disable.items()):
             self._x(
                 conn,
                 "UPDATE webhook_settings SET disabled = 1, disabled_reason = ? WHERE agent_id = ?",

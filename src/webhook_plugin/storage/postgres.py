@@ -112,6 +112,7 @@ class PostgresStore(SQLStore):
     _LOCK_ROW: ClassVar[str] = " FOR UPDATE"
     #: the transaction's start on the server's clock
     _NOW: ClassVar[str] = "EXTRACT(EPOCH FROM now())::double precision"
+    _STATEMENT_NOW: ClassVar[str] = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
     dialect: ClassVar[str] = "postgresql"
     _CLAIM: ClassVar[str] = (
         "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending'"

@@ -81,7 +81,7 @@ async def agents(request: Request) -> Response:
 async def open_agent(request: Request) -> Response:
     """The *Open* form of the agents page: any agent id, existing or new."""
     agent_id = normalized_id(request.query_params.get("agentId", "").strip())
-    problem = id_problem(agent_id)
+    problem = id_problem(agent_id, agent=True)
     if problem:
         listed, later = await _listed(request, None)
         return render(

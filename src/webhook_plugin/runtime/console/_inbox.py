@@ -40,7 +40,7 @@ async def inbox(request: Request) -> Response:
     older = None
     if len(rows) > INBOX_PAGE:
         rows = rows[:INBOX_PAGE]
-        query = {"before": rows[-1][0].id, **({"agent": agent_filter} if agent_filter else {})}
+        query = {"before": rows[-1][0].cursor, **({"agent": agent_filter} if agent_filter else {})}
         older = f"?{urlencode(query)}"
     known = await db(pipeline.store.agent_names, [record.agent_id for record, _ in rows])
     names = {agent_id: name or agent_id for agent_id, name in known.items()}
