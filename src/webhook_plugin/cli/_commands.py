@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 
 from .._version import __version__
@@ -54,6 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..runtime.server import ServerLimits, serve
 
     config, text = read_config(args.config)
+    given = config.webhook.allow_private_hosts
+    config = config.for_serve(loopback_only=_is_loopback(args.host))
+    local = given is None and bool(config.webhook.allow_private_hosts)
     if not config.runtime.api_token and not _is_loopback(args.host):
         raise WebhookPluginError(
             f"refusing to listen on {args.host} without an API token: set [runtime] api_token"
@@ -80,7 +84,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(
         f"webhook-plugin {__version__} serving on http://{args.host}:{args.port}"
         f" (database {_redact(config.runtime.database)})\n"
-        "First time here? Run `webhook-plugin demo` to watch six signed webhooks arrive.",
+        + (
+            "Webhook URLs on this machine (127.0.0.1, localhost) are allowed: no api_token,"
+            " listening on loopback only.\n"
+            if local
+            else ""
+        )
+        + "First time here? Run `webhook-plugin demo` to watch six signed webhooks arrive.",
         file=sys.stderr,
     )
     limits = ServerLimits(
@@ -105,7 +115,14 @@ def _worker_process(
     command = [sys.executable, "-P", "-m", "webhook_plugin.cli", "worker", "--until-stdin-closes"]
     command += ["--log-format", args.log_format, "--log-level", args.log_level]
     grace = config.delivery().shutdown_grace + 10  # its attempts, then its last results
-    return WorkerProcess(command, text, args.config or "<defaults>", grace=grace)
+    allowed = config.webhook.allow_private_hosts  # as serve resolved it (for_serve)
+    return WorkerProcess(
+        command,
+        text,
+        args.config or "<defaults>",
+        grace=grace,
+        allow_private_hosts=None if allowed is None else list(allowed),
+    )
 
 
 def _cores() -> int:
@@ -133,6 +150,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         hello = json.loads(_read_line(0))
         config = config_from_text(hello["config"], hello["origin"])
+        if hello.get("allow_private_hosts") is not None:  # as serve resolved it
+            webhook = msgspec.structs.replace(
+                config.webhook, allow_private_hosts=tuple(hello["allow_private_hosts"])
+            )
+            config = msgspec.structs.replace(config, webhook=webhook)
     elif args.config is None:
         raise WebhookPluginError("worker needs --config FILE (the config serve runs with)")
     else:

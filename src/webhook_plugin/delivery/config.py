@@ -31,7 +31,10 @@ class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     Times are in seconds; the bounds are in the annotations (and the README).
 
-    :param allow_private_hosts: hosts or networks the network guard lets through.
+    :param allow_private_hosts: hosts or networks the network guard lets through;
+        ``None`` (not given) is none here, and ``webhook-plugin serve`` makes it
+        the loopback ones while it has no API token and listens on loopback
+        only (``CONTRACT.md`` section 4). A list given, even empty, is used as is.
     :param timeout: seconds for one delivery attempt (0.1 to 300).
     :param retry_schedule: seconds to wait before each attempt; its length (1 to
         50) is the number of attempts; each wait 0 to 7 days.
@@ -59,11 +62,11 @@ class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         (1 KiB to 16 MiB).
     :param secret_rotation_grace: seconds the previous signing secret keeps
         signing (as a second signature) after :meth:`DeliveryEngine.rotate_secret`
-        (0 to 30 days); 0, the default, drops it at once, as the contract's
-        ``rotate-secret`` does.
+        (0 to 30 days); 24 hours by default, as Svix does and the contract's
+        ``rotate-secret`` (``graceSeconds``) does; 0 drops it at once.
     """
 
-    allow_private_hosts: tuple[str, ...] = ()
+    allow_private_hosts: tuple[str, ...] | None = None
     timeout: Annotated[float, Meta(ge=0.1, le=300)] = 15.0
     retry_schedule: Annotated[tuple[_Wait, ...], Meta(min_length=1, max_length=50)] = (
         DEFAULT_SCHEDULE
@@ -81,7 +84,7 @@ class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     user_info_timeout: Annotated[float, Meta(ge=0.1, le=60)] = 3.0
     user_info_ttl: Annotated[float, Meta(ge=0, le=_DAY)] = 300.0
     user_info_max_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
-    secret_rotation_grace: Annotated[float, Meta(ge=0, le=30 * _DAY)] = 0.0
+    secret_rotation_grace: Annotated[float, Meta(ge=0, le=30 * _DAY)] = _DAY
 
     def __post_init__(self) -> None:
         # msgspec checks types and bounds when it converts (TOML), not in

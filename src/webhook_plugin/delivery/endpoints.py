@@ -120,7 +120,15 @@ class Endpoints:
         return updated
 
     async def save(self, agent_id: str, settings: WebhookSettings) -> WebhookSettings:
-        """Store an agent's settings (enabling its endpoint again) and use them at once.
+        """:meth:`save_reporting`, without its report."""
+        return (await self.save_reporting(agent_id, settings))[0]
+
+    async def save_reporting(
+        self, agent_id: str, settings: WebhookSettings
+    ) -> tuple[WebhookSettings, str | None]:
+        """Store an agent's settings (enabling its endpoint again) and use them at
+        once; the settings saved, and the signing secret this save generated (the
+        agent's first), which its owner is shown once.
 
         A settings object without a signing secret keeps the current one (and a
         rotation's grace period with it), or gets a new one when there is none.
@@ -130,10 +138,16 @@ class Endpoints:
         same time is never undone.
         """
 
+        generated: list[str] = []  # decided in the writing transaction
+
         def change(current: WebhookSettings | None) -> WebhookSettings:
+            generated.clear()
             secret = settings.signing_secret
             if secret is None and current is not None:
                 secret = current.signing_secret
+            if secret is None:
+                secret = generate_secret()
+                generated.append(secret)
             if current is not None and secret is not None and secret == current.signing_secret:
                 previous = current.previous_signing_secret
                 expires_at = current.previous_secret_expires_at
@@ -141,7 +155,7 @@ class Endpoints:
                 previous = expires_at = None
             return msgspec.structs.replace(
                 settings,
-                signing_secret=secret or generate_secret(),
+                signing_secret=secret,
                 previous_signing_secret=previous,
                 previous_secret_expires_at=expires_at,
                 disabled=False,
@@ -150,7 +164,7 @@ class Endpoints:
 
         saved = await self._update(agent_id, change)
         log.info("settings.saved", agent_id=agent_id, url_set=saved.url is not None)
-        return saved
+        return saved, generated[0] if generated else None
 
     async def rotate_secret(self, agent_id: str, *, grace: float | None = None) -> str:
         """Give the agent a new signing secret; later attempts are signed with it.

@@ -81,7 +81,7 @@ class DeliveryEngine:
     ) -> None:
         self.store = store
         self.config = config = config or DeliveryConfig()
-        self.guard = NetworkGuard(config.allow_private_hosts)
+        self.guard = NetworkGuard(config.allow_private_hosts or ())
         self.client: HttpClient = client or Http11Client(
             self.guard, user_agent=f"webhook-plugin/{__version__}"
         )
@@ -330,6 +330,13 @@ class DeliveryEngine:
     async def save_settings(self, agent_id: str, settings: WebhookSettings) -> WebhookSettings:
         """:meth:`Endpoints.save <.endpoints.Endpoints.save>`."""
         return await self.endpoints.save(agent_id, settings)
+
+    async def save_settings_reporting(
+        self, agent_id: str, settings: WebhookSettings
+    ) -> tuple[WebhookSettings, str | None]:
+        """:meth:`Endpoints.save_reporting <.endpoints.Endpoints.save_reporting>`:
+        also the signing secret this save generated (the agent's first), if it did."""
+        return await self.endpoints.save_reporting(agent_id, settings)
 
     async def rotate_secret(self, agent_id: str, *, grace: float | None = None) -> str:
         """:meth:`Endpoints.rotate_secret <.endpoints.Endpoints.rotate_secret>`."""

@@ -114,7 +114,9 @@ class NetworkGuard:
             else ("it resolves to a private or loopback address")
         )
         raise BlockedAddress(
-            f"refusing to connect to {host!r}: {what}; list it in allow_private_hosts to permit it"
+            f"refusing to connect to {host!r}: {what}; to permit it, list it in"
+            " allow_private_hosts under [webhook] in the config file that the server runs"
+            " with (webhook-plugin serve --config FILE; make run ARGS='--config FILE')"
         )
 
     def refuses(self, url: str) -> str | None:

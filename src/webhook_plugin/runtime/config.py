@@ -42,6 +42,10 @@ class RuntimeSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     )
 
 
+#: receivers on this machine: what ``serve`` allows by default while it has no
+#: API token and listens on loopback only (:meth:`RuntimeConfig.for_serve`)
+LOOPBACK_RECEIVERS: tuple[str, ...] = ("127.0.0.0/8", "::1", "localhost")
+
 #: the old name of the ``[webhook]`` table's type, kept for callers that build one
 WebhookSection = DeliveryConfig
 
@@ -79,6 +83,17 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 agent.settings()
             except SettingsError as exc:
                 raise ConfigError(f"agents[{index}].webhook.{exc.field}: {exc.message}") from None
+
+    def for_serve(self, *, loopback_only: bool) -> RuntimeConfig:
+        """The config as ``serve`` runs it: ``[webhook] allow_private_hosts``, when
+        not given, is the loopback receivers while there is no API token and
+        ``serve`` listens on loopback only (a receiver on this machine works on
+        the first try), else none (``CONTRACT.md`` section 4)."""
+        if self.webhook.allow_private_hosts is not None:
+            return self
+        hosts = LOOPBACK_RECEIVERS if loopback_only and not self.runtime.api_token else ()
+        webhook = msgspec.structs.replace(self.webhook, allow_private_hosts=hosts)
+        return msgspec.structs.replace(self, webhook=webhook)
 
     def delivery(self, *, workers: bool = True) -> DeliveryConfig:
         """The ``[webhook]`` table, for a process that delivers or (``workers=False``) not."""

@@ -159,9 +159,13 @@ class ChatPipeline:
             if settings is not None and await self.engine.get_settings(configured.id) is None:
                 await self.engine.save_settings(configured.id, settings)
 
-    async def save_settings(self, agent_id: str, settings: WebhookSettings) -> WebhookSettings:
+    async def save_settings(
+        self, agent_id: str, settings: WebhookSettings
+    ) -> tuple[WebhookSettings, str | None]:
+        """Save an agent's settings (creating the agent); the settings saved, and
+        the signing secret this save generated (the agent's first), if it did."""
         await self.agent(agent_id, create=True)
-        return await self.engine.save_settings(agent_id, settings)
+        return await self.engine.save_settings_reporting(agent_id, settings)
 
     # conversations -------------------------------------------------------------------------
 

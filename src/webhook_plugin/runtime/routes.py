@@ -140,8 +140,10 @@ async def put_webhook(request: Request) -> Response:
     test = request.query_params.get("test", "false")
     if test not in ("true", "false"):
         raise ApiError(400, "invalid_query", "test must be true or false")
-    saved = await pipeline.save_settings(agent_id, settings)
+    saved, generated = await pipeline.save_settings(agent_id, settings)
     answer: dict[str, Any] = {"agentId": agent_id, **saved.public()}
+    if generated is not None:  # the agent's first secret: shown this once, never again
+        answer["signingSecret"] = generated
     if test == "true":
         # as ChatVolt does on save: one signed request, reported, never queued
         tested = await pipeline.engine.test_endpoint(agent_id) if saved.url else None

@@ -88,9 +88,11 @@ class WorkerProcess:
         *,
         grace: float = 20.0,
         start_timeout: float = 30.0,
+        allow_private_hosts: list[str] | None = None,
     ) -> None:
         self.command = list(command)
-        self._hello = json.dumps({"config": config, "origin": origin}).encode() + b"\n"
+        hello = {"config": config, "origin": origin, "allow_private_hosts": allow_private_hosts}
+        self._hello = json.dumps(hello).encode() + b"\n"
         self.grace = grace
         self.start_timeout = start_timeout
         #: the last metrics the current child reported, and what earlier ones counted

@@ -361,8 +361,12 @@ def test_rotate_shows_the_new_secret_once_and_webhooks_verify_with_it(
     page = watched.page
     page.goto(f"{server.url}/agents/support/settings/webhook")
     assert "whsec_" not in page.get_by_role("main").inner_text().replace("whsec_ secret", "")
+    # it asks to confirm, and the old secret signs too for 24 h unless chosen otherwise
+    expect(page.get_by_label("The old secret also signs for")).to_have_value("86400")
+    page.get_by_label("Yes, make a new signing secret").check()
     page.get_by_role("button", name="Rotate signing secret").click()
     expect(page.get_by_role("status")).to_contain_text("not shown again")
+    expect(page.get_by_role("status")).to_contain_text("The old secret signs too until")
     secret = page.locator("#new-secret").inner_text().strip()
     assert re.fullmatch(r"whsec_[A-Za-z0-9+/=]{40,}", secret)
     expect(page.get_by_text("Python (")).to_be_visible()

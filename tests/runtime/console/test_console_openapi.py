@@ -27,7 +27,7 @@ def _documented_path(starlette_path: str) -> str:
         "conversation_id": "conversationId",
         "delivery_id": "deliveryId",
     }
-    return re.sub(r"\{(\w+)\}", lambda m: "{" + names[m[1]] + "}", starlette_path)
+    return re.sub(r"\{(\w+)(?::path)?\}", lambda m: "{" + names[m[1]] + "}", starlette_path)
 
 
 def test_the_document_is_openapi_3_1_with_every_route_and_the_six_webhooks() -> None:

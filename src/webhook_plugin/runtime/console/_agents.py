@@ -43,6 +43,13 @@ EVENT_HINTS: Final = {
     WebhookEventType.GROUP_MESSAGE_RECEIVED: "a group message that did not mention the agent",
 }
 EVENTS: Final = tuple(WebhookEventType)
+#: how long the old secret also signs after a rotation, as the console offers it
+GRACE_CHOICES: Final = (
+    (0, "no time: stop at once"),
+    (3600, "1 hour"),
+    (86400, "24 hours"),
+    (7 * 86400, "7 days"),
+)
 
 
 async def index(request: Request) -> Response:
@@ -128,6 +135,7 @@ async def _webhook_page(
         new_secret=new_secret,
         notice=notice,
         rotation=secrets.token_urlsafe(16),
+        grace_choices=GRACE_CHOICES,
     )
 
 
@@ -195,7 +203,7 @@ async def webhook_save(request: Request) -> Response:
         user_info_url=typed["user_info_url"] or None,
         user_info_header=headers["user_info_header"],
     )
-    saved = await pipeline.save_settings(agent_id, settings)
+    saved, generated = await pipeline.save_settings(agent_id, settings)
     session = session_of(request)
     if saved.url is None:
         session.flash("ok", "Saved. No Outbound WebHook URL, so no test request was sent.")
@@ -220,6 +228,10 @@ async def webhook_save(request: Request) -> Response:
                 "error", f"Saved. The test request found the endpoint unreachable: {why}."
                 " Webhooks are queued and retried meanwhile.",
             )  # fmt: skip
+    if generated is not None:
+        # the agent's first secret, which signed that test request: shown in this
+        # answer only (not a redirect: a secret never travels in a cookie or URL)
+        return await _webhook_page(request, agent_id, new_secret=generated)
     return redirect(f"/agents/{seg(agent_id)}/settings/webhook")
 
 
@@ -240,10 +252,20 @@ async def rotate_secret(request: Request) -> Response:
                 " To make another one, press Rotate signing secret again.",
             },
         )  # fmt: skip
+    choice = field(fields, "grace") or "86400"
+    grace = next((s for s, _ in GRACE_CHOICES if str(s) == choice), None)
+    if field(fields, "confirm") != "on" or grace is None:
+        why = "check \u201cYes, make a new signing secret\u201d to confirm"
+        if grace is None:
+            why = "choose how long the old secret also signs, from the list"
+        return await _webhook_page(
+            request, agent_id, status=400,
+            notice={"kind": "error", "text": f"The secret was not rotated: {why}."},
+        )  # fmt: skip
     session.data["rotation"] = nonce
     session.changed = True
     try:
-        secret = await engine.rotate_secret(agent_id)
+        secret = await engine.rotate_secret(agent_id, grace=float(grace))
     except NotFound:
         session_of(request).flash(
             "error", "This agent has no webhook settings yet: save them first."

@@ -83,7 +83,8 @@ class InboxConversation(_Answer, omit_defaults=True):
 
 
 class WebhookSettingsAnswer(_Answer, omit_defaults=True):
-    """An agent's settings: header values masked, the signing secret never shown."""
+    """An agent's settings: header values masked, the signing secret never shown
+    but once: in the answer to the PUT that generated the agent's first one."""
 
     agent_id: str
     url: str | None
@@ -95,6 +96,8 @@ class WebhookSettingsAnswer(_Answer, omit_defaults=True):
     disabled_reason: str | None
     #: with ``?test=true`` only: what one signed test request found (null without a URL)
     test: EndpointTest | UnsetType | None = UNSET
+    #: the agent's first signing secret, in the answer to the PUT that made it only
+    signing_secret: str | UnsetType = UNSET
 
 
 class RotatedSecret(_Answer):
