@@ -265,8 +265,12 @@ class WebhookTest(
 
 
 def json_schemas() -> dict[str, Any]:
-    """The JSON Schema of every event's payload, keyed by event type."""
-    return {str(event_type): msgspec.json.schema(cls) for event_type, cls in PAYLOAD_TYPES.items()}
+    """The JSON Schema of every payload an agent's URL receives, keyed by event
+    type: the six conversation events, and ``WEBHOOK_TEST`` (a settings save's
+    test request)."""
+    schemas = {str(t): msgspec.json.schema(cls) for t, cls in PAYLOAD_TYPES.items()}
+    schemas[TEST_EVENT_TYPE] = msgspec.json.schema(WebhookTest)
+    return schemas
 
 
 #: a contact's fields and their camelCase wire names, the one list of them

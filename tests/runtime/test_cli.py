@@ -109,7 +109,9 @@ def test_config_errors_say_where_and_what(tmp_path: Path, toml: str, message: st
 def test_schema_command_prints_every_payload_schema() -> None:
     r = subprocess.run([*CLI, "schema"], capture_output=True, text=True, check=True)
     schemas = json.loads(r.stdout)
-    assert len(schemas) == 6 and "GROUP_MESSAGE_RECEIVED" in schemas
+    assert len(schemas) == 7 and "GROUP_MESSAGE_RECEIVED" in schemas
+    test = schemas["WEBHOOK_TEST"]["$defs"]["WebhookTest"]
+    assert test["properties"]["eventType"] == {"enum": ["WEBHOOK_TEST"]}
 
 
 @pytest.mark.slow

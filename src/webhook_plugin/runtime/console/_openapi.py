@@ -16,7 +16,7 @@ import msgspec
 
 from ..._version import __version__
 from ...events import WebhookEventType
-from ...payloads import PAYLOAD_TYPES, WebhookTest
+from ...payloads import PAYLOAD_TYPES, TEST_EVENT_TYPE, WebhookTest
 from ..api_io import ConversationPatch, InboxMessageIn, SettingsIn, UserMessageIn
 from ._answers import ANSWERS
 
@@ -273,13 +273,14 @@ _SIGNATURE_HEADERS = [
     },
 ]
 
-_EVENT_SUMMARIES = {
+_EVENT_SUMMARIES: dict[str, str] = {
     WebhookEventType.USER_MESSAGE_RECEIVED: "A user's message arrived while AI is disabled",
     WebhookEventType.AGENT_MESSAGE_SENDED: "An operator's message went out from the Inbox",
     WebhookEventType.AGENT_USER_MESSAGE: "The AI agent answered a user's message",
     WebhookEventType.AGENT_MESSAGE_BLOCKED: "The channel refused an agent message (24 h window)",
     WebhookEventType.AGENT_MESSAGE_NOTED: "An agent message was kept as a note (api, dashboard)",
     WebhookEventType.GROUP_MESSAGE_RECEIVED: "A group message where the agent was not mentioned",
+    TEST_EVENT_TYPE: "The test request a settings save sends (no conversation: ignore it)",
 }
 
 
@@ -291,6 +292,11 @@ def openapi_document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
+    # what an agent's URL receives: the six events and a settings save's test
+    received: list[tuple[str, type[msgspec.Struct]]] = [
+        *((str(t), c) for t, c in PAYLOAD_TYPES.items()),
+        (TEST_EVENT_TYPE, WebhookTest),
+    ]
     webhooks = {
         str(event_type): {
             "post": {
@@ -308,7 +314,7 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         }
-        for event_type, cls in PAYLOAD_TYPES.items()
+        for event_type, cls in received
     }
     return {
         "openapi": "3.1.0",
