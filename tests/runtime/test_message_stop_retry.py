@@ -94,12 +94,20 @@ def test_a_server_stopped_mid_message_and_a_retry_elsewhere_give_one_answer_and_
                     )
                 except httpx.TimeoutException:
                     retried.append(i)
-                    r = httpx.post(
-                        f"{second.url}/v1/agents/support/messages",
-                        json=body(i),
-                        headers=AUTH,
-                        timeout=30,
-                    )
+                    deadline = time.monotonic() + 30
+                    while True:  # as a client does: again after Retry-After on a 503
+                        r = httpx.post(
+                            f"{second.url}/v1/agents/support/messages",
+                            json=body(i),
+                            headers=AUTH,
+                            timeout=30,
+                        )
+                        if r.status_code != 503 or time.monotonic() > deadline:
+                            break
+                        # the stopped server holds the rows it was writing: the
+                        # other waits a few seconds for them, then says 503
+                        assert r.headers["retry-after"], r.text
+                        time.sleep(0.5)
                 assert r.status_code == 200, r.text
                 with lock:
                     answers[f"wamid.{i}"].append(r.json())
