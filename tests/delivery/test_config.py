@@ -91,6 +91,8 @@ def within(t: inspect.FloatType | inspect.IntType, value: float) -> bool:
 def other_value(name: str) -> Any:
     """A valid value for knob ``name`` that is not its default."""
     t, default = TYPES[name], getattr(DEFAULT, name)
+    if isinstance(t, inspect.UnionType):  # "X or None": the X
+        t = next(x for x in t.types if not isinstance(x, inspect.NoneType))
     if isinstance(t, NUMBERS):
         candidates: list[Any] = list(bounds(t))
     elif isinstance(t, inspect.VarTupleType) and isinstance(t.item_type, inspect.StrType):

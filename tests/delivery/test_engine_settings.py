@@ -129,7 +129,7 @@ async def test_a_rotation_without_grace_drops_the_old_secret_at_once(
 ) -> None:
     async with DeliveryEngine(make_store(), config()) as engine:
         await engine.save_settings(AGENT.id, settings(receiver.url))
-        new_secret = await engine.rotate_secret(AGENT.id)  # the default: no grace
+        new_secret = await engine.rotate_secret(AGENT.id, grace=0)
         reply(pipeline(engine))
         [got] = await anyio.to_thread.run_sync(receiver.wait_for, 1)
     assert new_secret.startswith("whsec_") and new_secret != SECRET
