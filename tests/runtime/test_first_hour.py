@@ -32,6 +32,8 @@ def test_a_local_receiver_works_on_the_first_try_and_the_first_secret_verifies(
         server = Server(config(tmp_path), tmp_path)  # as `make run` serves: no token, loopback
         try:
             with httpx.Client(base_url=server.url, timeout=15) as api:
+                page = api.get("/agents/support/settings/webhook").text
+                assert "A receiver on this machine" in page  # the page says so
                 r = api.put("/v1/agents/support/webhook?test=true", json={"url": f"{rx.url}/hook"})
                 assert r.status_code == 200, r.text
                 secret = r.json()["signingSecret"]
@@ -80,5 +82,8 @@ def test_a_local_receiver_is_refused_otherwise_and_the_refusal_says_where_to_all
             message = r.json()["error"]["message"]
             assert "[webhook]" in message and "--config" in message
             assert "private or loopback" in message
+            if not headers:  # (with a token the page needs a sign-in)
+                page = httpx.get(f"{server.url}/agents/support/settings/webhook", timeout=15)
+                assert page.status_code == 200 and "A receiver on this machine" not in page.text
         finally:
             server.stop()

@@ -105,7 +105,7 @@ async def test_ids_that_differ_only_by_normalization_are_one_conversation(
     assert page.status_code == 200
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(conversation=st.text(min_size=1, max_size=30))
 async def test_every_id_that_passes_opens_in_the_api_and_the_console(
     tmp_path_factory: pytest.TempPathFactory, conversation: str

@@ -98,6 +98,12 @@ class NetworkGuard:
         allowed = sorted(self._hosts) + [str(n) for n in self._networks]
         return f"NetworkGuard(allow={allowed!r})"
 
+    def allows_loopback(self) -> bool:
+        """Whether a receiver on this machine (127.0.0.1) may be reached."""
+        return any(ipaddress.ip_address("127.0.0.1") in n for n in self._networks) or (
+            "127.0.0.1" in self._hosts or "localhost" in self._hosts
+        )
+
     def check(self, host: str, ip: IPAddress) -> None:
         """Raise :class:`BlockedAddress` unless ``ip`` may be contacted for ``host``."""
         reason = blocked_reason(ip)

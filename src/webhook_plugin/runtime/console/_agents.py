@@ -136,6 +136,7 @@ async def _webhook_page(
         notice=notice,
         rotation=secrets.token_urlsafe(16),
         grace_choices=GRACE_CHOICES,
+        local_receivers=pipeline_from(request).engine.guard.allows_loopback(),
     )
 
 
