@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,19 @@ def answered(key: str, body: bytes, *, bound: str = "fp", agent: str = "a") -> M
         ],
         answer=Answer(conversation_id="c", message_id=key, fingerprint=bound, body=body),
     )  # fmt: skip
+
+
+@pytest.fixture
+def chat(make_store: Callable[[], Store]) -> Iterator[SQLChatStore]:
+    """The chat store on a fresh database (each backend)."""
+    db = make_store()
+    db.open()
+    store = SQLChatStore(db)  # type: ignore[arg-type]
+    store.open()
+    try:
+        yield store
+    finally:
+        db.close()
 
 
 def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
@@ -150,110 +163,82 @@ def test_postgres_url_is_not_shown_with_its_password() -> None:
 
 
 def test_a_message_id_is_taken_by_the_first_commit_and_bound_to_its_request(
-    make_store: Callable[[], Store],
+    chat: SQLChatStore,
 ) -> None:
-    db = make_store()
-    db.open()
-    store = SQLChatStore(db)  # type: ignore[arg-type]
-    store.open()
-    try:
-        first = answered("m", b'{"n": 1}')
-        store.write_messages([first])
-        assert first.earlier is None and first.refused is None
-        twin = answered("m", b'{"n": 2}')  # the same request, processed again elsewhere
-        store.write_messages([twin])
-        assert twin.earlier == b'{"n": 1}' and twin.refused is None
-        other = answered("m", b'{"n": 3}', bound="another request")
-        store.write_messages([other])
-        assert isinstance(other.refused, IdempotencyMismatch) and other.earlier is None
-        assert [m.id for m in store.list_messages("c")] == ["m"]  # the first's message only
-        # twins in one batch: the first in it is stored, the other gets its answer
-        a, b = answered("n", b'{"n": 4}'), answered("n", b'{"n": 5}')
-        store.write_messages([a, b])
-        assert a.earlier is None and b.earlier == b'{"n": 4}'
-        assert [m.id for m in store.list_messages("c")] == ["m", "n"]
-        assert store.get_answer("c", "n") == (b'{"n": 4}', "fp")
-        # twins in one batch with another request under the key: refused, and
-        # the first's answer stands (even when its conversation is another's)
-        c, d = answered("o", b'{"n": 6}'), answered("o", b'{"n": 7}', bound="other", agent="b")
-        store.write_messages([c, d])
-        assert c.earlier is None and c.refused is None
-        assert isinstance(d.refused, IdempotencyMismatch)
-        assert store.get_answer("c", "o") == (b'{"n": 6}', "fp")
-        # a first that lost to an answer stored before: its twin gets that answer
-        e, f = answered("m", b'{"n": 8}'), answered("m", b'{"n": 9}')
-        store.write_messages([e, f])
-        assert e.earlier == f.earlier == b'{"n": 1}'
-    finally:
-        db.close()
+    first = answered("m", b'{"n": 1}')
+    chat.write_messages([first])
+    assert first.earlier is None and first.refused is None
+    twin = answered("m", b'{"n": 2}')  # the same request, processed again elsewhere
+    chat.write_messages([twin])
+    assert twin.earlier == b'{"n": 1}' and twin.refused is None
+    other = answered("m", b'{"n": 3}', bound="another request")
+    chat.write_messages([other])
+    assert isinstance(other.refused, IdempotencyMismatch) and other.earlier is None
+    assert [m.id for m in chat.list_messages("c")] == ["m"]  # the first's message only
+    # twins in one batch: the first in it is stored, the other gets its answer
+    a, b = answered("n", b'{"n": 4}'), answered("n", b'{"n": 5}')
+    chat.write_messages([a, b])
+    assert a.earlier is None and b.earlier == b'{"n": 4}'
+    assert [m.id for m in chat.list_messages("c")] == ["m", "n"]
+    assert chat.get_answer("c", "n") == (b'{"n": 4}', "fp")
+    # twins in one batch with another request under the key: refused, and
+    # the first's answer stands (even when its conversation is another's)
+    c, d = answered("o", b'{"n": 6}'), answered("o", b'{"n": 7}', bound="other", agent="b")
+    chat.write_messages([c, d])
+    assert c.earlier is None and c.refused is None
+    assert isinstance(d.refused, IdempotencyMismatch)
+    assert chat.get_answer("c", "o") == (b'{"n": 6}', "fp")
+    # a first that lost to an answer stored before: its twin gets that answer
+    e, f = answered("m", b'{"n": 8}'), answered("m", b'{"n": 9}')
+    chat.write_messages([e, f])
+    assert e.earlier == f.earlier == b'{"n": 1}'
 
 
 def test_a_message_for_another_agents_conversation_is_refused_and_its_key_left_free(
-    make_store: Callable[[], Store],
+    chat: SQLChatStore,
 ) -> None:
-    db = make_store()
-    db.open()
-    store = SQLChatStore(db)  # type: ignore[arg-type]
-    store.open()
-    try:
-        store.write_messages([answered("m1", b"{}", agent="a")])
-        intruder = answered("m2", b"{}", agent="b")
-        store.write_messages([intruder])
-        assert isinstance(intruder.refused, Conflict)
-        assert "belongs to another agent" in str(intruder.refused)
-        assert store.get_answer("c", "m2") is None
-        conversation = store.get_conversation("c")
-        assert conversation is not None and conversation.agent_id == "a"
-        assert [m.id for m in store.list_messages("c")] == ["m1"]
-    finally:
-        db.close()
+    chat.write_messages([answered("m1", b"{}", agent="a")])
+    intruder = answered("m2", b"{}", agent="b")
+    chat.write_messages([intruder])
+    assert isinstance(intruder.refused, Conflict)
+    assert "belongs to another agent" in str(intruder.refused)
+    assert chat.get_answer("c", "m2") is None
+    conversation = chat.get_conversation("c")
+    assert conversation is not None and conversation.agent_id == "a"
+    assert [m.id for m in chat.list_messages("c")] == ["m1"]
 
 
 def test_a_message_merges_the_contact_and_never_writes_the_ai_switch(
-    make_store: Callable[[], Store],
+    chat: SQLChatStore,
 ) -> None:
-    db = make_store()
-    db.open()
-    store = SQLChatStore(db)  # type: ignore[arg-type]
-    store.open()
-    try:
-        first = answered("m1", b"{}")
-        assert first.conversation is not None
-        first.conversation.contact = {"name": "Ana"}
-        store.write_messages([first])
-        switched = store.set_ai_enabled("c", False)  # the operator, while m2 is in flight
-        assert switched is not None and switched.ai_enabled is False
-        second = answered("m2", b"{}")  # it read AI on, and a contact without the name
-        assert second.conversation is not None
-        second.conversation.contact = {"email": "ana@example.com"}
-        second.conversation.last_user_message_at = 50.0
-        store.write_messages([second])
-        stored = store.get_conversation("c")
-        assert stored is not None and stored.ai_enabled is False
-        assert stored.contact == {"name": "Ana", "email": "ana@example.com"}
-        assert stored.last_user_message_at == 50.0
-        assert store.set_ai_enabled("nope", True) is None
-    finally:
-        db.close()
+    first = answered("m1", b"{}")
+    assert first.conversation is not None
+    first.conversation.contact = {"name": "Ana"}
+    chat.write_messages([first])
+    switched = chat.set_ai_enabled("c", False)  # the operator, while m2 is in flight
+    assert switched is not None and switched.ai_enabled is False
+    second = answered("m2", b"{}")  # it read AI on, and a contact without the name
+    assert second.conversation is not None
+    second.conversation.contact = {"email": "ana@example.com"}
+    second.conversation.last_user_message_at = 50.0
+    chat.write_messages([second])
+    stored = chat.get_conversation("c")
+    assert stored is not None and stored.ai_enabled is False
+    assert stored.contact == {"name": "Ana", "email": "ana@example.com"}
+    assert stored.last_user_message_at == 50.0
+    assert chat.set_ai_enabled("nope", True) is None
 
 
 def test_stored_answers_past_the_retention_are_forgotten(
-    make_store: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+    chat: SQLChatStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = make_store()
-    db.open()
-    chat = SQLChatStore(db)  # type: ignore[arg-type]
-    chat.open()
-    try:
-        monkeypatch.setattr(time, "time", lambda: 10.0)
-        chat.write_messages([answered("old", b'{"old": 1}')])
-        monkeypatch.undo()
-        chat.write_messages([answered("new", b"{}")])
-        assert chat.purge_answers(before=1e6) == 1
-        assert chat.get_answer("c", "old") is None
-        assert chat.get_answer("c", "new") == (b"{}", "fp")
-    finally:
-        db.close()
+    monkeypatch.setattr(time, "time", lambda: 10.0)
+    chat.write_messages([answered("old", b'{"old": 1}')])
+    monkeypatch.undo()
+    chat.write_messages([answered("new", b"{}")])
+    assert chat.purge_answers(before=1e6) == 1
+    assert chat.get_answer("c", "old") is None
+    assert chat.get_answer("c", "new") == (b"{}", "fp")
 
 
 def test_a_sqlite_watcher_wakes_on_queued_deliveries_not_on_other_commits(tmp_path: Path) -> None:
