@@ -218,3 +218,31 @@ async def test_two_agents_first_messages_to_one_new_conversation(tmp_path: Path)
     assert record.agent_id == owner
     assert view["messages"][0]["id"] == f"m-{owner}"
     assert len(view["messages"]) == 2  # the owner's message and its reply only
+
+
+@pytest.mark.parametrize(
+    "stored", [b"not json", b"[1, 2]", b"{" * 5000, "a text, not bytes", 42, b"\xff\xfe"]
+)
+async def test_a_stored_answer_another_program_wrote_is_a_conflict_never_an_error(
+    tmp_path: Path, stored: object
+) -> None:
+    import sqlite3
+
+    llm = SlowLLM(delay=0)
+    async with running(tmp_path, llm) as pipeline:
+        await send(pipeline, "wamid.x")()  # the tables exist, the conversation too
+        with sqlite3.connect(tmp_path / "chat.db") as conn:
+            conn.execute(
+                "INSERT INTO message_outcomes VALUES ('c1', 'wamid.7', ?, 1e9, NULL)", (stored,)
+            )
+            conn.execute("UPDATE console_keys SET signing_key = ?, token_check = ?", (stored, 7))
+        outcome: object
+        try:
+            outcome = await send(pipeline, "wamid.7")()
+        except Conflict as exc:
+            outcome = exc
+        assert isinstance(outcome, Conflict | dict), outcome
+        if isinstance(outcome, Conflict):
+            assert "wamid.7" in str(outcome)
+        key = await pipeline.blocking(pipeline.store.session_key, None)
+        assert isinstance(key, bytes) and len(key) == 32  # a new one replaced it

@@ -35,7 +35,6 @@ __all__ = [
     "InboxMessageIn",
     "SettingsIn",
     "UserMessageIn",
-    "check_agent_id",
     "check_text",
     "checked_created_at",
     "checked_id",
@@ -201,10 +200,6 @@ def page_query(request: Request, *, default: int, most: int) -> tuple[int | None
     if limit is None or limit > most:
         raise ApiError(400, "invalid_query", f"limit must be a whole number from 1 to {most}")
     return before, limit
-
-
-def check_agent_id(agent_id: str) -> None:
-    checked_id("agent id", agent_id)
 
 
 def check_text(text: str) -> None:

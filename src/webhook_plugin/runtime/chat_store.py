@@ -59,6 +59,14 @@ def _contact(raw: bytes) -> dict[str, str]:
         return {}
 
 
+def _blob(value: object) -> bytes:
+    """A stored binary value; one stored in another shape (a text written by
+    hand or by another program, a number) as its UTF-8, or nothing."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return value.encode("utf-8", "replace") if isinstance(value, str) else b""
+
+
 def _attachments(raw: bytes) -> list[dict[str, Any]]:
     try:
         return _attachments_decoder.decode(raw)
@@ -353,7 +361,8 @@ class SQLChatStore:
             " WHERE conversation_id = ? AND message_id = ?",
             (a.conversation_id, a.message_id),
         ).fetchone()
-        if row is None or not row[0]:  # purged meanwhile, or an older version's mark
+        stored = b"" if row is None else _blob(row[0])
+        if not stored:  # purged meanwhile, or an older version's mark
             w.refused = Conflict(
                 f"message {a.message_id!r} is being processed by an earlier request;"
                 " retry later for its answer"
@@ -361,7 +370,7 @@ class SQLChatStore:
         elif row[1] is not None and row[1] != a.fingerprint:
             w.refused = IdempotencyMismatch.of(a.message_id)
         else:
-            w.earlier = bytes(row[0])
+            w.earlier = stored
 
     def _check_conversations(self, conn: Any, writes: Sequence[MessageWrite]) -> None:
         """Create the conversations that do not exist; refuse the writes that
@@ -443,10 +452,13 @@ class SQLChatStore:
                 "SELECT signing_key, salt, token_check FROM console_keys WHERE id = 1"
                 + self._db.lock_row,
             ).fetchone()
-            if row is not None and hmac.compare_digest(
-                _token_check(api_token, bytes(row[1])), bytes(row[2])
+            # a row in another shape (written by hand, another program) is no key
+            if (
+                row is not None
+                and len(_blob(row[0])) >= 32
+                and hmac.compare_digest(_token_check(api_token, _blob(row[1])), _blob(row[2]))
             ):
-                return bytes(row[0])
+                return _blob(row[0])
             key, salt = secrets.token_bytes(32), secrets.token_bytes(16)
             made = (key, salt, _token_check(api_token, salt))
             if row is None:
@@ -461,12 +473,12 @@ class SQLChatStore:
                     conn,
                     "UPDATE console_keys SET signing_key = ?, salt = ?, token_check = ?"
                     " WHERE id = 1 AND token_check = ?",
-                    (*made, bytes(row[2])),
+                    (*made, row[2]),
                 )
             stored = self._db.execute(
                 conn, "SELECT signing_key FROM console_keys WHERE id = 1"
             ).fetchone()
-        return bytes(stored[0])
+        return _blob(stored[0]) or key
 
     def get_answer(self, conversation_id: str, message_id: str) -> tuple[bytes, str | None] | None:
         row = self._db.point_read(
@@ -477,7 +489,9 @@ class SQLChatStore:
                 (conversation_id, message_id),
             ).fetchone()
         )
-        return None if row is None else (bytes(row[0]), row[1])
+        if row is None:
+            return None
+        return _blob(row[0]), row[1] if isinstance(row[1], str) else None
 
     def get_agent(self, agent_id: str) -> dict[str, object] | None:
         row = self._db.read(

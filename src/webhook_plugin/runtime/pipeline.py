@@ -287,7 +287,7 @@ class ChatPipeline:
         body, bound_to = stored
         if bound_to is not None and bound_to != bound:
             raise IdempotencyMismatch.of(key[1])
-        return _decode_answer(body)
+        return _stored_answer(body, key[1])
 
     async def _user_message(
         self,
@@ -371,7 +371,7 @@ class ChatPipeline:
         if write.refused is not None:
             raise write.refused
         if write.earlier is not None:  # another request was answered first: its answer
-            return _decode_answer(write.earlier)
+            return _stored_answer(write.earlier, message_id or "")
         return answered
 
     async def _run_user_hooks(
@@ -435,6 +435,19 @@ class ChatPipeline:
     ) -> dict[str, Any]:
         """:meth:`Inbox.view <.inbox.Inbox.view>`."""
         return await self.inbox.view(conversation_id, before=before, limit=limit)
+
+
+def _stored_answer(body: bytes, message_id: str) -> dict[str, Any]:
+    """A stored answer, as it is answered again; one that does not read (a row
+    written by hand or by another program) is a :class:`Conflict` that says so,
+    never a server error."""
+    try:
+        return _decode_answer(body)
+    except (msgspec.DecodeError, RecursionError):
+        raise Conflict(
+            f"the stored answer of message {message_id!r} cannot be read (it was written"
+            " by another program); send the message with a new messageId"
+        ) from None
 
 
 def _chat_store_for(engine: DeliveryEngine) -> ChatStore:
