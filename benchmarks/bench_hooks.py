@@ -36,7 +36,13 @@ class MemoryOutbox:
     def settings_for(self, agent_id: str) -> WebhookSettings | None:
         return SETTINGS
 
-    def enqueue(self, agent_id: str, event_type: WebhookEventType, body: bytes) -> Any:
+    def enqueue(
+        self,
+        agent_id: str,
+        event_type: WebhookEventType,
+        body: bytes,
+        conversation_id: object = None,
+    ) -> Any:
         self.items.append((agent_id, event_type, body))
         if len(self.items) > 10_000:
             self.items.clear()

@@ -23,6 +23,8 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     at: float
+    #: what the receiver answered (0: no answer, the connection was reset)
+    status: int = 0
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Receiver:
                     self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
                 )
                 reply = receiver.behaviour(rec)
+                rec.status = 0 if reply.reset else reply.status
                 if reply.delay:
                     time.sleep(reply.delay)
                 if reply.reset:
@@ -121,6 +124,19 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def wait_for_ids(self, count: int, timeout: float = 10.0) -> list[Recorded]:
+        """Block (in a thread) until ``count`` webhook-ids were answered 2xx."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                done = {r.headers.get("webhook-id") for r in self.requests if 200 <= r.status < 300}
+                if len(done) >= count:
+                    return list(self.requests)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"expected {count} webhooks delivered, got {len(done)}")
+                self._arrived.wait(left)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Recorded]:
         """Block (in a thread) until ``count`` requests arrived."""

@@ -21,6 +21,7 @@ from webhook_plugin import (
     WebhookEventType,
 )
 from webhook_plugin.payloads import PAYLOAD_TYPES, build_payload, encode, json_schemas
+from webhook_plugin.storage._outbox_sql import with_sequence
 
 GOLDEN = TESTS / "golden"
 E = WebhookEventType
@@ -55,8 +56,14 @@ def example(event_type: E) -> bytes:
             ),
         )
         kwargs["group"] = GROUP
-    return encode(
-        build_payload(event_type, agent=AGENT, conversation=conversation, message=message, **kwargs)
+    # as the receiver gets it: the first event of its conversation
+    return with_sequence(
+        encode(
+            build_payload(
+                event_type, agent=AGENT, conversation=conversation, message=message, **kwargs
+            )
+        ),
+        1,
     )
 
 
@@ -229,3 +236,20 @@ def test_one_list_of_contact_fields_for_the_api_the_wire_and_the_hooks() -> None
     assert contact_from_wire(wire) == full
     assert contact_to_wire(Contact(email="a@b.c", name="")) == {"email": "a@b.c"}
     assert msgspec.to_builtins(ContactIn(**{n: getattr(full, n) for n in names})) == wire
+
+
+def test_the_readme_shows_each_golden_payload_as_it_is() -> None:
+    """The README's example payloads are the golden files, word for word."""
+    readme = (TESTS.parent / "README.md").read_text()
+    shown = {}
+    for block in readme.split("```json\n")[1:]:
+        body = block.split("```", 1)[0]
+        try:
+            data = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "messageId" in data:
+            shown[data["eventType"]] = data
+    for event_type in E:
+        golden = json.loads((GOLDEN / f"{event_type.value}.json").read_text())
+        assert shown.get(event_type.value) == golden, f"README's {event_type} differs"

@@ -75,6 +75,9 @@ class Payload(
     user_email: str | UnsetType = UNSET
     user_phone_number: str | UnsetType = UNSET
     attachments: list[AttachmentPayload] | UnsetType = UNSET
+    #: the event's place in its conversation (1, 2, 3...): numbered by the
+    #: delivery store as the event is queued, so unset when built here
+    sequence: int | UnsetType = UNSET
 
 
 class UserMessageReceived(Payload, tag=WebhookEventType.USER_MESSAGE_RECEIVED.value):
@@ -264,11 +267,22 @@ class WebhookTest(
     created_at: datetime
 
 
+def _with_sequence(schema: dict[str, Any]) -> dict[str, Any]:
+    """A payload's schema with ``sequence`` required: every delivered payload
+    has one (the store writes it in), though a payload built here has not."""
+    for definition in schema.get("$defs", {}).values():
+        props = definition.get("properties", {})
+        if "sequence" in props:
+            props["sequence"]["minimum"] = 1
+            definition["required"] = sorted({*definition.get("required", ()), "sequence"})
+    return schema
+
+
 def json_schemas() -> dict[str, Any]:
     """The JSON Schema of every payload an agent's URL receives, keyed by event
     type: the six conversation events, and ``WEBHOOK_TEST`` (a settings save's
     test request)."""
-    schemas = {str(t): msgspec.json.schema(cls) for t, cls in PAYLOAD_TYPES.items()}
+    schemas = {str(t): _with_sequence(msgspec.json.schema(cls)) for t, cls in PAYLOAD_TYPES.items()}
     schemas[TEST_EVENT_TYPE] = msgspec.json.schema(WebhookTest)
     return schemas
 

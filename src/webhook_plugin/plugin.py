@@ -42,7 +42,7 @@ class WebhookPlugin:
         if settings is None or not settings.wants(event_type):
             return None
         body = encode(build_payload(event_type, agent=agent, **parts))
-        return self._outbox.enqueue(agent.id, event_type, body)
+        return self._outbox.enqueue(agent.id, event_type, body, parts["conversation"].id)
 
     @hookimpl
     def on_user_message(

@@ -39,6 +39,10 @@ __all__ = [
 MAX_URL_LENGTH: Final = 2048
 MAX_HEADER_LENGTH: Final = 4096
 SECRET_PREFIX: Final = "whsec_"
+#: the values of ``ordering`` (``CONTRACT.md`` section 4)
+ORDERINGS: Final = ("none", "conversation")
+DEFAULT_ORDERING_MAX_WAIT: Final = 3600.0
+MAX_ORDERING_MAX_WAIT: Final = 30 * 86400.0
 
 # RFC 9110 token characters
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -85,6 +89,13 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
     user_info_header: str | None = None
     disabled: bool = False
     disabled_reason: str | None = None
+    #: ``"conversation"``: one conversation's events are sent one at a time, in
+    #: ``sequence`` order; ``"none"``: concurrently (``CONTRACT.md`` section 2, Order)
+    ordering: str = "none"
+    #: seconds a conversation's head event may keep failing before it is given up
+    ordering_max_wait: float = DEFAULT_ORDERING_MAX_WAIT
+    #: where operational events go (``ENDPOINT_DISABLED``...), signed like webhooks
+    operations_url: str | None = None
 
     def __repr__(self) -> str:
         # A repr reaches tracebacks, debuggers and rich's "locals" panels: it
@@ -98,6 +109,8 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
             "user_info_url": self.user_info_url,
             "user_info_header": mask_header(self.user_info_header),
             "disabled": self.disabled,
+            "ordering": None if self.ordering == "none" else self.ordering,
+            "operations_url": self.operations_url,
         }
         fields = ", ".join(f"{k}={v!r}" for k, v in shown.items() if v not in (None, False))
         return f"WebhookSettings({fields})"
@@ -132,6 +145,9 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
         events: Iterable[str] | None = None,
         user_info_url: str | None = None,
         user_info_header: str | None = None,
+        ordering: str | None = None,
+        ordering_max_wait: float | None = None,
+        operations_url: str | None = None,
     ) -> WebhookSettings:
         """Check every value an owner typed and build the settings.
 
@@ -150,6 +166,20 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
             parse_header(user_info_header, "userInfoHeader")
         if signing_secret:
             secret_key(signing_secret)
+        operations_url = validate_url(operations_url, "operationsUrl") if operations_url else None
+        ordering = ordering or "none"
+        if ordering not in ORDERINGS:
+            raise SettingsError("ordering", f"must be one of {', '.join(map(repr, ORDERINGS))}")
+        if ordering_max_wait is None:
+            ordering_max_wait = DEFAULT_ORDERING_MAX_WAIT
+        if (
+            not isinstance(ordering_max_wait, int | float)
+            or isinstance(ordering_max_wait, bool)
+            or not 1 <= ordering_max_wait <= MAX_ORDERING_MAX_WAIT
+        ):
+            raise SettingsError(
+                "orderingMaxWait", f"must be a number of seconds from 1 to {MAX_ORDERING_MAX_WAIT}"
+            )
         return cls(
             url=url,
             header=header or None,
@@ -157,7 +187,15 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
             events=parse_events(events) if events is not None else None,
             user_info_url=user_info_url,
             user_info_header=user_info_header or None,
+            ordering=ordering,
+            ordering_max_wait=float(ordering_max_wait),
+            operations_url=operations_url,
         )
+
+    @property
+    def ordered(self) -> bool:
+        """Whether one conversation's events are sent one at a time, in order."""
+        return self.ordering == "conversation"
 
     def public(self) -> dict[str, object]:
         """The settings as an API answers them: camelCase, headers masked, no secret."""
@@ -169,6 +207,9 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
             "userInfoHeader": mask_header(self.user_info_header),
             "disabled": self.disabled,
             "disabledReason": self.disabled_reason,
+            "ordering": self.ordering,
+            "orderingMaxWait": self.ordering_max_wait,
+            "operationsUrl": self.operations_url,
         }
 
 
@@ -183,6 +224,9 @@ class SettingsInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     events: list[str] | None = None
     user_info_url: str | None = None
     user_info_header: str | None = None
+    ordering: str | None = None
+    ordering_max_wait: float | None = None
+    operations_url: str | None = None
 
     def validated(self) -> WebhookSettings:
         """:meth:`WebhookSettings.validated` of these values.
@@ -196,6 +240,9 @@ class SettingsInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             events=self.events,
             user_info_url=self.user_info_url,
             user_info_header=self.user_info_header,
+            ordering=self.ordering,
+            ordering_max_wait=self.ordering_max_wait,
+            operations_url=self.operations_url,
         )
 
 

@@ -58,7 +58,7 @@ def test_a_result_made_under_a_lease_taken_over_is_dropped_and_logged(
                     event_type=WebhookEventType.AGENT_USER_MESSAGE,
                     body=b"{}",
                     created_at=now,
-                    next_attempt_at=now,
+                    next_attempt_at=now - 1,  # due on the database's clock (ms steps)
                 )
             ]
         )

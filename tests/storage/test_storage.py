@@ -69,6 +69,10 @@ def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
     conn.execute("DROP INDEX conversations_recent")
     conn.execute("DROP INDEX conversations_agent_recent")
     conn.execute("ALTER TABLE conversations DROP COLUMN last_seq")
+    conn.execute("DROP INDEX deliveries_lane")  # the delivery tables as version 2 had them
+    conn.execute("DROP TABLE conversation_sequences")
+    for column in ("conversation_id", "sequence", "ordered", "head_since"):
+        conn.execute(f"ALTER TABLE deliveries DROP COLUMN {column}")
     conn.execute("DROP TABLE schema_versions")  # one version for all, then
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
@@ -84,7 +88,7 @@ def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
     finally:
         store.close()
     versions = sqlite3.connect(path).execute("SELECT * FROM schema_versions").fetchall()
-    assert sorted(versions) == [("chat", 4), ("delivery", 2)]
+    assert sorted(versions) == [("chat", 4), ("delivery", 3)]
 
 
 def test_an_earlier_versions_reservation_marks_are_dropped_its_answers_kept(
@@ -132,6 +136,7 @@ def test_the_delivery_store_alone_has_no_chat_tables(tmp_path: Path) -> None:
         "webhook_settings",
         "queued_signal",
         "schema_versions",
+        "conversation_sequences",
     }
 
 
@@ -287,7 +292,11 @@ def test_a_sqlite_claim_reads_the_due_index_in_order_not_every_pending_row(
     store.open()
     try:
         conn = sqlite3.connect(tmp_path / "plan.db")
-        sql = store._CLAIM.replace("{skip}", "").replace("{now}", store._NOW)
+        sql = (
+            store._CLAIM.replace("{skip}", "")
+            .replace("{in_turn}", store._IN_TURN)
+            .replace("{now}", store._NOW)
+        )
         plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (30, "x", 8))]
         conn.close()
         assert any("USING INDEX deliveries_due" in step for step in plan), plan

@@ -86,6 +86,19 @@ async def attempt(
         failing_since=d.failing_since,
         policy=policy,
     )
+    if (
+        outcome.status == "pending"
+        and d.head_deadline is not None
+        and time.monotonic() >= d.head_deadline
+    ):
+        # the head of an ordered conversation kept failing for too long: given
+        # up, so that the events after it go (each keeps its sequence: the
+        # receiver sees the gap)
+        outcome = outcome._replace(
+            status="failed",
+            next_attempt_at=None,
+            error=f"{outcome.error} (ordering_max_wait: given up at the head of its conversation)",
+        )
     _log(d, outcome, started, duration)
     excerpt = None
     if response is not None and response.body:
@@ -108,6 +121,7 @@ async def attempt(
         next_attempt_at=outcome.next_attempt_at,
         disable_reason=outcome.disable_reason,
         lease_owner=d.lease_owner,
+        ordered=d.head_deadline is not None,
     )
     return Attempted(result, outcome, duration, timed_out=isinstance(error, RequestTimeout))
 
@@ -135,6 +149,7 @@ def give_up(d: ClaimedDelivery, error: str, *, now: float) -> AttemptResult:
         next_attempt_at=None,
         sent=False,
         lease_owner=d.lease_owner,
+        ordered=d.head_deadline is not None,
     )
 
 

@@ -271,9 +271,16 @@ class DeliveryEngine:
     def settings_for(self, agent_id: str) -> WebhookSettings | None:
         return self.endpoints.cached(agent_id)
 
-    def enqueue(self, agent_id: str, event_type: WebhookEventType, body: bytes) -> Ticket:
+    def enqueue(
+        self,
+        agent_id: str,
+        event_type: WebhookEventType,
+        body: bytes,
+        conversation_id: str | None = None,
+    ) -> Ticket:
         now = self.clock()
         webhook_id = new_webhook_id()
+        settings = self.endpoints.cached(agent_id)
         delivery = NewDelivery(
             webhook_id=webhook_id,
             agent_id=agent_id,
@@ -281,6 +288,8 @@ class DeliveryEngine:
             body=body,
             created_at=now,
             next_attempt_at=now + self.policy.first_delay(),
+            conversation_id=conversation_id,
+            ordered=conversation_id is not None and settings is not None and settings.ordered,
         )
         collected = self._collecting.get()
         if collected is not None:
@@ -321,6 +330,8 @@ class DeliveryEngine:
         self.supervisor.recovered("storage")
         self.metrics.recorded(results)
         self.endpoints.disabled_by(results)
+        if any(r.ordered and r.status != "pending" for r in results):
+            self.dispatcher.wake()  # the next of those conversations may go now
 
     # the endpoints' settings and the delivery log (see endpoints.py and log.py) --------------
 

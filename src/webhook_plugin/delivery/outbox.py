@@ -102,8 +102,16 @@ class Outbox(Protocol):
         """The agent's current settings, from memory (no I/O)."""
         ...
 
-    def enqueue(self, agent_id: str, event_type: WebhookEventType, body: bytes) -> Ticket:
-        """Queue one encoded event for delivery; never blocks."""
+    def enqueue(
+        self,
+        agent_id: str,
+        event_type: WebhookEventType,
+        body: bytes,
+        conversation_id: str | None = None,
+    ) -> Ticket:
+        """Queue one encoded event (a JSON object) for delivery; never blocks.
+        With ``conversation_id``, the stored body gets the event's ``sequence``
+        in that conversation."""
         ...
 
 

@@ -219,6 +219,8 @@ def delivery_json(d: DeliveryRecord) -> dict[str, Any]:
         "id": d.id,
         "webhookId": d.webhook_id,
         "eventType": str(d.event_type),
+        "conversationId": d.conversation_id,
+        "sequence": d.sequence,
         "status": d.status,
         "attempts": d.attempts,
         "lastStatusCode": d.last_status_code,

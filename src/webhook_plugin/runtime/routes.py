@@ -132,8 +132,15 @@ async def put_webhook(request: Request) -> Response:
             body.user_info_url,
             current.user_info_url,
         ),
+        ordering=body.ordering,
+        ordering_max_wait=body.ordering_max_wait,
+        operations_url=body.operations_url,
     )
-    for field, url in (("url", settings.url), ("userInfoUrl", settings.user_info_url)):
+    for field, url in (
+        ("url", settings.url),
+        ("userInfoUrl", settings.user_info_url),
+        ("operationsUrl", settings.operations_url),
+    ):
         reason = pipeline.engine.guard.refuses(url) if url else None
         if reason:
             raise SettingsError(field, reason)

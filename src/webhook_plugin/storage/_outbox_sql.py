@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, NamedTuple
 
+import msgspec
+
 from ..settings import WebhookSettings
 from ._plumbing import Plumbing, _decode_settings, log
 from .base import ClaimedDelivery, Handoff, NewDelivery
@@ -37,6 +39,16 @@ class _Inserted(NamedTuple):
         """The transaction failed: none of them was leased."""
         if self.handoff is not None and self.reserved:
             self.handoff.refund(self.reserved)
+
+
+def with_sequence(body: bytes, sequence: int) -> bytes:
+    """A JSON object's bytes with ``"sequence"`` added as its last member."""
+    end = body.rstrip()
+    if not end.endswith(b"}"):
+        raise ValueError("a delivery's body with a conversation must be a JSON object")
+    inner = end[:-1].rstrip()
+    sep = b"" if inner.endswith(b"{") else b","
+    return b'%s%s"sequence":%d}' % (inner, sep, sequence)
 
 
 def _time_or_none(value: object) -> float | None:
@@ -131,6 +143,7 @@ class OutboxSQL(Plumbing):
         claimed: list[ClaimedDelivery] = []
         room = _reserve(handoff, len(items)) if lease and handoff is not None else 0
         try:
+            items = self._numbered(conn, items)
             if room and handoff is not None:
                 claimed, items = self._insert_leased(conn, items, handoff, room)
             if items:
@@ -154,7 +167,9 @@ class OutboxSQL(Plumbing):
         rest: list[NewDelivery] = []
         for d in items:
             settings = endpoints.get(d.agent_id, (None, None))[0]
-            if len(lease) < room and settings is not None and d.next_attempt_at <= now:
+            # an ordered one waits for its turn, which a claim decides
+            due = d.next_attempt_at <= now and not d.ordered
+            if len(lease) < room and settings is not None and due:
                 lease.append(d)
             else:
                 rest.append(d)
@@ -162,7 +177,7 @@ class OutboxSQL(Plumbing):
         # statement (its transaction may have waited for locks); here, counted
         # from before it on the monotonic clock, so never later than there
         lease_until = time.monotonic() + handoff.lease_seconds
-        row_sql = f"(?, ?, ?, ?, ?, ?, ?, {self._STATEMENT_NOW} + ?, ?)"
+        row_sql = f"(?, ?, ?, ?, ?, ?, ?, {self._STATEMENT_NOW} + ?, ?, ?, ?)"
         claimed: list[ClaimedDelivery] = []
         for start in range(0, len(lease), self._LEASE_CHUNK):
             chunk = lease[start : start + self._LEASE_CHUNK]
@@ -170,10 +185,12 @@ class OutboxSQL(Plumbing):
             for d in chunk:
                 params += (d.webhook_id, d.agent_id, d.event_type.value, d.body, d.created_at)
                 params += (d.next_attempt_at, d.created_at, handoff.lease_seconds, handoff.owner)
+                params += (d.conversation_id, d.sequence)
             rows = self._x(
                 conn,
                 "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
-                " next_attempt_at, updated_at, lease_until, lease_owner) VALUES "
+                " next_attempt_at, updated_at, lease_until, lease_owner, conversation_id,"
+                " sequence) VALUES "
                 + ",".join([row_sql] * len(chunk))
                 + " RETURNING id, webhook_id",
                 params,
@@ -203,7 +220,8 @@ class OutboxSQL(Plumbing):
         self._xmany(
             conn,
             "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
-            " next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " next_attempt_at, updated_at, conversation_id, sequence, ordered)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     d.webhook_id,
@@ -213,10 +231,53 @@ class OutboxSQL(Plumbing):
                     d.created_at,
                     d.next_attempt_at,
                     d.created_at,
+                    d.conversation_id,
+                    d.sequence,
+                    1 if d.ordered else 0,
                 )
                 for d in items
             ],
         )
+
+    def _numbered(self, conn: Any, items: Sequence[NewDelivery]) -> list[NewDelivery]:
+        """``items`` with their conversation's ``sequence`` written into their
+        bodies: the next numbers of each agent's conversation, counted in this
+        transaction (its counter row stays locked until it commits, so numbers
+        follow commit order, with no gaps)."""
+        counts: dict[tuple[str, str], int] = {}
+        for d in items:
+            if d.conversation_id is not None:
+                lane = (d.agent_id, d.conversation_id)
+                counts[lane] = counts.get(lane, 0) + 1
+        if not counts:
+            return list(items)
+        last: dict[tuple[str, str], int] = {}
+        lanes = sorted(counts)  # every transaction locks counters in one order
+        for start in range(0, len(lanes), self._LEASE_CHUNK):
+            chunk = lanes[start : start + self._LEASE_CHUNK]
+            params = [v for lane in chunk for v in (*lane, counts[lane])]
+            rows = self._x(
+                conn,
+                "INSERT INTO conversation_sequences (agent_id, conversation_id, last) VALUES "
+                + ",".join(["(?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (agent_id, conversation_id)"
+                " DO UPDATE SET last = conversation_sequences.last + excluded.last"
+                " RETURNING agent_id, conversation_id, last",
+                params,
+            ).fetchall()
+            last.update(((a, c), n) for a, c, n in rows)
+        numbered: list[NewDelivery] = []
+        for d in items:
+            if d.conversation_id is None:
+                numbered.append(d)
+                continue
+            lane = (d.agent_id, d.conversation_id)
+            sequence = last[lane] - counts[lane] + 1
+            counts[lane] -= 1
+            numbered.append(
+                msgspec.structs.replace(d, body=with_sequence(d.body, sequence), sequence=sequence)
+            )
+        return numbered
 
     def _endpoints(
         self, conn: Any, agent_ids: set[str]

@@ -33,7 +33,7 @@ _settings_decoder = msgspec.json.Decoder(WebhookSettings)
 
 _DELIVERY_COLUMNS = (
     "id, webhook_id, agent_id, event_type, status, attempts, last_status_code, "
-    "last_error, created_at, next_attempt_at, body"
+    "last_error, created_at, next_attempt_at, body, conversation_id, sequence"
 )
 
 
@@ -68,6 +68,8 @@ def _delivery(row: Sequence[Any]) -> DeliveryRecord:
         created_at=row[8],
         next_attempt_at=row[9] if row[4] == "pending" else None,
         body=_body(row[10]) or b"",
+        conversation_id=row[11] if isinstance(row[11], str) else None,
+        sequence=row[12] if isinstance(row[12], int) else None,
     )
 
 

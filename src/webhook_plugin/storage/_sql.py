@@ -21,6 +21,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from ..settings import DEFAULT_ORDERING_MAX_WAIT, WebhookSettings
 from ._log_sql import LogSQL
 from ._outbox_sql import OutboxSQL
 from ._plumbing import _body, _event_type, log
@@ -35,6 +36,19 @@ __all__ = ["SQLStore"]
 T = TypeVar("T")
 
 
+def _head_deadline(
+    row: Sequence[Any], settings: WebhookSettings | None, start: float
+) -> float | None:
+    """For an ordered delivery, until when (monotonic, from ``start``) it may
+    keep failing at its conversation's head: ``ordering_max_wait`` less how long
+    the database says it has been the head."""
+    if not row[8]:
+        return None
+    max_wait = DEFAULT_ORDERING_MAX_WAIT if settings is None else settings.ordering_max_wait
+    held_for = row[9] if isinstance(row[9], int | float) else 0.0
+    return start + max_wait - max(0.0, held_for)
+
+
 class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
     """The operations of :class:`~webhook_plugin.storage.base.DeliveryStore` in
     portable SQL: the outbox, claims and attempts here; the delivery log and the
@@ -44,11 +58,22 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
     #: Every time in it is the database's (``{now}``), never a process's own:
     #: a host whose clock is ahead cannot take leases that are still running.
     _CLAIM: ClassVar[str] = (
-        "UPDATE deliveries SET lease_until = {now} + ?, lease_owner = ? WHERE id IN ("
+        "UPDATE deliveries SET lease_until = {now} + ?, lease_owner = ?,"
+        " head_since = COALESCE(head_since, {now}) WHERE id IN ("
         " SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= {now}"
-        " AND lease_until <= {now}{skip} ORDER BY next_attempt_at LIMIT ?)"
+        " AND lease_until <= {now}{skip}{in_turn} ORDER BY next_attempt_at LIMIT ?)"
         " RETURNING id, webhook_id, agent_id, event_type, body, created_at, attempts,"
-        " round_start"
+        " round_start, ordered, {now} - head_since"
+    )
+    #: an ordered delivery is claimed only at the head of its conversation: no
+    #: earlier one of the same agent and conversation is still pending (being
+    #: sent, or waiting for a retry). Derived from the rows at each claim, so
+    #: there is no "whose turn" state to keep right across processes.
+    _IN_TURN: ClassVar[str] = (
+        " AND (ordered = 0 OR NOT EXISTS (SELECT 1 FROM deliveries AS p"
+        " WHERE p.agent_id = deliveries.agent_id"
+        " AND p.conversation_id = deliveries.conversation_id"
+        " AND p.status = 'pending' AND p.sequence < deliveries.sequence))"
     )
 
     #: whether :meth:`wait_for_new` can wake a worker in another process
@@ -122,7 +147,11 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
         lease_until = time.monotonic() + lease_seconds
         with self._tx(durable=False) as conn:
             params = self._claim_params(limit, lease_seconds, owner, tuple(skip_agents))
-            sql = self._CLAIM.replace("{skip}", skip).replace("{now}", self._NOW)
+            sql = (
+                self._CLAIM.replace("{skip}", skip)
+                .replace("{in_turn}", self._IN_TURN)
+                .replace("{now}", self._NOW)
+            )
             rows = self._x(conn, sql, params).fetchall()
             endpoints = self._endpoints(conn, {row[2] for row in rows})
             for row in rows:
@@ -149,6 +178,9 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                             lease_owner=owner,
                             settings=settings,
                             failing_since=failing_since,
+                            head_deadline=_head_deadline(
+                                row, settings, lease_until - lease_seconds
+                            ),
                         )
                     )
             if poison:
@@ -173,12 +205,17 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
         return claimed
 
     def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+        """Write the attempts' results. One that ends an ordered delivery lets the
+        next of its conversation be claimed: other processes are told, as for
+        new deliveries."""
         # One statement per kind for the whole batch (executemany): on the
         # delivery hot path, per-row statements cost more than the HTTP call.
         with self._tx(durable=False) as conn:
             results = self._fenced(conn, results)
             if results:
                 self._record_in(conn, results)
+                if any(r.ordered and r.status != "pending" for r in results):
+                    self._after_insert(conn)
 
     def _fenced(self, conn: Any, results: Sequence[AttemptResult]) -> Sequence[AttemptResult]:
         """The results whose attempt still holds its delivery's lease (read under

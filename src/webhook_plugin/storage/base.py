@@ -48,6 +48,14 @@ class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes
     created_at: float
     next_attempt_at: float
+    #: the conversation the event belongs to: its ``sequence`` is counted per
+    #: agent and conversation, and written into ``body`` as it is stored
+    conversation_id: str | None = None
+    #: sent one at a time with the conversation's other ordered events
+    #: (the agent's ``ordering = "conversation"`` when it was queued)
+    ordered: bool = False
+    #: its place in the conversation, numbered by the store as it is written
+    sequence: int | None = None
 
 
 class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +77,10 @@ class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
     failing_since: float | None
     #: who holds the lease: the attempt's result is written only while it still does
     lease_owner: str | None = None
+    #: an ordered delivery: until when (monotonic) it may keep failing at the
+    #: head of its conversation before it is given up (``ordering_max_wait``,
+    #: counted by the database from its first claim); None when unordered
+    head_deadline: float | None = None
 
 
 class Handoff:
@@ -201,6 +213,8 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     #: the lease the attempt was made under: its result is dropped if another
     #: dispatcher holds the delivery now (None: written whoever holds it)
     lease_owner: str | None = None
+    #: an ordered delivery: its end lets the next of its conversation go
+    ordered: bool = False
 
 
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -228,6 +242,8 @@ class DeliveryRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     next_attempt_at: float | None
     body: bytes = b""
+    conversation_id: str | None = None
+    sequence: int | None = None
 
 
 class DeliveryStore(Protocol):

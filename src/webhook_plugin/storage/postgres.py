@@ -86,6 +86,21 @@ _MIGRATIONS: list[str] = [
         updated_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # version 2: each event's place in its conversation, and ordered sending
+    """
+    ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS conversation_id TEXT;
+    ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS sequence BIGINT;
+    ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS ordered INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS head_since DOUBLE PRECISION;
+    CREATE TABLE IF NOT EXISTS conversation_sequences (
+        agent_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        last BIGINT NOT NULL,
+        PRIMARY KEY (agent_id, conversation_id)
+    );
+    CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries
+        (agent_id, conversation_id, sequence) WHERE status = 'pending';
+    """,
 ]
 
 
@@ -116,12 +131,13 @@ class PostgresStore(SQLStore):
     dialect: ClassVar[str] = "postgresql"
     _CLAIM: ClassVar[str] = (
         "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending'"
-        " AND next_attempt_at <= {now} AND lease_until <= {now}{skip}"
+        " AND next_attempt_at <= {now} AND lease_until <= {now}{skip}{in_turn}"
         " ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED)"
-        " UPDATE deliveries AS d SET lease_until = {now} + ?, lease_owner = ? FROM due"
+        " UPDATE deliveries AS d SET lease_until = {now} + ?, lease_owner = ?,"
+        " head_since = COALESCE(d.head_since, {now}) FROM due"
         " WHERE d.id = due.id"
         " RETURNING d.id, d.webhook_id, d.agent_id, d.event_type, d.body, d.created_at,"
-        " d.attempts, d.round_start"
+        " d.attempts, d.round_start, d.ordered, {now} - d.head_since"
     )
     supports_notify: ClassVar[bool] = True
 

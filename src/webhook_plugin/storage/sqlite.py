@@ -110,6 +110,21 @@ _MIGRATIONS: list[str] = [
     );
     INSERT OR IGNORE INTO queued_signal (id, n) VALUES (1, 0);
     """,
+    # version 3: each event's place in its conversation, and ordered sending
+    """
+    ALTER TABLE deliveries ADD COLUMN conversation_id TEXT;
+    ALTER TABLE deliveries ADD COLUMN sequence INTEGER;
+    ALTER TABLE deliveries ADD COLUMN ordered INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN head_since REAL;
+    CREATE TABLE IF NOT EXISTS conversation_sequences (
+        agent_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        last INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, conversation_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries
+        (agent_id, conversation_id, sequence) WHERE status = 'pending';
+    """,
 ]
 
 

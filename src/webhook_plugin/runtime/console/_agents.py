@@ -18,6 +18,7 @@ from starlette.responses import Response
 from ...events import WebhookEventType
 from ...exceptions import NotFound, SettingsError
 from ...settings import (
+    MAX_ORDERING_MAX_WAIT,
     WebhookSettings,
     mask_header,
     parse_events,
@@ -105,6 +106,9 @@ def _form_values(settings: WebhookSettings) -> dict[str, Any]:
         "user_info_url": settings.user_info_url or "",
         "user_info_header": mask_header(settings.user_info_header) or "",
         "events": {str(e) for e in (settings.events if settings.events is not None else EVENTS)},
+        "ordering": settings.ordering,
+        "ordering_max_wait": f"{settings.ordering_max_wait:g}",
+        "operations_url": settings.operations_url or "",
     }
 
 
@@ -150,14 +154,21 @@ async def webhook_save(request: Request) -> Response:
     pipeline = pipeline_from(request)
     typed = {
         name: field(fields, name).strip()
-        for name in ("url", "header", "user_info_url", "user_info_header")
-    }
+        for name in (
+            "url", "header", "user_info_url", "user_info_header", "ordering",
+            "ordering_max_wait", "operations_url",
+        )
+    }  # fmt: skip
     chosen = [e for e in fields.get("events", []) if e]
     current = await pipeline.engine.get_settings(agent_id) or WebhookSettings()
     errors: dict[str, str] = {}
     # each field checked on its own, so that every mistake is shown at once,
     # by the same functions (and rules) as PUT /v1/agents/{id}/webhook
-    for name, api_name in (("url", "url"), ("user_info_url", "userInfoUrl")):
+    for name, api_name in (
+        ("url", "url"),
+        ("user_info_url", "userInfoUrl"),
+        ("operations_url", "operationsUrl"),
+    ):
         if typed[name]:
             try:
                 validate_url(typed[name], api_name)
@@ -194,6 +205,15 @@ async def webhook_save(request: Request) -> Response:
             )
         except SettingsError as exc:
             errors["events"] = exc.message
+    max_wait: float | None = None
+    if typed["ordering_max_wait"]:
+        try:
+            max_wait = float(typed["ordering_max_wait"])
+            WebhookSettings.validated(ordering_max_wait=max_wait)
+        except (ValueError, SettingsError):
+            errors["ordering_max_wait"] = (
+                f"must be a number of seconds from 1 to {MAX_ORDERING_MAX_WAIT:g}"
+            )
     if errors:
         values = {**typed, "events": set(chosen)}
         return await _webhook_page(request, agent_id, values=values, errors=errors, status=400)
@@ -203,6 +223,9 @@ async def webhook_save(request: Request) -> Response:
         events=events,
         user_info_url=typed["user_info_url"] or None,
         user_info_header=headers["user_info_header"],
+        ordering=typed["ordering"] or "none",
+        ordering_max_wait=max_wait,
+        operations_url=typed["operations_url"] or None,
     )
     saved, generated = await pipeline.save_settings(agent_id, settings)
     session = session_of(request)

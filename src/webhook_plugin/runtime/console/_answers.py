@@ -94,6 +94,11 @@ class WebhookSettingsAnswer(_Answer, omit_defaults=True):
     user_info_header: str | None
     disabled: bool
     disabled_reason: str | None
+    #: ``none`` or ``conversation`` (one conversation's events one at a time, in order)
+    ordering: Literal["none", "conversation"]
+    #: seconds a conversation's head event may keep failing before it is given up
+    ordering_max_wait: float
+    operations_url: str | None
     #: with ``?test=true`` only: what one signed test request found (null without a URL)
     test: EndpointTest | UnsetType | None = UNSET
     #: the agent's first signing secret, in the answer to the PUT that made it only
@@ -111,6 +116,9 @@ class Delivery(_Answer):
     id: int
     webhook_id: str
     event_type: str
+    conversation_id: str | None
+    #: the payload's ``sequence``: its place among its conversation's events
+    sequence: int | None
     status: Literal["pending", "succeeded", "failed"]
     attempts: int
     last_status_code: int | None
