@@ -4,10 +4,17 @@ time, in that order, against real receivers on 127.0.0.1 and both stores."""
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -17,6 +24,7 @@ from helpers import (
     AGENT,
     AGENT_MSG,
     CONVERSATION,
+    TESTS,
     USER_MSG,
     StoreFactory,
     config,
@@ -138,3 +146,80 @@ async def test_a_head_that_keeps_failing_holds_only_its_conversation_then_is_giv
     assert head.sequence == 1
     assert head.last_error is not None and "ordering_max_wait" in head.last_error
     assert arrivals(receiver.requests)["c0"] == [1, 2, 3]
+
+
+WORKER = Path(__file__).parent / "order_worker.py"
+
+
+def spec_of(store: object) -> str:
+    from webhook_plugin.storage.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        return f"sqlite:{store.path}"
+    return f"postgres:{store.schema}"  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+@pytest.mark.parametrize("ordering", ["conversation", "none"])
+def test_two_worker_processes_one_killed_keep_every_conversation_in_order(
+    make_store: StoreFactory, ordering: str
+) -> None:
+    """200 conversations x 10 events, a receiver failing 20 % at random, two
+    worker processes on one database and one of them killed with SIGKILL
+    midway: ordered, each conversation's first arrivals are in sequence order;
+    either way nothing is lost, each duplicate is a re-send of an event
+    already seen, and every sequence is right."""
+    conversations, messages = 200, 10
+    total = conversations * messages
+    with Receiver(flaky(0.2, seed=11)) as rx:
+        tickets, spec = anyio.run(_queue, make_store, rx.url, ordering, conversations, messages)
+        env = {**os.environ, "PYTHONPATH": str(TESTS)}
+        workers = [
+            subprocess.Popen(
+                [sys.executable, str(WORKER), spec],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=env,
+            )
+            for _ in range(2)
+        ]
+        try:
+            for w in workers:
+                assert w.stdout is not None and w.stdout.readline().strip() == "READY"
+            rx.wait_for_ids(total // 3, timeout=60)
+            os.kill(workers[0].pid, signal.SIGKILL)
+            at_kill = len({r.headers["webhook-id"] for r in rx.requests})
+            assert at_kill < total, "everything was sent before the kill: it proves nothing"
+            # the survivor takes the killed one's conversations once its leases end
+            rx.wait_for_ids(total, timeout=120)
+        finally:
+            for w in workers:
+                w.kill()
+                w.wait()
+                assert w.stdout is not None
+                w.stdout.close()
+    stored = {t.webhook_id for t in tickets}
+    received = collections.Counter(r.headers["webhook-id"] for r in rx.requests)
+    assert set(received) == stored, "lost or unknown events"
+    firsts = arrivals(rx.requests)
+    assert {c: sorted(s) for c, s in firsts.items()} == {
+        f"c{c}": list(range(1, messages + 1)) for c in range(conversations)
+    }
+    out_of_order = sum(s != sorted(s) for s in firsts.values())
+    if ordering == "conversation":
+        assert out_of_order == 0
+    print(f"\n{ordering}: killed at {at_kill}/{total}; {out_of_order} conversations out of order")
+
+
+async def _queue(
+    make_store: StoreFactory, url: str, ordering: str, conversations: int, messages: int
+) -> tuple[list[Any], str]:
+    """Queue the events from this process (it only queues); the database's spec."""
+    async with DeliveryEngine(make_store(), config(workers=False)) as engine:
+        await engine.save_settings(AGENT.id, settings(url, ordering=ordering))
+        tickets = talk(engine, conversations, messages)
+        for ticket in tickets:
+            await ticket  # type: ignore[misc]
+        return tickets, spec_of(engine.store)
