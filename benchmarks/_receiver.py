@@ -96,7 +96,8 @@ class Receiver(asyncio.Protocol):
                 self.transport.write(OK)
                 continue
             STATS.requests += 1
-            if FAIL_RATE and random.random() < FAIL_RATE:
+            # a conversation whose events always fail (its head never gets through)
+            if (FAIL_RATE and random.random() < FAIL_RATE) or b'"conv_stuck"' in body:
                 STATS.failed += 1
                 self.transport.write(FAIL)
                 continue

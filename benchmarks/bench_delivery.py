@@ -16,6 +16,10 @@ number in flight:
 
 Latency: hook calls at half the measured end-to-end rate for a few seconds,
 each payload carrying its hook-call time; the receiver measures arrival - call.
+
+Order: the same end to end with the events spread over 1,000 conversations,
+with `ordering = "none"` and `"conversation"`; and the latency of healthy
+ordered conversations while one conversation's head keeps failing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import msgspec
 
 from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, stats
 from _harness import emit, environment, parser
@@ -164,19 +169,34 @@ async def _wait_for(url: str, count: int, timeout: float) -> None:
         await anyio.sleep(0.01)
 
 
-def end_to_end(url: str, n: int, c: int, backend: str, tmp: str) -> float:
+def end_to_end(
+    url: str,
+    n: int,
+    c: int,
+    backend: str,
+    tmp: str,
+    *,
+    conversations: int = 1,
+    ordering: str = "none",
+) -> float:
     async def main() -> float:
         async with _engine(tmp, c) as engine:
-            await engine.save_settings("bench", WebhookSettings.validated(url=f"{url}/hook"))
+            await engine.save_settings(
+                "bench", WebhookSettings.validated(url=f"{url}/hook", ordering=ordering)
+            )
             pm = PluginManager()
             pm.register(WebhookPlugin(engine))
             message = agent_message("y" * 600)
+            chats = [
+                msgspec.structs.replace(CONVERSATION, id=f"conv_{i}") for i in range(conversations)
+            ]
             await anyio.to_thread.run_sync(reset, url)
             start = time.perf_counter()
             for _ in range(n):
                 pm.hook.on_agent_reply(
-                    agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER
-                )
+                    agent=AGENT, conversation=chats[_ % conversations], message=message,
+                    in_reply_to=USER,
+                )  # fmt: skip
                 if _ % 500 == 0:
                     await anyio.lowlevel.checkpoint()  # a pipeline yields between chat turns
             await _wait_for(url, n, 120)
@@ -185,12 +205,32 @@ def end_to_end(url: str, n: int, c: int, backend: str, tmp: str) -> float:
     return anyio.run(main, backend=backend)
 
 
-def latency(url: str, rate: float, seconds: float, c: int, backend: str, tmp: str) -> dict:
+def latency(
+    url: str,
+    rate: float,
+    seconds: float,
+    c: int,
+    backend: str,
+    tmp: str,
+    *,
+    conversations: int = 1,
+    ordering: str = "none",
+    stuck: bool = False,
+) -> dict:
+    """Hook-to-receiver latency; with ``stuck``, one more conversation's events
+    (one in ten) keep failing meanwhile, its head blocking only itself."""
+
     async def main() -> dict:
         async with _engine(tmp, c) as engine:
-            await engine.save_settings("bench", WebhookSettings.validated(url=f"{url}/hook"))
+            await engine.save_settings(
+                "bench", WebhookSettings.validated(url=f"{url}/hook", ordering=ordering)
+            )
             pm = PluginManager()
             pm.register(WebhookPlugin(engine))
+            chats = [
+                msgspec.structs.replace(CONVERSATION, id=f"conv_{i}") for i in range(conversations)
+            ]
+            failing = msgspec.structs.replace(CONVERSATION, id="conv_stuck")
             await anyio.to_thread.run_sync(reset, url)
             total = int(rate * seconds)
             start = time.perf_counter()
@@ -201,8 +241,14 @@ def latency(url: str, rate: float, seconds: float, c: int, backend: str, tmp: st
                     await anyio.sleep(delay)
                 message = agent_message(f"t={time.time():.6f} " + "y" * 580)
                 pm.hook.on_agent_reply(
-                    agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER
-                )
+                    agent=AGENT, conversation=chats[i % conversations], message=message,
+                    in_reply_to=USER,
+                )  # fmt: skip
+                if stuck and i % 10 == 0:
+                    pm.hook.on_agent_reply(
+                        agent=AGENT, conversation=failing, message=agent_message("never"),
+                        in_reply_to=USER,
+                    )  # fmt: skip
             await _wait_for(url, total, 60)
             return await anyio.to_thread.run_sync(stats, url)
 
@@ -234,6 +280,13 @@ def main() -> None:
                 results.setdefault(f"webhook-plugin end to end ({backend})", []).append(
                     end_to_end(url, n, c, backend, tmp)
                 )
+            for backend in ("asyncio", "trio"):
+                for ordering in ("none", "conversation"):
+                    results.setdefault(
+                        f"end to end, 1,000 conversations, ordering={ordering} ({backend})", []
+                    ).append(
+                        end_to_end(url, n, c, backend, tmp, conversations=1000, ordering=ordering)
+                    )
         medians = {k: statistics.median(v) for k, v in results.items()}
         base = medians["bare aiohttp loop (asyncio)"]
         rows = [[k, f"{v:,.0f}", f"{v / base:.0%}"] for k, v in medians.items()]
@@ -241,7 +294,21 @@ def main() -> None:
         for backend in ("asyncio", "trio"):
             rate = medians[f"webhook-plugin end to end ({backend})"] / 2
             s = latency(url, rate, 2 if args.quick else 4, c, backend, tmp)
-            lat_rows.append([backend, f"{rate:,.0f}", s["p50_ms"], s["p99_ms"]])
+            lat_rows.append([backend, "1", f"{rate:,.0f}", s["p50_ms"], s["p99_ms"]])
+        order_rows = []
+        for backend in ("asyncio", "trio"):
+            for ordering in ("none", "conversation"):
+                key = f"end to end, 1,000 conversations, ordering={ordering} ({backend})"
+                ratio = medians[key] / medians[key.replace("=conversation", "=none")]
+                order_rows.append([backend, ordering, f"{medians[key]:,.0f}", f"{ratio:.0%}"])
+            rate = medians[f"end to end, 1,000 conversations, ordering=none ({backend})"] / 4
+            for stuck in (False, True):
+                s = latency(
+                    url, rate, 2 if args.quick else 4, c, backend, tmp, conversations=1000,
+                    ordering="conversation", stuck=stuck,
+                )  # fmt: skip
+                label = "1,000 ordered" + (" + one whose head keeps failing" if stuck else "")
+                lat_rows.append([backend, label, f"{rate:,.0f}", s["p50_ms"], s["p99_ms"]])
     emit(
         args,
         f"bench_delivery: {n:,} events of {len(BODY)} bytes, {c} in flight, loopback receiver in another process ({environment()}), median of {rounds} round(s)",
@@ -250,8 +317,15 @@ def main() -> None:
     )
     emit(
         args,
-        "\nhook-to-receiver latency at half the end-to-end rate",
-        ["backend", "events/s offered", "p50 ms", "p99 ms"],
+        "\nordered beside unordered: 1,000 conversations, same events",
+        ["backend", "ordering", "events/s", "vs unordered"],
+        order_rows,
+        {"target": "ordered >= 70% of unordered"},
+    )
+    emit(
+        args,
+        "\nhook-to-receiver latency (1 conversation: half the end-to-end rate; 1,000: a quarter)",
+        ["backend", "conversations", "events/s offered", "p50 ms", "p99 ms"],
         lat_rows,
         {"targets": "end to end >= 80% of bare aiohttp; p99 < 50 ms at half load"},
     )
