@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -77,7 +77,7 @@ class Payload(
     attachments: list[AttachmentPayload] | UnsetType = UNSET
     #: the event's place in its conversation (1, 2, 3...): numbered by the
     #: delivery store as the event is queued, so unset when built here
-    sequence: int | UnsetType = UNSET
+    sequence: Annotated[int, msgspec.Meta(ge=1)] | UnsetType = UNSET
 
 
 class UserMessageReceived(Payload, tag=WebhookEventType.USER_MESSAGE_RECEIVED.value):
@@ -267,14 +267,16 @@ class WebhookTest(
     created_at: datetime
 
 
-def _with_sequence(schema: dict[str, Any]) -> dict[str, Any]:
-    """A payload's schema with ``sequence`` required: every delivered payload
-    has one (the store writes it in), though a payload built here has not."""
-    for definition in schema.get("$defs", {}).values():
-        props = definition.get("properties", {})
-        if "sequence" in props:
-            props["sequence"]["minimum"] = 1
+def require_sequence(definitions: dict[str, Any]) -> None:
+    """Mark ``sequence`` required in these schema definitions: every delivered
+    payload has one (the store writes it in), though a payload built here has not."""
+    for definition in definitions.values():
+        if "sequence" in definition.get("properties", {}):
             definition["required"] = sorted({*definition.get("required", ()), "sequence"})
+
+
+def _with_sequence(schema: dict[str, Any]) -> dict[str, Any]:
+    require_sequence(schema.get("$defs", {}))
     return schema
 
 

@@ -131,7 +131,7 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     def wants(self, event_type: WebhookEventType) -> bool:
         """Whether an event of this type should be queued for this agent."""
-        if self.url is None or self.disabled:
+        if self.url is None:  # a disabled endpoint's events are queued, and held
             return False
         return self.events is None or event_type in self.events
 

@@ -69,7 +69,8 @@ def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
     conn.execute("DROP INDEX conversations_recent")
     conn.execute("DROP INDEX conversations_agent_recent")
     conn.execute("ALTER TABLE conversations DROP COLUMN last_seq")
-    conn.execute("DROP INDEX deliveries_lane")  # the delivery tables as version 2 had them
+    conn.execute("DROP INDEX deliveries_lane")
+    conn.execute("DROP INDEX deliveries_conversation")  # the delivery tables as version 2 had them
     conn.execute("DROP TABLE conversation_sequences")
     for column in ("conversation_id", "sequence", "ordered", "head_since"):
         conn.execute(f"ALTER TABLE deliveries DROP COLUMN {column}")

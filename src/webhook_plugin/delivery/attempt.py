@@ -17,7 +17,7 @@ import structlog
 
 from ..exceptions import RequestTimeout, TransportError
 from ..settings import WebhookSettings
-from ..storage.base import AttemptResult, ClaimedDelivery
+from ..storage.base import AttemptResult, ClaimedDelivery, DeliveryStatus
 from .client import HttpClient, Response
 from .outcome import Outcome, classify
 from .redaction import redact, secrets_of
@@ -117,7 +117,9 @@ async def attempt(
         status_code=outcome.status_code,
         error=outcome.error and outcome.error.replace("\x00", "\ufffd"),
         response_excerpt=excerpt,
-        status=outcome.status,
+        # the attempt that disables its endpoint is held with the others, to be
+        # sent once the owner enables it again
+        status="held" if outcome.disable_reason else outcome.status,
         next_attempt_at=outcome.next_attempt_at,
         disable_reason=outcome.disable_reason,
         lease_owner=d.lease_owner,
@@ -126,11 +128,13 @@ async def attempt(
     return Attempted(result, outcome, duration, timed_out=isinstance(error, RequestTimeout))
 
 
-def give_up(d: ClaimedDelivery, error: str, *, now: float) -> AttemptResult:
-    """The result of a delivery failed without an attempt (its endpoint is gone or
-    disabled)."""
+def give_up(
+    d: ClaimedDelivery, error: str, *, now: float, status: DeliveryStatus = "failed"
+) -> AttemptResult:
+    """The result of a delivery ended without an attempt: failed (its endpoint is
+    gone), or ``held`` (its endpoint is disabled)."""
     log.warning(
-        "delivery.failed",
+        "delivery.held" if status == "held" else "delivery.failed",
         agent_id=d.agent_id,
         event_type=str(d.event_type),
         webhook_id=d.webhook_id,
@@ -145,7 +149,7 @@ def give_up(d: ClaimedDelivery, error: str, *, now: float) -> AttemptResult:
         status_code=None,
         error=error,
         response_excerpt=None,
-        status="failed",
+        status=status,
         next_attempt_at=None,
         sent=False,
         lease_owner=d.lease_owner,

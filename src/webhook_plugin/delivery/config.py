@@ -64,6 +64,13 @@ class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         signing (as a second signature) after :meth:`DeliveryEngine.rotate_secret`
         (0 to 30 days); 24 hours by default, as Svix does and the contract's
         ``rotate-secret`` (``graceSeconds``) does; 0 drops it at once.
+    :param requeue_rate: deliveries queued again at once (what was held while an
+        endpoint was disabled, a recovered range) start at most this many a
+        second per agent, oldest first, so live events keep flowing (1 to 10,000).
+    :param held_max: the most deliveries held per agent while its endpoint is
+        disabled (1 to 10,000,000); beyond it the oldest fail as ``held_limit``.
+    :param held_max_age: seconds a delivery is held at most (60 to 365 days);
+        then it fails as ``held_expired``. Failed, both stay recoverable.
     """
 
     allow_private_hosts: tuple[str, ...] | None = None
@@ -85,6 +92,9 @@ class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     user_info_ttl: Annotated[float, Meta(ge=0, le=_DAY)] = 300.0
     user_info_max_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     secret_rotation_grace: Annotated[float, Meta(ge=0, le=30 * _DAY)] = _DAY
+    requeue_rate: Annotated[float, Meta(ge=1, le=10_000)] = 100.0
+    held_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    held_max_age: Annotated[float, Meta(ge=60, le=365 * _DAY)] = 7 * _DAY
 
     def __post_init__(self) -> None:
         # msgspec checks types and bounds when it converts (TOML), not in

@@ -448,7 +448,7 @@ class Dispatcher:
             return
         if settings.disabled:
             reason = f"endpoint_disabled: {settings.disabled_reason or 'disabled'}"
-            self._record(give_up(delivery, reason, now=self._clock()))
+            self._record(give_up(delivery, reason, now=self._clock(), status="held"))
             return
         if settings.signing_secret is None:  # a row written by hand or by another program
             reason = "endpoint_unsigned: the agent's settings have no signing secret"

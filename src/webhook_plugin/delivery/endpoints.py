@@ -11,6 +11,7 @@ other.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ import structlog
 from ..exceptions import NotFound, TransportError
 from ..payloads import WebhookTest
 from ..settings import WebhookSettings, generate_secret
-from ..storage.base import AttemptResult, Store
+from ..storage.base import DEFAULT_REQUEUE_RATE, AttemptResult, HeldEvents, Store
 from ._blocking import Blocking
 from .client import HttpClient, Response
 from .outcome import classify
@@ -71,8 +72,10 @@ class Endpoints:
         policy: RetryPolicy,
         timeout: float,
         rotation_grace: float,
+        requeue_rate: float = DEFAULT_REQUEUE_RATE,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._requeue_rate = requeue_rate
         self._store = store
         self._blocking = blocking
         self._client = client
@@ -112,23 +115,40 @@ class Endpoints:
         return await self._blocking(self._store.get_settings, agent_id)
 
     async def _update(
-        self, agent_id: str, change: Callable[[WebhookSettings | None], WebhookSettings]
+        self,
+        agent_id: str,
+        change: Callable[[WebhookSettings | None], WebhookSettings],
+        held_events: HeldEvents = "send",
     ) -> WebhookSettings:
         async with self._lock:
-            updated = await self._blocking(self._store.update_settings, agent_id, change)
+            updated = await self._blocking(
+                functools.partial(
+                    self._store.update_settings,
+                    agent_id,
+                    change,
+                    held_events=held_events,
+                    rate=self._requeue_rate,
+                )
+            )
             self._cache[agent_id] = updated
         return updated
 
-    async def save(self, agent_id: str, settings: WebhookSettings) -> WebhookSettings:
+    async def save(
+        self, agent_id: str, settings: WebhookSettings, *, held_events: HeldEvents = "send"
+    ) -> WebhookSettings:
         """:meth:`save_reporting`, without its report."""
-        return (await self.save_reporting(agent_id, settings))[0]
+        return (await self.save_reporting(agent_id, settings, held_events=held_events))[0]
 
     async def save_reporting(
-        self, agent_id: str, settings: WebhookSettings
+        self, agent_id: str, settings: WebhookSettings, *, held_events: HeldEvents = "send"
     ) -> tuple[WebhookSettings, str | None]:
         """Store an agent's settings (enabling its endpoint again) and use them at
         once; the settings saved, and the signing secret this save generated (the
         agent's first), which its owner is shown once.
+
+        The deliveries held while the endpoint was disabled are queued again,
+        oldest first (``held_events="send"``), or failed (``"discard"``), in
+        the same transaction.
 
         A settings object without a signing secret keeps the current one (and a
         rotation's grace period with it), or gets a new one when there is none.
@@ -162,7 +182,7 @@ class Endpoints:
                 disabled_reason=None,
             )
 
-        saved = await self._update(agent_id, change)
+        saved = await self._update(agent_id, change, held_events)
         log.info("settings.saved", agent_id=agent_id, url_set=saved.url is not None)
         return saved, generated[0] if generated else None
 

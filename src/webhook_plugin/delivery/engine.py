@@ -21,6 +21,7 @@ stored for the next start.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
@@ -41,6 +42,7 @@ from ..storage.base import (
     AttemptResult,
     DeliveryRecord,
     DeliveryStatus,
+    HeldEvents,
     NewDelivery,
     Store,
 )
@@ -97,6 +99,7 @@ class DeliveryEngine:
             policy=self.policy,
             timeout=config.timeout,
             rotation_grace=config.secret_rotation_grace,
+            requeue_rate=config.requeue_rate,
             clock=clock,
         )
         self.outbox: Batcher[NewDelivery] = Batcher(
@@ -235,7 +238,7 @@ class DeliveryEngine:
                 tg.start_soon(self._refresh_loop)
             if self.config.workers and self.store.supports_notify:
                 tg.start_soon(self._listen_loop)
-            if self.config.workers and self.config.retention > 0:
+            if self.config.workers:
                 tg.start_soon(self._purge_loop)
 
     async def _listen_loop(self) -> None:
@@ -251,12 +254,23 @@ class DeliveryEngine:
                 self.dispatcher.wake()
 
     async def _purge_loop(self) -> None:
+        """The log's retention, and the held deliveries' bounds."""
+        config = self.config
         while True:
             try:
-                await self.purge_log()
+                if config.retention > 0:
+                    await self.purge_log()
+                await self._blocking(
+                    functools.partial(
+                        self.store.expire_held,
+                        max_count=config.held_max,
+                        max_age=config.held_max_age,
+                        now=self.clock(),
+                    )
+                )
             except StorageError as exc:  # the next round tries again
                 log.warning("log.purge_failed", error=str(exc))
-            await anyio.sleep(self.config.purge_interval)
+            await anyio.sleep(config.purge_interval)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -338,16 +352,21 @@ class DeliveryEngine:
     async def get_settings(self, agent_id: str) -> WebhookSettings | None:
         return await self.endpoints.get(agent_id)
 
-    async def save_settings(self, agent_id: str, settings: WebhookSettings) -> WebhookSettings:
+    async def save_settings(
+        self, agent_id: str, settings: WebhookSettings, *, held_events: HeldEvents = "send"
+    ) -> WebhookSettings:
         """:meth:`Endpoints.save <.endpoints.Endpoints.save>`."""
-        return await self.endpoints.save(agent_id, settings)
+        return (await self.save_settings_reporting(agent_id, settings, held_events=held_events))[0]
 
     async def save_settings_reporting(
-        self, agent_id: str, settings: WebhookSettings
+        self, agent_id: str, settings: WebhookSettings, *, held_events: HeldEvents = "send"
     ) -> tuple[WebhookSettings, str | None]:
         """:meth:`Endpoints.save_reporting <.endpoints.Endpoints.save_reporting>`:
-        also the signing secret this save generated (the agent's first), if it did."""
-        return await self.endpoints.save_reporting(agent_id, settings)
+        also the signing secret this save generated (the agent's first), if it did.
+        What was held while the endpoint was disabled is sent (or discarded)."""
+        saved = await self.endpoints.save_reporting(agent_id, settings, held_events=held_events)
+        self.dispatcher.wake()  # what was held may be due now
+        return saved
 
     async def rotate_secret(self, agent_id: str, *, grace: float | None = None) -> str:
         """:meth:`Endpoints.rotate_secret <.endpoints.Endpoints.rotate_secret>`."""
@@ -368,9 +387,24 @@ class DeliveryEngine:
         status: DeliveryStatus | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        event_type: str | None = None,
+        conversation_id: str | None = None,
+        webhook_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[DeliveryRecord]:
+        """The delivery log, newest first, filtered (see
+        :meth:`~webhook_plugin.storage.base.DeliveryStore.list_deliveries`)."""
         return await self.log.find(
-            agent_id=agent_id, status=status, limit=limit, before_id=before_id
+            agent_id=agent_id,
+            status=status,
+            limit=limit,
+            before_id=before_id,
+            event_type=event_type,
+            conversation_id=conversation_id,
+            webhook_id=webhook_id,
+            since=since,
+            until=until,
         )
 
     async def get_delivery(self, delivery_id: int, agent_id: str | None = None) -> DeliveryRecord:
@@ -386,6 +420,34 @@ class DeliveryEngine:
     async def redeliver_failed(self, *, agent_id: str | None = None, since: float = 0.0) -> int:
         """Queue again every failed delivery created at or after ``since``."""
         return await self.log.redeliver_failed(agent_id=agent_id, since=since)
+
+    async def recover(
+        self,
+        agent_id: str,
+        *,
+        since: float,
+        until: float | None = None,
+        event_types: Sequence[str] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Queue again the agent's ``failed`` and ``held`` deliveries created in
+        ``[since, until)``, oldest first, at the config's ``requeue_rate``; how
+        many (``dry_run``: how many would be). Idempotent: what is pending
+        already is not queued twice."""
+        queued = await self._blocking(
+            functools.partial(
+                self.store.recover,
+                agent_id,
+                since=since,
+                until=until,
+                event_types=event_types,
+                rate=self.config.requeue_rate,
+                dry_run=dry_run,
+            )
+        )
+        if queued and not dry_run:
+            self.dispatcher.wake()
+        return queued
 
     async def purge_log(self, older_than: float | None = None) -> int:
         """Delete finished deliveries older than ``older_than`` seconds

@@ -7,6 +7,7 @@ purge of finished deliveries past their retention.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -47,13 +48,25 @@ class DeliveryLog:
         status: DeliveryStatus | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        event_type: str | None = None,
+        conversation_id: str | None = None,
+        webhook_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[DeliveryRecord]:
         return await self._blocking(
-            self._store.list_deliveries,
-            agent_id=agent_id,
-            status=status,
-            limit=limit,
-            before_id=before_id,
+            functools.partial(
+                self._store.list_deliveries,
+                agent_id=agent_id,
+                status=status,
+                limit=limit,
+                before_id=before_id,
+                event_type=event_type,
+                conversation_id=conversation_id,
+                webhook_id=webhook_id,
+                since=since,
+                until=until,
+            )
         )
 
     async def get(self, delivery_id: int, agent_id: str | None = None) -> DeliveryRecord:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..events import WebhookEventType
 from ..exceptions import NotFound, SettingsError, StorageError
 from ..settings import SettingsInput, mask_header
 from ..storage.base import DeliveryRecord
@@ -110,12 +111,41 @@ class InboxMessageIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     text: str
 
 
+class RecoverIn(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """``POST .../webhook/recover``: RFC 3339 times, and event types (all if absent)."""
+
+    since: datetime
+    until: datetime | None = None
+    event_types: list[WebhookEventType] | None = None
+
+
+def moment(name: str, value: datetime | str | None, code: str = "invalid_query") -> float | None:
+    """An RFC 3339 time from a query (or a body) as Unix seconds; a time without
+    its offset is refused (which zone would it be?)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ApiError(
+                400, code, f"{name} must be an RFC 3339 time, not {value!r:.40}"
+            ) from None
+    if value.tzinfo is None:
+        raise ApiError(400, code, f"{name} must say its offset from UTC (2026-12-01T08:00:00Z)")
+    return value.timestamp()
+
+
 #: the body of a settings PUT: the config's ``[agents.webhook]`` table
 #: (:class:`~webhook_plugin.settings.SettingsInput`, the one list of its
 #: fields), in camelCase
 SettingsIn = msgspec.defstruct(
     "SettingsIn",
-    [(f.name, f.type, f.default) for f in msgspec.structs.fields(SettingsInput)],
+    [
+        *((f.name, f.type, f.default) for f in msgspec.structs.fields(SettingsInput)),
+        # not a setting: what enabling the endpoint again does with what was held
+        ("held_events", Literal["send", "discard"], "send"),
+    ],
     bases=(SettingsInput,),
     rename="camel",
     kw_only=True,

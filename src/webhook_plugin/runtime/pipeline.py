@@ -32,6 +32,7 @@ from ..models import Agent, Attachment, Conversation, Group, Message
 from ..payloads import contact_from_wire
 from ..settings import WebhookSettings
 from ..storage._sql import SQLStore
+from ..storage.base import HeldEvents
 from .chat_store import (
     Answer,
     ChatStore,
@@ -160,12 +161,15 @@ class ChatPipeline:
                 await self.engine.save_settings(configured.id, settings)
 
     async def save_settings(
-        self, agent_id: str, settings: WebhookSettings
+        self, agent_id: str, settings: WebhookSettings, *, held_events: HeldEvents = "send"
     ) -> tuple[WebhookSettings, str | None]:
-        """Save an agent's settings (creating the agent); the settings saved, and
-        the signing secret this save generated (the agent's first), if it did."""
+        """Save an agent's settings (creating the agent, enabling its endpoint and
+        sending or discarding what was held); the settings saved, and the signing
+        secret this save generated (the agent's first), if it did."""
         await self.agent(agent_id, create=True)
-        return await self.engine.save_settings_reporting(agent_id, settings)
+        return await self.engine.save_settings_reporting(
+            agent_id, settings, held_events=held_events
+        )
 
     # conversations -------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ of every answer and error, is in :mod:`.api_io`.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
+from urllib.parse import urlencode
 
 import msgspec
 from starlette.requests import Request
@@ -13,16 +14,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..delivery.metrics import CONTENT_TYPE, merge
+from ..events import WebhookEventType
 from ..exceptions import NotFound, SettingsError
 from ..models import Attachment, Group
 from ..settings import SettingsInput, WebhookSettings
-from ..storage.base import DeliveryStatus
+from ..storage.base import DELIVERY_STATUSES
 from . import timestamps
 from .api_io import (
     MAX_ID,
     ApiError,
     ConversationPatch,
     InboxMessageIn,
+    RecoverIn,
     SettingsIn,
     UserMessageIn,
     check_text,
@@ -32,6 +35,7 @@ from .api_io import (
     delivery_json,
     iso,
     json,
+    moment,
     page_query,
     parse_id,
     path_id,
@@ -144,10 +148,11 @@ async def put_webhook(request: Request) -> Response:
         reason = pipeline.engine.guard.refuses(url) if url else None
         if reason:
             raise SettingsError(field, reason)
+    held_events = body.held_events  # type: ignore[attr-defined]  # SettingsIn has it
     test = request.query_params.get("test", "false")
     if test not in ("true", "false"):
         raise ApiError(400, "invalid_query", "test must be true or false")
-    saved, generated = await pipeline.save_settings(agent_id, settings)
+    saved, generated = await pipeline.save_settings(agent_id, settings, held_events=held_events)
     answer: dict[str, Any] = {"agentId": agent_id, **saved.public()}
     if generated is not None:  # the agent's first secret: shown this once, never again
         answer["signingSecret"] = generated
@@ -183,9 +188,22 @@ async def rotate_secret(request: Request) -> Response:
 
 async def list_deliveries(request: Request) -> Response:
     agent_id, _ = await _settings_or_404(request)
-    status = request.query_params.get("status") or None
-    if status not in (None, "pending", "succeeded", "failed"):
-        raise ApiError(400, "invalid_query", "status must be pending, succeeded or failed")
+    query = request.query_params
+    status = query.get("status") or None
+    if status not in (None, *DELIVERY_STATUSES):
+        raise ApiError(
+            400, "invalid_query", f"status must be one of {', '.join(DELIVERY_STATUSES)}"
+        )
+    event_type = query.get("eventType") or None
+    if event_type is not None and event_type not in {e.value for e in WebhookEventType}:
+        raise ApiError(400, "invalid_query", f"eventType {event_type!r:.60} is not an event type")
+    conversation_id = query.get("conversationId") or None
+    if conversation_id is not None:
+        conversation_id = checked_id("conversationId", conversation_id)
+    webhook_id = query.get("webhookId") or None
+    if webhook_id is not None and len(webhook_id) > 200:
+        raise ApiError(400, "invalid_query", "webhookId is longer than any webhook-id")
+    since, until = moment("since", query.get("since")), moment("until", query.get("until"))
     limit_text = request.query_params.get("limit", "100")
     limit = parse_id(limit_text)
     if limit is None or limit > 1000:
@@ -194,21 +212,33 @@ async def list_deliveries(request: Request) -> Response:
             "invalid_query",
             f"limit must be a whole number from 1 to 1000, not {limit_text!r:.40}",
         )
-    before = request.query_params.get("before")
+    # the cursor is the id of the last delivery of the page before (as ``before``)
+    name = "cursor" if "cursor" in query else "before"
+    before = query.get(name)
     before_id = parse_id(before) if before else None
     if before and before_id is None:
         raise ApiError(
             400,
             "invalid_query",
-            f"before must be a delivery id, a whole number from 1 to {MAX_ID}, not {before!r:.40}",
+            f"{name} must be a delivery id, a whole number from 1 to {MAX_ID}, not {before!r:.40}",
         )
     rows = await pipeline_from(request).engine.list_deliveries(
         agent_id=agent_id,
-        status=cast(DeliveryStatus | None, status),  # checked above
+        status=status,  # checked above
         limit=limit,
         before_id=before_id,
+        event_type=event_type,
+        conversation_id=conversation_id,
+        webhook_id=webhook_id,
+        since=since,
+        until=until,
     )
-    return json([delivery_json(r) for r in rows])
+    answer = json([delivery_json(r) for r in rows])
+    if len(rows) == limit:  # the next page, as GitHub's API links it
+        params = {k: v for k, v in query.items() if k not in ("cursor", "before")}
+        params["cursor"] = str(rows[-1].id)
+        answer.headers["link"] = f'<{request.url.path}?{urlencode(params)}>; rel="next"'
+    return answer
 
 
 def _delivery_id(request: Request) -> int:
@@ -241,6 +271,23 @@ async def get_delivery(request: Request) -> Response:
             ],
         }
     )
+
+
+async def recover(request: Request) -> Response:
+    agent_id, _ = await _settings_or_404(request)
+    body: RecoverIn = await decode(request, RecoverIn)
+    since = moment("since", body.since, "invalid_body")
+    until = moment("until", body.until, "invalid_body")
+    assert since is not None  # required by RecoverIn
+    if until is not None and until <= since:
+        raise ApiError(400, "invalid_body", "until must be later than since")
+    queued = await pipeline_from(request).engine.recover(
+        agent_id,
+        since=since,
+        until=until,
+        event_types=[str(e) for e in body.event_types] if body.event_types else None,
+    )
+    return json({"queued": queued})
 
 
 async def redeliver(request: Request) -> Response:
@@ -287,6 +334,7 @@ routes = [
     Route("/v1/agents/{agent_id}/webhook", get_webhook, methods=["GET"]),
     Route("/v1/agents/{agent_id}/webhook", put_webhook, methods=["PUT"]),
     Route("/v1/agents/{agent_id}/webhook/rotate-secret", rotate_secret, methods=["POST"]),
+    Route("/v1/agents/{agent_id}/webhook/recover", recover, methods=["POST"]),
     Route("/v1/agents/{agent_id}/webhook/deliveries", list_deliveries, methods=["GET"]),
     Route("/v1/agents/{agent_id}/webhook/deliveries/{delivery_id}", get_delivery, methods=["GET"]),
     Route(

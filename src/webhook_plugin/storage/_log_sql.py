@@ -3,11 +3,14 @@ the purge of finished deliveries."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..exceptions import NotFound
-from ._plumbing import _DELIVERY_COLUMNS, Plumbing, _delivery
+from ._plumbing import _DELIVERY_COLUMNS, Plumbing, _delivery, log
 from .base import (
+    DEFAULT_REQUEUE_RATE,
+    DELIVERY_STATUSES,
     AttemptRecord,
     DeliveryRecord,
     DeliveryStatus,
@@ -26,15 +29,30 @@ class LogSQL(Plumbing):
         status: DeliveryStatus | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        event_type: str | None = None,
+        conversation_id: str | None = None,
+        webhook_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[DeliveryRecord]:
         where: list[str] = []
         args: list[object] = []
-        if agent_id is not None:
-            where.append("agent_id = ?")
-            args.append(agent_id)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
+        for column, value in (
+            ("agent_id", agent_id),
+            ("status", status),
+            ("event_type", event_type),
+            ("conversation_id", conversation_id),
+            ("webhook_id", webhook_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            args.append(until)
         if before_id is not None:
             where.append("id < ?")
             args.append(before_id)
@@ -125,10 +143,77 @@ class LogSQL(Plumbing):
             count: int = self._x(conn, sql, args).rowcount
         return count
 
+    def recover(
+        self,
+        agent_id: str,
+        *,
+        since: float,
+        until: float | None = None,
+        event_types: Sequence[str] | None = None,
+        rate: float = DEFAULT_REQUEUE_RATE,
+        dry_run: bool = False,
+    ) -> int:
+        sql = (
+            "SELECT id FROM deliveries WHERE agent_id = ? AND status IN ('failed', 'held')"
+            " AND created_at >= ?"
+        )
+        args: list[Any] = [agent_id, since]
+        if until is not None:
+            sql += " AND created_at < ?"
+            args.append(until)
+        if event_types:
+            sql += f" AND event_type IN ({','.join('?' * len(event_types))})"
+            args += event_types
+        sql += " ORDER BY id"
+        if dry_run:
+            return len(self._query(lambda c: self._x(c, sql, args).fetchall()))
+        with self._tx() as conn:
+            # read and changed in one transaction, its rows locked: two recovers
+            # at once queue each delivery once
+            ids = [row[0] for row in self._x(conn, sql + self._LOCK_ROW, args).fetchall()]
+            if ids:
+                self._requeue(conn, ids, rate)
+        if ids:
+            log.info("deliveries.recovered", agent_id=agent_id, deliveries=len(ids))
+        return len(ids)
+
+    def expire_held(self, *, max_count: int, max_age: float, now: float) -> int:
+        expired = 0
+        with self._tx() as conn:
+            expired += self._x(
+                conn,
+                "UPDATE deliveries SET status = 'failed', last_error = ?, updated_at = ?"
+                " WHERE status = 'held' AND created_at < ?",
+                (f"held_expired: held longer than {max_age:g} s", now, now - max_age),
+            ).rowcount
+            over = self._x(
+                conn,
+                "SELECT agent_id, COUNT(*) FROM deliveries WHERE status = 'held'"
+                " GROUP BY agent_id HAVING COUNT(*) > ?",
+                (max_count,),
+            ).fetchall()
+            for agent_id, count in over:
+                ids = self._x(
+                    conn,
+                    "SELECT id FROM deliveries WHERE agent_id = ? AND status = 'held'"
+                    " ORDER BY id LIMIT ?",
+                    (agent_id, count - max_count),
+                ).fetchall()
+                self._xmany(
+                    conn,
+                    "UPDATE deliveries SET status = 'failed', last_error = ?, updated_at = ?"
+                    " WHERE id = ?",
+                    [(f"held_limit: more than {max_count} held", now, row[0]) for row in ids],
+                )
+                expired += len(ids)
+        if expired:
+            log.warning("deliveries.held_expired", deliveries=expired)
+        return int(expired)
+
     def purge(self, *, before: float, batch: int = 1000) -> int:
         """Delete finished deliveries (and their attempts) created before ``before``.
 
-        Pending deliveries are never purged. Works in small transactions so
+        Pending and held deliveries are never purged. Works in small transactions so
         that writers are not held up.
         """
         removed = 0
@@ -138,7 +223,8 @@ class LogSQL(Plumbing):
                     row[0]
                     for row in self._x(
                         conn,
-                        "SELECT id FROM deliveries WHERE status <> 'pending' AND created_at < ?"
+                        "SELECT id FROM deliveries WHERE status IN ('succeeded', 'failed')"
+                        " AND created_at < ?"
                         " ORDER BY id LIMIT ?",
                         (before, batch),
                     ).fetchall()
@@ -163,6 +249,6 @@ class LogSQL(Plumbing):
                 c, "SELECT status, COUNT(*) FROM deliveries GROUP BY status"
             ).fetchall()
         )
-        counts = {"pending": 0, "succeeded": 0, "failed": 0}
+        counts: dict[str, int] = dict.fromkeys(DELIVERY_STATUSES, 0)
         counts.update(dict(rows))
         return counts

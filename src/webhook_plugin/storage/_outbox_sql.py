@@ -80,9 +80,6 @@ class OutboxSQL(Plumbing):
     #: row, far below SQLite's 32,766 and PostgreSQL's 65,535)
     _LEASE_CHUNK: ClassVar[int] = 500
 
-    def _after_insert(self, conn: Any) -> None:
-        """Called in the transaction that queued new deliveries."""
-
     @contextmanager
     def transaction(self, *, wait: float | None = None) -> Iterator[Any]:
         """One write transaction (yields a connection), serialised with the others;
@@ -169,7 +166,8 @@ class OutboxSQL(Plumbing):
             settings = endpoints.get(d.agent_id, (None, None))[0]
             # an ordered one waits for its turn, which a claim decides
             due = d.next_attempt_at <= now and not d.ordered
-            if len(lease) < room and settings is not None and due:
+            # a disabled endpoint's are inserted plain, and held
+            if len(lease) < room and settings is not None and due and not settings.disabled:
                 lease.append(d)
             else:
                 rest.append(d)
@@ -219,9 +217,14 @@ class OutboxSQL(Plumbing):
     def _insert_plain(self, conn: Any, items: Sequence[NewDelivery]) -> None:
         self._xmany(
             conn,
+            # held (and why) while the agent's endpoint is disabled, as this
+            # transaction reads it
             "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
-            " next_attempt_at, updated_at, conversation_id, sequence, ordered)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " next_attempt_at, updated_at, conversation_id, sequence, ordered, status,"
+            " last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE((SELECT 'held' FROM"
+            " webhook_settings WHERE agent_id = ? AND disabled = 1), 'pending'),"
+            " (SELECT 'endpoint_disabled: ' || COALESCE(disabled_reason, 'disabled')"
+            " FROM webhook_settings WHERE agent_id = ? AND disabled = 1))",
             [
                 (
                     d.webhook_id,
@@ -234,6 +237,8 @@ class OutboxSQL(Plumbing):
                     d.conversation_id,
                     d.sequence,
                     1 if d.ordered else 0,
+                    d.agent_id,
+                    d.agent_id,
                 )
                 for d in items
             ],

@@ -139,6 +139,22 @@ class Plumbing(ABC):
     def _xmany(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Execute one statement for many rows."""
 
+    def _after_insert(self, conn: Any) -> None:  # noqa: B027  # most backends have no way
+        """Called in a transaction that queued deliveries: tells workers in
+        other processes (a backend with a way to)."""
+
+    def _requeue(self, conn: Any, ids: Sequence[int], rate: float) -> None:
+        """Queue these deliveries again, in this order, ``rate`` a second from now
+        on the database's clock, each starting a new round of attempts."""
+        self._xmany(
+            conn,
+            f"UPDATE deliveries SET status = 'pending', next_attempt_at = {self._NOW} + ?,"
+            " round_start = attempts, lease_until = 0, lease_owner = NULL,"
+            f" updated_at = {self._NOW} WHERE id = ?",
+            [(n / rate, i) for n, i in enumerate(ids)],
+        )
+        self._after_insert(conn)
+
     def _migrate_in(self, conn: Any, component: str, scripts: Sequence[str]) -> None:
         """In a transaction the caller holds (serialised with other processes):
         run ``component``'s scripts after the version stored for it."""

@@ -10,7 +10,11 @@ from typing import Any
 import msgspec
 
 from ..settings import WebhookSettings
-from ._plumbing import Plumbing, _decode_settings, _json_encode
+from ._plumbing import Plumbing, _decode_settings, _json_encode, log
+from .base import DEFAULT_REQUEUE_RATE, HeldEvents
+
+#: the last error of a held delivery its owner chose not to send
+DISCARDED = "discarded: the endpoint was enabled again with heldEvents=discard"
 
 __all__ = ["SettingsSQL"]
 
@@ -29,19 +33,33 @@ class SettingsSQL(Plumbing):
         )
         return None if row is None else _decode_settings(agent_id, row)
 
-    def put_settings(self, agent_id: str, settings: WebhookSettings) -> None:
+    def put_settings(
+        self,
+        agent_id: str,
+        settings: WebhookSettings,
+        *,
+        held_events: HeldEvents = "send",
+        rate: float = DEFAULT_REQUEUE_RATE,
+    ) -> None:
         with self._tx() as conn:
-            self._write_settings(conn, agent_id, settings)
+            self._write_settings(conn, agent_id, settings, held_events, rate)
 
     def update_settings(
         self,
         agent_id: str,
         change: Callable[[WebhookSettings | None], WebhookSettings],
+        *,
+        held_events: HeldEvents = "send",
+        rate: float = DEFAULT_REQUEUE_RATE,
     ) -> WebhookSettings:
         """Read an agent's settings, ``change`` them and write the result, in one
         transaction that holds the row: two updates at once (a secret rotation
         and a settings save) run one after the other, so neither undoes the
-        other. Whatever ``change`` raises rolls the transaction back."""
+        other. Whatever ``change`` raises rolls the transaction back.
+
+        Settings written enabled end the hold on the agent's ``held``
+        deliveries, in the same transaction: ``held_events="send"`` queues
+        them again, oldest first, ``rate`` per second; ``"discard"`` fails them."""
         with self._tx() as conn:
             row = self._x(
                 conn,
@@ -50,10 +68,17 @@ class SettingsSQL(Plumbing):
                 (agent_id,),
             ).fetchone()
             settings = change(None if row is None else _decode_settings(agent_id, row))
-            self._write_settings(conn, agent_id, settings)
+            self._write_settings(conn, agent_id, settings, held_events, rate)
         return settings
 
-    def _write_settings(self, conn: Any, agent_id: str, settings: WebhookSettings) -> None:
+    def _write_settings(
+        self,
+        conn: Any,
+        agent_id: str,
+        settings: WebhookSettings,
+        held_events: HeldEvents,
+        rate: float,
+    ) -> None:
         data = _json_encode(msgspec.structs.replace(settings, disabled=False, disabled_reason=None))
         self._x(
             conn,
@@ -63,6 +88,30 @@ class SettingsSQL(Plumbing):
             " disabled = excluded.disabled, disabled_reason = excluded.disabled_reason,"
             " failing_since = NULL, updated_at = excluded.updated_at",
             (agent_id, data, int(settings.disabled), settings.disabled_reason, time.time()),
+        )
+        if settings.disabled:
+            return
+        held = [
+            row[0]
+            for row in self._x(
+                conn,
+                "SELECT id FROM deliveries WHERE agent_id = ? AND status = 'held' ORDER BY id",
+                (agent_id,),
+            ).fetchall()
+        ]
+        if not held:
+            return
+        if held_events == "send":
+            self._requeue(conn, held, rate)
+        else:
+            self._xmany(
+                conn,
+                "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL,"
+                f" last_error = ?, updated_at = {self._NOW} WHERE id = ? AND status = 'held'",
+                [(DISCARDED, i) for i in held],
+            )
+        log.info(
+            "deliveries.unheld", agent_id=agent_id, deliveries=len(held), held_events=held_events
         )
 
     def all_settings(self) -> dict[str, WebhookSettings]:

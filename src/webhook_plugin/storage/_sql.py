@@ -324,6 +324,15 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                 "UPDATE webhook_settings SET disabled = 1, disabled_reason = ? WHERE agent_id = ?",
                 (reason, agent_id),
             )
+            # its queued deliveries are held from now on (those leased to a
+            # dispatcher are held when their attempt ends)
+            self._x(
+                conn,
+                "UPDATE deliveries SET status = 'held', next_attempt_at = NULL,"
+                f" last_error = ?, updated_at = {self._NOW} WHERE agent_id = ?"
+                f" AND status = 'pending' AND lease_until <= {self._NOW}",
+                (f"endpoint_disabled: {reason}", agent_id),
+            )
 
     def release(self, delivery_ids: Sequence[int], owner: str) -> None:
         if not delivery_ids:

@@ -29,14 +29,26 @@ __all__ = [
     "AttemptResult",
     "ClaimedDelivery",
     "DeliveryRecord",
+    "DEFAULT_REQUEUE_RATE",
+    "DELIVERY_STATUSES",
     "DeliveryStatus",
+    "HeldEvents",
     "Handoff",
     "NewDelivery",
     "DeliveryStore",
     "Store",
 ]
 
-DeliveryStatus = Literal["pending", "succeeded", "failed"]
+#: ``held``: kept while the agent's endpoint is disabled, sent when it is
+#: enabled again (or discarded, as the owner chooses)
+DeliveryStatus = Literal["pending", "held", "succeeded", "failed"]
+#: deliveries queued again (held ones sent, a recovered range) start this many
+#: a second per agent, oldest first: live events keep flowing between them
+DEFAULT_REQUEUE_RATE = 100.0
+#: what enabling an endpoint again does with its held deliveries
+HeldEvents = Literal["send", "discard"]
+#: every status, in the order the log lists them
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "held", "succeeded", "failed")
 
 
 class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
@@ -202,7 +214,8 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     status_code: int | None
     error: str | None
     response_excerpt: str | None
-    #: ``pending`` (retry at ``next_attempt_at``), ``succeeded`` or ``failed``
+    #: ``pending`` (retry at ``next_attempt_at``), ``succeeded``, ``failed``, or
+    #: ``held`` (its endpoint is disabled: kept until it is enabled again)
     status: DeliveryStatus
     next_attempt_at: float | None
     #: whether a request was actually sent (False for a delivery failed because
@@ -282,7 +295,17 @@ class DeliveryStore(Protocol):
         status: DeliveryStatus | None = None,
         limit: int = 100,
         before_id: int | None = None,
-    ) -> list[DeliveryRecord]: ...
+        event_type: str | None = None,
+        conversation_id: str | None = None,
+        webhook_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[DeliveryRecord]:
+        """The log, newest first: ``limit`` deliveries older than ``before_id``
+        that match every filter given (``since``/``until``: created in
+        ``[since, until)``)."""
+        ...
+
     def get_delivery(self, delivery_id: int) -> DeliveryRecord: ...
     def list_attempts(self, delivery_id: int) -> list[AttemptRecord]: ...
     def attempt_stats(
@@ -294,6 +317,27 @@ class DeliveryStore(Protocol):
 
     def redeliver(self, delivery_id: int, *, now: float) -> DeliveryRecord: ...
     def redeliver_failed(self, *, agent_id: str | None, since: float, now: float) -> int: ...
+    def recover(
+        self,
+        agent_id: str,
+        *,
+        since: float,
+        until: float | None = None,
+        event_types: Sequence[str] | None = None,
+        rate: float = DEFAULT_REQUEUE_RATE,
+        dry_run: bool = False,
+    ) -> int:
+        """Queue again every ``failed`` or ``held`` delivery of the agent created
+        in ``[since, until)`` (of ``event_types``), oldest first, ``rate`` a
+        second; how many. Those already pending are left as they are, so a
+        second call queues nothing twice. ``dry_run``: only count them."""
+        ...
+
+    def expire_held(self, *, max_count: int, max_age: float, now: float) -> int:
+        """Fail held deliveries beyond the bounds: per agent, all but the newest
+        ``max_count``, and those created before ``now - max_age``; how many."""
+        ...
+
     def count_deliveries(self) -> dict[str, int]: ...
     def backlog(self) -> tuple[int, float | None]:
         """Pending deliveries: how many, and the oldest one's ``created_at``."""
@@ -303,7 +347,14 @@ class DeliveryStore(Protocol):
 
     # settings ------------------------------------------------------------------
     def get_settings(self, agent_id: str) -> WebhookSettings | None: ...
-    def put_settings(self, agent_id: str, settings: WebhookSettings) -> None: ...
+    def put_settings(
+        self,
+        agent_id: str,
+        settings: WebhookSettings,
+        *,
+        held_events: HeldEvents = "send",
+        rate: float = DEFAULT_REQUEUE_RATE,
+    ) -> None: ...
     def ping(self) -> None:
         """Raise :class:`~webhook_plugin.exceptions.StorageError` when the database
         does not answer."""
@@ -315,9 +366,16 @@ class DeliveryStore(Protocol):
         ...
 
     def update_settings(
-        self, agent_id: str, change: Callable[[WebhookSettings | None], WebhookSettings]
+        self,
+        agent_id: str,
+        change: Callable[[WebhookSettings | None], WebhookSettings],
+        *,
+        held_events: HeldEvents = "send",
+        rate: float = DEFAULT_REQUEUE_RATE,
     ) -> WebhookSettings:
-        """Read, change and write one agent's settings atomically."""
+        """Read, change and write one agent's settings atomically; written enabled,
+        its held deliveries are queued again (``rate`` a second, oldest first)
+        or failed (``held_events="discard"``) in the same transaction."""
         ...
 
     def all_settings(self) -> dict[str, WebhookSettings]: ...

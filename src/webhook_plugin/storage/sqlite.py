@@ -124,6 +124,8 @@ _MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries
         (agent_id, conversation_id, sequence) WHERE status = 'pending';
+    CREATE INDEX IF NOT EXISTS deliveries_conversation ON deliveries
+        (agent_id, conversation_id, id);
     """,
 ]
 

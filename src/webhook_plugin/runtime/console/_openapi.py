@@ -16,7 +16,7 @@ import msgspec
 
 from ..._version import __version__
 from ...events import WebhookEventType
-from ...payloads import PAYLOAD_TYPES, TEST_EVENT_TYPE, WebhookTest
+from ...payloads import PAYLOAD_TYPES, TEST_EVENT_TYPE, WebhookTest, require_sequence
 from ..api_io import ConversationPatch, InboxMessageIn, SettingsIn, UserMessageIn
 from ._answers import ANSWERS
 
@@ -292,6 +292,7 @@ def openapi_document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
+    require_sequence(components)
     # what an agent's URL receives: the six events and a settings save's test
     received: list[tuple[str, type[msgspec.Struct]]] = [
         *((str(t), c) for t, c in PAYLOAD_TYPES.items()),
