@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["GROUP_EVENTS", "Stage", "WebhookEventType", "event_for_stage"]
+__all__ = ["GROUP_EVENTS", "OperationalEventType", "Stage", "WebhookEventType", "event_for_stage"]
 
 
 class WebhookEventType(StrEnum):
@@ -23,6 +23,21 @@ class WebhookEventType(StrEnum):
     AGENT_MESSAGE_BLOCKED = "AGENT_MESSAGE_BLOCKED"
     AGENT_MESSAGE_NOTED = "AGENT_MESSAGE_NOTED"
     GROUP_MESSAGE_RECEIVED = "GROUP_MESSAGE_RECEIVED"
+
+
+class OperationalEventType(StrEnum):
+    """What happened to an agent's endpoint, told to its ``operations_url`` and
+    to the ``on_endpoint_*`` / ``on_delivery_exhausted`` hooks (``CONTRACT.md``
+    section 2), never about the operations URL itself."""
+
+    #: its failures have lasted a set share of the auto-disable window
+    ENDPOINT_FAILING = "ENDPOINT_FAILING"
+    #: ``410 Gone``, or the auto-disable window ran out: its events are held
+    ENDPOINT_DISABLED = "ENDPOINT_DISABLED"
+    #: a success after ``ENDPOINT_FAILING`` or ``ENDPOINT_DISABLED``
+    ENDPOINT_RECOVERED = "ENDPOINT_RECOVERED"
+    #: a delivery failed for good (its attempts ran out, or it was given up)
+    DELIVERY_EXHAUSTED = "DELIVERY_EXHAUSTED"
 
 
 #: event types whose payload carries ``groupId`` and ``groupName``

@@ -21,6 +21,7 @@ import pluggy
 
 from .events import WebhookEventType
 from .models import Agent, Conversation, Group, Message, UserInfo
+from .payloads import OperationalEvent
 
 __all__ = ["NAME", "QueuedEvent", "hookimpl"]
 
@@ -144,3 +145,38 @@ def fetch_user_info(agent: Agent, conversation: Conversation) -> Awaitable[UserI
 
     :return: an awaitable resolving to a :class:`UserInfo`, or ``None``.
     """
+
+
+# operational events: what happened to an agent's endpoint ------------------------------
+#
+# Called by the delivery engine (``DeliveryEngine.report_to(pm.hook)``) on its
+# event loop in the process that recorded the attempt, once per condition (the
+# database decides which process saw it first). Implementations must not wait
+# on I/O; an exception is logged and never reaches the engine. The same events
+# go to the agent's ``operations_url``, when it has one (``CONTRACT.md``
+# section 2).
+
+
+@_hookspec
+def on_endpoint_failing(event: OperationalEvent) -> None:
+    """An agent's endpoint has kept failing for a set share of the auto-disable
+    window (``ENDPOINT_FAILING``: once per share, per failing spell)."""
+
+
+@_hookspec
+def on_endpoint_disabled(event: OperationalEvent) -> None:
+    """An agent's endpoint was disabled (``410 Gone``, or failing for the whole
+    window): its events are held until its owner enables it again."""
+
+
+@_hookspec
+def on_endpoint_recovered(event: OperationalEvent) -> None:
+    """An agent's endpoint answered a success after ``ENDPOINT_FAILING`` or
+    ``ENDPOINT_DISABLED``."""
+
+
+@_hookspec
+def on_delivery_exhausted(event: OperationalEvent) -> None:
+    """A delivery failed for good: its attempts ran out, or it was given up
+    (``event.delivery_id`` and ``event.webhook_id`` say which). It stays in the
+    delivery log, and can be redelivered or recovered."""

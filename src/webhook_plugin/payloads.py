@@ -10,6 +10,8 @@ Pure: no I/O. The encoder is built once, at import.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
@@ -17,7 +19,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from .events import WebhookEventType
+from .events import OperationalEventType, WebhookEventType
 from .models import Agent, Contact, Conversation, Group, Message
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "AgentUserMessage",
     "AttachmentPayload",
     "GroupMessageReceived",
+    "OperationalEvent",
     "PAYLOAD_TYPES",
     "Payload",
     "TEST_EVENT_TYPE",
@@ -37,6 +40,7 @@ __all__ = [
     "contact_to_wire",
     "encode",
     "json_schemas",
+    "new_webhook_id",
 ]
 
 
@@ -275,6 +279,28 @@ def require_sequence(definitions: dict[str, Any]) -> None:
             definition["required"] = sorted({*definition.get("required", ()), "sequence"})
 
 
+class OperationalEvent(
+    msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel", frozen=True
+):
+    """What an ``operations_url`` receives, and what the operational hooks are
+    given: which agent's endpoint, its URL, why, and when."""
+
+    event_type: OperationalEventType
+    agent_id: str
+    #: the agent's webhook URL (the endpoint the event is about)
+    url: str
+    reason: str
+    created_at: datetime
+    #: ``DELIVERY_EXHAUSTED`` only: the delivery that failed for good
+    delivery_id: int | UnsetType = UNSET
+    webhook_id: str | UnsetType = UNSET
+
+
+def new_webhook_id() -> str:
+    """A unique, time-ordered event id: ``msg_``, 48 bits of milliseconds and 80 random bits, in hex."""
+    return f"msg_{time.time_ns() // 1_000_000:012x}{int.from_bytes(os.urandom(10)):020x}"
+
+
 def _with_sequence(schema: dict[str, Any]) -> dict[str, Any]:
     require_sequence(schema.get("$defs", {}))
     return schema
@@ -286,6 +312,8 @@ def json_schemas() -> dict[str, Any]:
     test request)."""
     schemas = {str(t): _with_sequence(msgspec.json.schema(cls)) for t, cls in PAYLOAD_TYPES.items()}
     schemas[TEST_EVENT_TYPE] = msgspec.json.schema(WebhookTest)
+    for kind in OperationalEventType:  # what an operations_url receives
+        schemas[str(kind)] = msgspec.json.schema(OperationalEvent)
     return schemas
 
 

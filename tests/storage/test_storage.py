@@ -74,6 +74,7 @@ def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
     conn.execute("DROP TABLE conversation_sequences")
     for column in ("conversation_id", "sequence", "ordered", "head_since"):
         conn.execute(f"ALTER TABLE deliveries DROP COLUMN {column}")
+    conn.execute("ALTER TABLE webhook_settings DROP COLUMN failing_notified")
     conn.execute("DROP TABLE schema_versions")  # one version for all, then
     conn.execute("PRAGMA user_version = 1")
     conn.commit()

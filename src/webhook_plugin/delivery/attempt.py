@@ -15,9 +15,10 @@ from typing import Final
 
 import structlog
 
+from ..events import OperationalEventType
 from ..exceptions import RequestTimeout, TransportError
 from ..settings import WebhookSettings
-from ..storage.base import AttemptResult, ClaimedDelivery, DeliveryStatus
+from ..storage.base import FAILING_SHARES, AttemptResult, ClaimedDelivery, DeliveryStatus
 from .client import HttpClient, Response
 from .outcome import Outcome, classify
 from .redaction import redact, secrets_of
@@ -55,18 +56,18 @@ async def attempt(
     timeout: float,
     policy: RetryPolicy,
     clock: Callable[[], float],
+    url: str | None = None,
 ) -> Attempted:
-    """POST ``d`` to its endpoint, signed, and say what came of it."""
-    assert settings.url is not None
+    """POST ``d`` to its endpoint (or ``url``), signed, and say what came of it."""
+    url = url or settings.url
+    assert url is not None
     started = clock()
     t0 = time.perf_counter()
     response: Response | None = None
     error: Exception | None = None
     try:
         headers = signed_headers(settings, d.webhook_id, started, d.body)
-        response = await client.post(
-            settings.url, headers, d.body, timeout=timeout, max_body=_EXCERPT_BYTES
-        )
+        response = await client.post(url, headers, d.body, timeout=timeout, max_body=_EXCERPT_BYTES)
     except Exception as exc:
         error = exc
         if not isinstance(exc, TransportError):
@@ -86,6 +87,10 @@ async def attempt(
         failing_since=d.failing_since,
         policy=policy,
     )
+    operations = d.event_type in OperationalEventType
+    if operations and outcome.disable_reason:
+        # the operations URL's answers never disable the agent's endpoint
+        outcome = outcome._replace(status="failed", disable_reason=None)
     if (
         outcome.status == "pending"
         and d.head_deadline is not None
@@ -124,6 +129,9 @@ async def attempt(
         disable_reason=outcome.disable_reason,
         lease_owner=d.lease_owner,
         ordered=d.head_deadline is not None,
+        webhook_id=d.webhook_id,
+        operations=operations,
+        failing_level=_failing_level(d.failing_since, started, policy),
     )
     return Attempted(result, outcome, duration, timed_out=isinstance(error, RequestTimeout))
 
@@ -154,7 +162,18 @@ def give_up(
         sent=False,
         lease_owner=d.lease_owner,
         ordered=d.head_deadline is not None,
+        webhook_id=d.webhook_id,
+        operations=d.event_type in OperationalEventType,
     )
+
+
+def _failing_level(failing_since: float | None, now: float, policy: RetryPolicy) -> int:
+    """How many of :data:`FAILING_SHARES` of the auto-disable window an endpoint
+    failing since ``failing_since`` has been failing, at ``now``."""
+    if failing_since is None:
+        return 0
+    failing_for = now - failing_since
+    return sum(failing_for >= share * policy.disable_after for share in FAILING_SHARES)
 
 
 def _debug_logged() -> bool:

@@ -31,9 +31,11 @@ from collections.abc import Callable
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ..events import OperationalEventType
 from ..exceptions import StorageError
 from ..storage.base import AttemptResult, ClaimedDelivery, Handoff, Store
 from ._streams import Stream, signal, wait
@@ -442,11 +444,21 @@ class Dispatcher:
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
         settings = delivery.settings
-        if settings is None or settings.url is None:
+        url = None
+        if delivery.event_type in OperationalEventType:
+            # to the operations URL, without the owner's webhook header (it is
+            # for the webhook's receiver); sent whether the endpoint is disabled
+            url = settings.operations_url if settings is not None else None
+            if settings is None or url is None:
+                reason = "endpoint_removed: the agent has no operations URL"
+                self._record(give_up(delivery, reason, now=self._clock()))
+                return
+            settings = msgspec.structs.replace(settings, header=None)
+        elif settings is None or settings.url is None:
             reason = "endpoint_removed: the agent has no webhook URL"
             self._record(give_up(delivery, reason, now=self._clock()))
             return
-        if settings.disabled:
+        elif settings.disabled:
             reason = f"endpoint_disabled: {settings.disabled_reason or 'disabled'}"
             self._record(give_up(delivery, reason, now=self._clock(), status="held"))
             return
@@ -465,6 +477,7 @@ class Dispatcher:
             timeout=self._timeout,
             policy=self._policy,
             clock=self._clock,
+            url=url,
         )
         self.lanes.observe(
             delivery.agent_id, slow=done.timed_out or done.duration > self._timeout / 2

@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import anyio
 import anyio.abc
 import structlog
 
 from .._version import __version__
-from ..events import WebhookEventType
+from ..events import OperationalEventType, WebhookEventType
 from ..exceptions import StorageError
+from ..payloads import OperationalEvent
 from ..settings import WebhookSettings
 from ..storage.base import (
     AttemptRecord,
@@ -61,6 +63,15 @@ from .supervisor import Supervisor
 __all__ = ["DeliveryConfig", "DeliveryEngine", "EndpointTest"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
+
+
+#: the hook that hears of each kind of operational event
+_HOOKS: dict[OperationalEventType, str] = {
+    OperationalEventType.ENDPOINT_FAILING: "on_endpoint_failing",
+    OperationalEventType.ENDPOINT_DISABLED: "on_endpoint_disabled",
+    OperationalEventType.ENDPOINT_RECOVERED: "on_endpoint_recovered",
+    OperationalEventType.DELIVERY_EXHAUSTED: "on_delivery_exhausted",
+}
 
 
 class DeliveryEngine:
@@ -108,8 +119,11 @@ class DeliveryEngine:
         # Nobody awaits attempt results: a failed write is retried, since a
         # result that is never written leaves its delivery leased (and sent
         # again) until the lease runs out.
+        #: operational events the recorder's transactions decided, for the hooks
+        self._told: deque[OperationalEvent] = deque()
+        self._hook: Any = None
         self.recorder: Batcher[AttemptResult] = Batcher(
-            store.record_attempts,
+            self._record_attempts,
             on_written=self._recorded,
             on_failed=self._write_failed,
             retries=8,
@@ -340,12 +354,41 @@ class DeliveryEngine:
         self.metrics.stored(items)
         self.dispatcher.stored()
 
+    def report_to(self, hook: Any) -> None:
+        """Call the operational hooks (``on_endpoint_disabled``...) of this relay
+        (``pm.hook``) for the operational events this process's attempts cause."""
+        self._hook = hook
+
+    def _record_attempts(self, results: Sequence[AttemptResult]) -> None:
+        """The recorder's write (in a worker thread): the events it decided wait
+        for :meth:`_recorded`, on the event loop."""
+        self._told.extend(self.store.record_attempts(results))
+
     def _recorded(self, results: Sequence[AttemptResult]) -> None:
         self.supervisor.recovered("storage")
         self.metrics.recorded(results)
         self.endpoints.disabled_by(results)
-        if any(r.ordered and r.status != "pending" for r in results):
-            self.dispatcher.wake()  # the next of those conversations may go now
+        told = False
+        while self._told:
+            told = True
+            self._tell(self._told.popleft())
+        if told or any(r.ordered and r.status != "pending" for r in results):
+            # the next of those conversations may go now; events for an operations URL
+            self.dispatcher.wake()
+
+    def _tell(self, event: OperationalEvent) -> None:
+        """One operational event to the hooks; what a plugin raises is logged."""
+        log.warning(
+            "endpoint.event", event_type=str(event.event_type), agent_id=event.agent_id,
+            reason=event.reason,
+        )  # fmt: skip
+        if self._hook is None:
+            return
+        name = _HOOKS[event.event_type]
+        try:
+            getattr(self._hook, name)(event=event)
+        except Exception:
+            log.exception("hook.failed", hook=name, agent_id=event.agent_id)
 
     # the endpoints' settings and the delivery log (see endpoints.py and log.py) --------------
 

@@ -136,7 +136,7 @@ class Batcher(Generic[T]):
 
     def __init__(
         self,
-        write: Callable[[Sequence[T]], None],
+        write: Callable[[Sequence[T]], object],
         *,
         limiter: anyio.CapacityLimiter | None = None,
         on_written: Callable[[Sequence[T]], None] | None = None,

@@ -11,17 +11,12 @@ import base64
 import functools
 import hashlib
 import hmac
-import os
 import time
 
+from ..payloads import new_webhook_id
 from ..settings import WebhookSettings, parse_header, secret_key
 
 __all__ = ["new_webhook_id", "sign", "signed_headers", "verify"]
-
-
-def new_webhook_id() -> str:
-    """A unique, time-ordered event id: ``msg_``, 48 bits of milliseconds and 80 random bits, in hex."""
-    return f"msg_{time.time_ns() // 1_000_000:012x}{int.from_bytes(os.urandom(10)):020x}"
 
 
 def sign(secret: str | bytes, webhook_id: str, timestamp: int, body: bytes) -> str:

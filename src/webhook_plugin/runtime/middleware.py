@@ -111,6 +111,7 @@ class WebhookMiddleware:
             pm.load_entry_points()
         for plugin in self.extra_plugins:
             pm.register(plugin)
+        engine.report_to(pm.hook)  # the operational hooks hear what this process's attempts cause
         if not pm.pluggy.is_registered(responder):
             pm.register(responder, name="webhook_plugin.runtime.responder")
         async with engine, anyio.create_task_group() as tg:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 
+from ..events import OperationalEventType
 from ..settings import WebhookSettings
 from ._plumbing import Plumbing, _decode_settings, log
 from .base import ClaimedDelivery, Handoff, NewDelivery
@@ -237,8 +238,8 @@ class OutboxSQL(Plumbing):
                     d.conversation_id,
                     d.sequence,
                     1 if d.ordered else 0,
-                    d.agent_id,
-                    d.agent_id,
+                    # an operational event is never held: it may say "disabled"
+                    *((None, None) if d.event_type in OperationalEventType else (d.agent_id,) * 2),
                 )
                 for d in items
             ],

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 import structlog
 
-from ..events import WebhookEventType
+from ..events import OperationalEventType, WebhookEventType
 from ..settings import WebhookSettings
 from .base import (
     DeliveryRecord,
@@ -37,10 +37,14 @@ _DELIVERY_COLUMNS = (
 )
 
 
-def _event_type(value: Any) -> WebhookEventType | None:
+def _event_type(value: Any) -> WebhookEventType | OperationalEventType | None:
     """The stored event type, or None when this version does not know it."""
     try:
         return WebhookEventType(value)
+    except ValueError:
+        pass
+    try:
+        return OperationalEventType(value)
     except ValueError:
         return None
 

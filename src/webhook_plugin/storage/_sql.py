@@ -19,16 +19,23 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
+from msgspec import UNSET
+
+from ..events import OperationalEventType
+from ..payloads import OperationalEvent, new_webhook_id
 from ..settings import DEFAULT_ORDERING_MAX_WAIT, WebhookSettings
 from ._log_sql import LogSQL
 from ._outbox_sql import OutboxSQL
-from ._plumbing import _body, _event_type, log
+from ._plumbing import _body, _event_type, _json_encode, log
 from ._settings_sql import SettingsSQL
 from .base import (
+    FAILING_SHARES,
     AttemptResult,
     ClaimedDelivery,
+    NewDelivery,
 )
 
 __all__ = ["SQLStore"]
@@ -204,18 +211,20 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
             )
         return claimed
 
-    def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+    def record_attempts(self, results: Sequence[AttemptResult]) -> list[OperationalEvent]:
         """Write the attempts' results. One that ends an ordered delivery lets the
         next of its conversation be claimed: other processes are told, as for
         new deliveries."""
         # One statement per kind for the whole batch (executemany): on the
         # delivery hot path, per-row statements cost more than the HTTP call.
+        events: list[OperationalEvent] = []
         with self._tx(durable=False) as conn:
             results = self._fenced(conn, results)
             if results:
-                self._record_in(conn, results)
+                events = self._record_in(conn, results)
                 if any(r.ordered and r.status != "pending" for r in results):
                     self._after_insert(conn)
+        return events
 
     def _fenced(self, conn: Any, results: Sequence[AttemptResult]) -> Sequence[AttemptResult]:
         """The results whose attempt still holds its delivery's lease (read under
@@ -251,10 +260,18 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                 )
         return [r for r in results if r.delivery_id not in stale]
 
-    def _record_in(self, conn: Any, results: Sequence[AttemptResult]) -> None:
+    def _record_in(self, conn: Any, results: Sequence[AttemptResult]) -> list[OperationalEvent]:
         failing_since: dict[str, float | None] = {}  # per agent, after this batch
         disable: dict[str, str] = {}
+        levels: dict[str, int] = {}  # the failing shares reached, per agent
+        told: list[tuple[OperationalEventType, str, str, AttemptResult | None]] = []
         for r in results:
+            if r.operations:  # never about the operations URL itself: no loops
+                continue
+            if r.sent and r.status != "succeeded":
+                levels[r.agent_id] = max(levels.get(r.agent_id, 0), r.failing_level)
+            if r.status == "failed" and r.sent:
+                told.append((OperationalEventType.DELIVERY_EXHAUSTED, r.agent_id, r.error or "", r))
             if r.sent:
                 if r.status == "succeeded":
                     failing_since[r.agent_id] = None
@@ -305,6 +322,21 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
         )
         for agent_id, since in sorted(failing_since.items()):  # rows locked in one order
             if since is None:
+                # a success: recovered, if a failing spell or a disabling was told
+                if self._x(
+                    conn,
+                    "UPDATE webhook_settings SET failing_notified = 0"
+                    " WHERE agent_id = ? AND failing_notified > 0",
+                    (agent_id,),
+                ).rowcount:
+                    told.append(
+                        (
+                            OperationalEventType.ENDPOINT_RECOVERED,
+                            agent_id,
+                            "a delivery succeeded",
+                            None,
+                        )
+                    )
                 self._x(
                     conn,
                     "UPDATE webhook_settings SET failing_since = NULL"
@@ -318,12 +350,34 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                     " WHERE agent_id = ? AND failing_since IS NULL",
                     (since, agent_id),
                 )
+        for agent_id, level in sorted(levels.items()):
+            # each share once per spell: the first transaction to reach it says so
+            if (
+                level
+                and self._x(
+                    conn,
+                    "UPDATE webhook_settings SET failing_notified = ?"
+                    " WHERE agent_id = ? AND failing_notified < ?",
+                    (level, agent_id, level),
+                ).rowcount
+            ):
+                share = FAILING_SHARES[level - 1]
+                told.append(
+                    (
+                        OperationalEventType.ENDPOINT_FAILING,
+                        agent_id,
+                        f"failing without a success for {share:.0%} of the auto-disable window",
+                        None,
+                    )
+                )
         for agent_id, reason in sorted(disable.items()):
-            self._x(
+            if self._x(
                 conn,
-                "UPDATE webhook_settings SET disabled = 1, disabled_reason = ? WHERE agent_id = ?",
-                (reason, agent_id),
-            )
+                "UPDATE webhook_settings SET disabled = 1, disabled_reason = ?,"
+                " failing_notified = ? WHERE agent_id = ? AND disabled = 0",
+                (reason, len(FAILING_SHARES) + 1, agent_id),
+            ).rowcount:
+                told.append((OperationalEventType.ENDPOINT_DISABLED, agent_id, reason, None))
             # its queued deliveries are held from now on (those leased to a
             # dispatcher are held when their attempt ends)
             self._x(
@@ -333,6 +387,44 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                 f" AND status = 'pending' AND lease_until <= {self._NOW}",
                 (f"endpoint_disabled: {reason}", agent_id),
             )
+        return self._tell(conn, told) if told else []
+
+    def _tell(
+        self, conn: Any, told: Sequence[tuple[OperationalEventType, str, str, AttemptResult | None]]
+    ) -> list[OperationalEvent]:
+        """The operational events, each queued to its agent's ``operations_url``
+        (if it has one) in this transaction."""
+        endpoints = self._endpoints(conn, {agent_id for _, agent_id, _, _ in told})
+        now = time.time()
+        at = datetime.fromtimestamp(now, UTC)
+        events: list[OperationalEvent] = []
+        queued: list[NewDelivery] = []
+        for kind, agent_id, reason, result in told:
+            settings = endpoints.get(agent_id, (None, None))[0]
+            event = OperationalEvent(
+                event_type=kind,
+                agent_id=agent_id,
+                url=(settings.url if settings else None) or "",
+                reason=reason,
+                created_at=at,
+                delivery_id=UNSET if result is None else result.delivery_id,
+                webhook_id=UNSET if result is None else result.webhook_id,
+            )
+            events.append(event)
+            if settings is not None and settings.operations_url:
+                queued.append(
+                    NewDelivery(
+                        webhook_id=new_webhook_id(),
+                        agent_id=agent_id,
+                        event_type=kind,
+                        body=_json_encode(event),
+                        created_at=now,
+                        next_attempt_at=now,
+                    )
+                )
+        if queued:
+            self._insert_deliveries(conn, queued)
+        return events
 
     def release(self, delivery_ids: Sequence[int], owner: str) -> None:
         if not delivery_ids:

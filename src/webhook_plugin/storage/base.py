@@ -21,7 +21,8 @@ from typing import ClassVar, Literal, Protocol
 
 import msgspec
 
-from ..events import WebhookEventType
+from ..events import OperationalEventType, WebhookEventType
+from ..payloads import OperationalEvent
 from ..settings import WebhookSettings
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ClaimedDelivery",
     "DeliveryRecord",
     "DEFAULT_REQUEUE_RATE",
+    "FAILING_SHARES",
     "DELIVERY_STATUSES",
     "DeliveryStatus",
     "HeldEvents",
@@ -42,6 +44,9 @@ __all__ = [
 #: ``held``: kept while the agent's endpoint is disabled, sent when it is
 #: enabled again (or discarded, as the owner chooses)
 DeliveryStatus = Literal["pending", "held", "succeeded", "failed"]
+#: the shares of the auto-disable window after which a failing endpoint is
+#: reported (``ENDPOINT_FAILING``), each once per failing spell
+FAILING_SHARES: tuple[float, ...] = (0.01, 0.25, 0.75)
 #: deliveries queued again (held ones sent, a recovered range) start this many
 #: a second per agent, oldest first: live events keep flowing between them
 DEFAULT_REQUEUE_RATE = 100.0
@@ -56,7 +61,7 @@ class NewDelivery(msgspec.Struct, frozen=True, kw_only=True):
 
     webhook_id: str
     agent_id: str
-    event_type: WebhookEventType
+    event_type: WebhookEventType | OperationalEventType
     body: bytes
     created_at: float
     next_attempt_at: float
@@ -76,7 +81,8 @@ class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     webhook_id: str
     agent_id: str
-    event_type: WebhookEventType
+    #: an operational event goes to the agent's ``operations_url``
+    event_type: WebhookEventType | OperationalEventType
     body: bytes
     created_at: float
     attempts: int
@@ -228,6 +234,13 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     lease_owner: str | None = None
     #: an ordered delivery: its end lets the next of its conversation go
     ordered: bool = False
+    webhook_id: str = ""
+    #: an operational event's delivery (to the ``operations_url``): its result
+    #: never counts towards the endpoint's failing, disabling or operational events
+    operations: bool = False
+    #: how many of the failing shares (``FAILING_SHARES``) of the auto-disable
+    #: window the endpoint's failures have lasted, at this attempt
+    failing_level: int = 0
 
 
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -285,7 +298,12 @@ class DeliveryStore(Protocol):
         database's clock's to say, never the caller's."""
         ...
 
-    def record_attempts(self, results: Sequence[AttemptResult]) -> None: ...
+    def record_attempts(self, results: Sequence[AttemptResult]) -> list[OperationalEvent]:
+        """Write the attempts' results; the operational events they caused, each
+        decided once, in this transaction (and queued to the agent's
+        ``operations_url`` with it)."""
+        ...
+
     def release(self, delivery_ids: Sequence[int], owner: str) -> None: ...
     def wait_for_new(self, timeout: float) -> bool: ...
     def list_deliveries(

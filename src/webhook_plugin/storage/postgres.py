@@ -92,6 +92,8 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS sequence BIGINT;
     ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS ordered INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS head_since DOUBLE PRECISION;
+    ALTER TABLE webhook_settings ADD COLUMN IF NOT EXISTS failing_notified INTEGER NOT NULL
+        DEFAULT 0;
     CREATE TABLE IF NOT EXISTS conversation_sequences (
         agent_id TEXT NOT NULL,
         conversation_id TEXT NOT NULL,

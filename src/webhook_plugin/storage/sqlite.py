@@ -116,6 +116,7 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE deliveries ADD COLUMN sequence INTEGER;
     ALTER TABLE deliveries ADD COLUMN ordered INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE deliveries ADD COLUMN head_since REAL;
+    ALTER TABLE webhook_settings ADD COLUMN failing_notified INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE IF NOT EXISTS conversation_sequences (
         agent_id TEXT NOT NULL,
         conversation_id TEXT NOT NULL,
