@@ -190,7 +190,7 @@ async def test_every_event_arrives_when_a_tenth_of_answers_fail(
     assert len(receiver.requests) > n  # some were retried
 
 
-async def test_410_gone_disables_the_endpoint_until_settings_are_saved(
+async def test_410_gone_disables_the_endpoint_and_holds_its_events_until_saved(
     make_store: StoreFactory, receiver: Receiver
 ) -> None:
     receiver.behaviour = lambda r: Reply(410)
@@ -198,15 +198,17 @@ async def test_410_gone_disables_the_endpoint_until_settings_are_saved(
         await engine.save_settings(AGENT.id, settings(receiver.url))
         pm = pipeline(engine)
         reply(pm)
-        [failed] = await wait_until_status(engine, "failed")
-        assert failed.attempts == 1 and failed.last_status_code == 410
+        [gone] = await wait_until_status(engine, "held")
+        assert gone.attempts == 1 and gone.last_status_code == 410
         stored = await engine.get_settings(AGENT.id)
         assert stored is not None and stored.disabled and "410" in (stored.disabled_reason or "")
-        assert reply(pm) == []  # a disabled endpoint gets no new events
-        await engine.save_settings(AGENT.id, settings(receiver.url))  # saving enables it again
+        [later] = reply(pm)  # a disabled endpoint's events are kept, held
+        await later
+        assert len(await wait_until_status(engine, "held", 2)) == 2
+        assert len(receiver.requests) == 1
         receiver.behaviour = lambda r: Reply(200)
-        assert len(reply(pm)) == 1
-        await wait_until_status(engine, "succeeded")
+        await engine.save_settings(AGENT.id, settings(receiver.url))  # saving enables it again
+        assert len(await wait_until_status(engine, "succeeded", 2)) == 2
 
 
 async def test_endpoint_failing_for_too_long_is_disabled(
@@ -218,8 +220,8 @@ async def test_endpoint_failing_for_too_long_is_disabled(
         async with DeliveryEngine(make_store(), cfg) as engine:
             await engine.save_settings(AGENT.id, settings(receiver.url))
             reply(pipeline(engine))
-            [failed] = await wait_until_status(engine, "failed")
+            [held] = await wait_until_status(engine, "held")
             stored = await engine.get_settings(AGENT.id)
-    assert failed.attempts == 2  # the second failure came after disable_after
+    assert held.attempts == 2  # the second failure came after disable_after
     assert stored is not None and stored.disabled
     assert any(e["event"] == "endpoint.disabled" for e in logs)

@@ -159,7 +159,7 @@ async def test_metrics_count_what_was_queued_attempted_and_is_still_waiting(
         reply(pipeline(engine))
         await wait_until_status(engine, "succeeded")
         reply(pipeline(engine))
-        await wait_until_status(engine, "failed")  # 410: failed, endpoint disabled
+        await wait_until_status(engine, "held")  # 410: endpoint disabled, the event held
         await engine.save_settings("other", settings(closed_port_url()))
         engine.enqueue("other", WebhookEventType.AGENT_USER_MESSAGE, b"{}")  # retried
         await wait_until_status_of(engine, "other", min_attempts=1)
@@ -170,7 +170,7 @@ async def test_metrics_count_what_was_queued_attempted_and_is_still_waiting(
     assert m['webhook_plugin_attempts_total{outcome="failed"}'] == 1
     assert m['webhook_plugin_attempts_total{outcome="retry"}'] >= 2  # 500, then the closed port
     assert m['webhook_plugin_deliveries_finished_total{status="succeeded"}'] == 1
-    assert m['webhook_plugin_deliveries_finished_total{status="failed"}'] == 1
+    assert m['webhook_plugin_deliveries_finished_total{status="failed"}'] == 0  # held
     assert m["webhook_plugin_endpoints_disabled_total"] == 1
     sent = sum(v for k, v in m.items() if k.startswith("webhook_plugin_attempts_total"))
     assert m['webhook_plugin_attempt_duration_seconds_bucket{le="+Inf"}'] == sent

@@ -3,6 +3,7 @@ schema, demo, worker; config errors and log formats."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import closed_port_url
 from receiver import Receiver
 from servers import AUTH, CLI, Server, free_port, post_message, write_config
 
@@ -29,8 +31,15 @@ def test_cli_deliveries_and_redeliver(
         check=True,
     )
     lines = out.stdout.splitlines()
-    assert lines[0].split()[:4] == ["ID", "AGENT", "EVENT", "STATUS"]
-    assert any("AGENT_USER_MESSAGE" in line for line in lines[1:])
+    assert lines[0].split()[:6] == ["ID", "AGENT", "EVENT", "CONVERSATION", "SEQ", "STATUS"]
+    assert any("AGENT_USER_MESSAGE" in line and "cli-1" in line for line in lines[1:])
+    only = subprocess.run(
+        [*CLI, "deliveries", "--config", config, "--conversation", "cli-1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert len(only) == 2 and "cli-1" in only[1]
     as_json = json.loads(
         subprocess.run(
             [*CLI, "deliveries", "--config", config, "--json", "--limit", "1"],
@@ -109,7 +118,10 @@ def test_config_errors_say_where_and_what(tmp_path: Path, toml: str, message: st
 def test_schema_command_prints_every_payload_schema() -> None:
     r = subprocess.run([*CLI, "schema"], capture_output=True, text=True, check=True)
     schemas = json.loads(r.stdout)
-    assert len(schemas) == 7 and "GROUP_MESSAGE_RECEIVED" in schemas
+    # the six conversation events, the settings test, and four operational events
+    assert len(schemas) == 11 and "GROUP_MESSAGE_RECEIVED" in schemas
+    assert "sequence" in schemas["AGENT_USER_MESSAGE"]["$defs"]["AgentUserMessage"]["required"]
+    assert "ENDPOINT_DISABLED" in schemas
     test = schemas["WEBHOOK_TEST"]["$defs"]["WebhookTest"]
     assert test["properties"]["eventType"] == {"enum": ["WEBHOOK_TEST"]}
 
@@ -182,3 +194,58 @@ def test_json_logs_on_request(tmp_path: Path) -> None:
     names = {e["event"] for e in events}
     assert {"engine.started", "runtime.started"} <= names
     assert all("level" in e and "timestamp" in e for e in events)
+
+
+def test_every_command_and_option_says_what_it_does() -> None:
+    from webhook_plugin.cli import build_parser
+
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {c.dest: c.help for c in commands._choices_actions}
+    for name, sub in commands.choices.items():
+        assert helps.get(name), f"`{name}` has no description"
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"`{name} {'/'.join(action.option_strings) or action.dest}`"
+
+
+def test_redeliver_without_an_id_says_what_to_give(tmp_path: Path) -> None:
+    r = subprocess.run([*CLI, "redeliver"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "a delivery ID" in r.stderr and "not both" not in r.stderr
+
+
+def test_recover_says_how_many_then_queues_them_with_yes(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
+    _server, _rx, tmp = env
+    config = str(tmp / "webhook-plugin.toml")
+    agent = "cli-recover"
+    assert (
+        api.put(f"/v1/agents/{agent}/webhook", json={"url": closed_port_url()}).status_code == 200
+    )
+    r = api.post(
+        f"/v1/agents/{agent}/messages",
+        json={"conversationId": "cr-1", "channel": "web", "text": "hi"},
+    )
+    [event] = r.json()["events"]
+    deadline = time.monotonic() + 10
+    while api.get(f"/v1/agents/{agent}/webhook/deliveries?status=failed").json() == []:
+        assert time.monotonic() < deadline, "the delivery never failed"
+        time.sleep(0.05)
+    dry = subprocess.run(
+        [*CLI, "recover", agent, "--since", "1h", "--config", config],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert dry.stdout.startswith("1 failed or held") and "--yes" in dry.stdout
+    assert api.get(f"/v1/agents/{agent}/webhook/deliveries?status=failed").json() != []
+    done = subprocess.run(
+        [*CLI, "recover", agent, "--since", "1h", "--yes", "--config", config],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.startswith("1 deliveries queued again")
+    rows = api.get(
+        f"/v1/agents/{agent}/webhook/deliveries", params={"webhookId": event["webhookId"]}
+    ).json()
+    assert [row["webhookId"] for row in rows] == [event["webhookId"]]

@@ -4,6 +4,7 @@
 ``worker``     delivery workers only (on PostgreSQL, or the same SQLite file as serve --no-workers)
 ``deliveries`` the delivery log as a table
 ``redeliver``  queue deliveries again, one or every failed one since a time
+``recover``    queue an agent's failed and held deliveries of a time range again
 ``schema``     the JSON Schema of every payload
 ``demo``       a conversation producing all six events, verified as they arrive
 
@@ -21,10 +22,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from .._version import __version__
+from ..events import OperationalEventType, WebhookEventType
 from ..exceptions import WebhookPluginError
+from ..storage.base import DELIVERY_STATUSES
 from ._commands import (
     cmd_deliveries,
     cmd_demo,
+    cmd_recover,
     cmd_redeliver,
     cmd_schema,
     cmd_serve,
@@ -39,6 +43,7 @@ __all__ = ["build_parser", "configure_logging", "main"]
 _MAX_ID = 2**63 - 1
 #: the longest --failed-since duration: 100 years
 _MAX_SINCE = 100 * 366 * 86400
+EVENT_TYPES = [str(e) for e in (*WebhookEventType, *OperationalEventType)]
 
 
 def _bounded_int(what: str, high: int) -> Callable[[str], int]:
@@ -85,11 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--log-format",
             choices=["console", "json"],
             default=argparse.SUPPRESS if suppress else "console",
+            help="log lines for people (console, the default) or one JSON object each",
         )
         target.add_argument(
             "--log-level",
             choices=["debug", "info", "warning", "error"],
             default=argparse.SUPPRESS if suppress else "info",
+            help="the least important lines logged (default info)",
         )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -110,8 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve", "serve the reference chat runtime")
     serve.add_argument("--config", help="TOML config file (default: embedded SQLite, no agents)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1; another needs api_token)",
+    )
+    serve.add_argument("--port", type=int, default=8000, help="the port (default 8000)")
     serve.add_argument(
         "--no-workers", action="store_true", help="serve the API without delivery workers"
     )
@@ -167,24 +178,65 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--until-stdin-closes", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 
-    deliveries = command("deliveries", "show the delivery log")
-    deliveries.add_argument("--config")
-    deliveries.add_argument("--agent")
-    deliveries.add_argument("--status", choices=["pending", "succeeded", "failed"])
+    deliveries = command("deliveries", "show the delivery log, newest first")
+    deliveries.add_argument("--config", help="TOML config file (default: the embedded SQLite)")
+    deliveries.add_argument("--agent", help="only this agent's deliveries")
+    deliveries.add_argument(
+        "--status", choices=DELIVERY_STATUSES, help="only deliveries in this state"
+    )
+    deliveries.add_argument("--event-type", choices=EVENT_TYPES, help="only this event type")
+    deliveries.add_argument("--conversation", help="only this conversation's deliveries")
+    deliveries.add_argument("--webhook-id", help="the delivery with this webhook-id")
+    deliveries.add_argument(
+        "--since", type=_parse_since, metavar="WHEN", help="created since (30m, 6h, 2d or a time)"
+    )
+    deliveries.add_argument(
+        "--until", type=_parse_since, metavar="WHEN", help="created before (as --since)"
+    )
     deliveries.add_argument(
         "--limit", type=_bounded_int("limit", 100_000), default=50, help="1 to 100000"
     )
-    deliveries.add_argument("--json", action="store_true")
+    deliveries.add_argument("--json", action="store_true", help="as the API answers it")
     deliveries.set_defaults(func=cmd_deliveries)
 
     redeliver = command("redeliver", "queue deliveries again (same webhook-id)")
     redeliver.add_argument(
-        "delivery_id", nargs="?", type=_bounded_int("delivery ID", _MAX_ID), metavar="DELIVERY_ID"
+        "delivery_id",
+        nargs="?",
+        type=_bounded_int("delivery ID", _MAX_ID),
+        metavar="DELIVERY_ID",
+        help="the delivery to queue again (see `deliveries`)",
     )
-    redeliver.add_argument("--failed-since", type=_parse_since, metavar="WHEN")
-    redeliver.add_argument("--agent")
-    redeliver.add_argument("--config")
+    redeliver.add_argument(
+        "--failed-since",
+        type=_parse_since,
+        metavar="WHEN",
+        help="instead: every failed delivery created since (30m, 6h, 2d or a time)",
+    )
+    redeliver.add_argument("--agent", help="with --failed-since: only this agent's")
+    redeliver.add_argument("--config", help="TOML config file (default: the embedded SQLite)")
     redeliver.set_defaults(func=cmd_redeliver)
+
+    recover = command(
+        "recover", "queue an agent's failed and held deliveries of a time range again"
+    )
+    recover.add_argument("agent", metavar="AGENT", help="the agent whose deliveries to recover")
+    recover.add_argument(
+        "--since",
+        type=_parse_since,
+        required=True,
+        metavar="WHEN",
+        help="created since (30m, 6h, 2d or a time such as 2026-11-25T08:00:00Z)",
+    )
+    recover.add_argument("--until", type=_parse_since, metavar="WHEN", help="created before")
+    recover.add_argument(
+        "--event-type", choices=EVENT_TYPES, action="append", help="only these (repeatable)"
+    )
+    recover.add_argument(
+        "--yes", action="store_true", help="queue them; without it, only say how many it would"
+    )
+    recover.add_argument("--config", help="TOML config file (default: the embedded SQLite)")
+    recover.set_defaults(func=cmd_recover)
 
     schema = command("schema", "print the JSON Schema of every payload")
     schema.set_defaults(func=cmd_schema)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "cmd_deliveries",
     "cmd_demo",
+    "cmd_recover",
     "cmd_redeliver",
     "cmd_schema",
     "cmd_serve",
@@ -275,7 +276,16 @@ def _iso(ts: float | None) -> str:
 def cmd_deliveries(args: argparse.Namespace) -> int:
     store = _open_store(_load(args.config))
     try:
-        rows = store.list_deliveries(agent_id=args.agent, status=args.status, limit=args.limit)
+        rows = store.list_deliveries(
+            agent_id=args.agent,
+            status=args.status,
+            limit=args.limit,
+            event_type=args.event_type,
+            conversation_id=args.conversation,
+            webhook_id=args.webhook_id,
+            since=args.since,
+            until=args.until,
+        )
     finally:
         store.close()
     if args.json:
@@ -290,6 +300,8 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
         "ID",
         "AGENT",
         "EVENT",
+        "CONVERSATION",
+        "SEQ",
         "STATUS",
         "TRIES",
         "LAST",
@@ -302,6 +314,8 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
             str(r.id),
             r.agent_id,
             str(r.event_type),
+            (r.conversation_id or "-")[:40],
+            str(r.sequence or "-"),
             r.status,
             str(r.attempts),
             str(r.last_status_code or "-"),
@@ -318,8 +332,15 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_redeliver(args: argparse.Namespace) -> int:
-    if (args.delivery_id is None) == (args.failed_since is None):
-        raise WebhookPluginError("give either a delivery ID or --failed-since, not both")
+    if args.delivery_id is None and args.failed_since is None:
+        raise WebhookPluginError(
+            "say what to queue again: a delivery ID (see `webhook-plugin deliveries`)"
+            " or --failed-since WHEN"
+        )
+    if args.delivery_id is not None and args.failed_since is not None:
+        raise WebhookPluginError(
+            f"give either delivery ID {args.delivery_id} or --failed-since, not both"
+        )
     store = _open_store(_load(args.config))
     try:
         if args.delivery_id is not None:
@@ -332,6 +353,29 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
             print(f"{count} failed deliveries queued again")
     finally:
         store.close()
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    store = _open_store(config)
+    try:
+        count = store.recover(
+            args.agent,
+            since=args.since,
+            until=args.until,
+            event_types=args.event_type,
+            rate=config.delivery().requeue_rate,
+            dry_run=not args.yes,
+        )
+    finally:
+        store.close()
+    if not args.yes:
+        print(
+            f"{count} failed or held deliveries of {args.agent!r} in that range; add --yes to queue them again"
+        )
+    else:
+        print(f"{count} deliveries queued again, oldest first")
     return 0
 
 

@@ -138,12 +138,13 @@ class DeliveryMetrics:
         disabled = 0
         observe = self._duration.observe
         for r in results:
-            if r.status != "pending":
+            if r.status in ("succeeded", "failed"):  # a held one is not finished
                 finished[r.status] += 1
             if r.disable_reason:
                 disabled += 1
             if r.sent:
-                attempts["retry" if r.status == "pending" else r.status] += 1
+                outcome = {"pending": "retry", "held": "failed"}.get(r.status, r.status)
+                attempts[outcome] += 1
                 observe(r.duration_ms / 1000)
         for status, count in finished.items():
             self._finished.labels(status).inc(count)

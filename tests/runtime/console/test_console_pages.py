@@ -339,7 +339,13 @@ async def test_the_delivery_log_filters_opens_attempts_and_redelivers(tmp_path: 
             assert r.status_code == 303
             assert "queued again" in status_text((await client.get(log)).text)
             await wait_until(lambda: len(rx.requests) >= 5)
-            r = await post_form(client, log, f"{log}/redeliver-failed", {})
+            # asked first, with how many: nothing is queued until confirmed
+            asked = await post_form(client, log, f"{log}/redeliver-failed", {})
+            assert asked.status_code == 200 and "Send 1 delivery again?" in asked.text
+            assert len(await failed()) == 1
+            r = await client.post(
+                f"{log}/redeliver-failed", data={"csrf": csrf_of(asked.text), "confirm": "yes"}
+            )
             assert "1 failed delivery is queued again" in status_text((await client.get(log)).text)
             with anyio.fail_after(10):
                 while len(await failed("succeeded")) < 2:
@@ -348,3 +354,50 @@ async def test_the_delivery_log_filters_opens_attempts_and_redelivers(tmp_path: 
             assert len(set(ids)) == 2  # redelivered with the same webhook-id
             page = (await client.get(log)).text
             assert "% succeeded" in page and "0.0 % succeeded" not in page
+
+
+async def test_the_log_filters_and_recover_asks_before_it_sends(tmp_path: Path) -> None:
+    answers = {"status": 503}
+    with Receiver(lambda r: Reply(answers["status"])) as rx:
+        async with running_console(tmp_path) as client:
+            await client.put(
+                "/v1/agents/support/webhook", json={"url": f"{rx.url}/hook"}, headers=BEARER
+            )
+            start = datetime.now(UTC) - timedelta(minutes=1)
+            for i in range(3):
+                await client.post(
+                    "/v1/agents/support/messages",
+                    json={"conversationId": f"f{i}", "channel": "web", "text": "hi"},
+                    headers=BEARER,
+                )
+
+            async def count(status: str) -> int:
+                r = await client.get(
+                    f"/v1/agents/support/webhook/deliveries?status={status}", headers=BEARER
+                )
+                return len(r.json())
+
+            with anyio.fail_after(10):
+                while await count("failed") < 3:
+                    await anyio.sleep(0.05)
+            await sign_in(client)
+            log = "/agents/support/deliveries"
+            one = (await client.get(log, params={"conversation_id": "f1"})).text
+            assert one.count(">Redeliver</button>") == 1 and ">f1</a>" in one
+            none = (await client.get(log, params={"event_type": "USER_MESSAGE_RECEIVED"})).text
+            assert ">Redeliver</button>" not in none and "match the filters" in none
+            since = start.strftime("%Y-%m-%dT%H:%M:%S")
+            asked = await post_form(client, log, f"{log}/recover", {"since": since})
+            assert asked.status_code == 200 and "Send 3 deliveries again?" in asked.text
+            assert await count("failed") == 3  # nothing sent before it is confirmed
+            answers["status"] = 200
+            done = await client.post(
+                f"{log}/recover",
+                data={"csrf": csrf_of(asked.text), "confirm": "yes", "since": since},
+            )
+            assert done.status_code == 303
+            notice = status_text((await client.get(log)).text)
+            assert "3 deliveries are queued again, oldest first" in notice
+            with anyio.fail_after(10):
+                while await count("succeeded") < 3:
+                    await anyio.sleep(0.05)

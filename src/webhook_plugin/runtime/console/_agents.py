@@ -25,6 +25,7 @@ from ...settings import (
     parse_header,
     validate_url,
 )
+from ...storage.base import HeldEvents
 from ..api_io import unmask_header
 from ..ids import id_problem, normalized_id
 from ..middleware import pipeline_from
@@ -123,7 +124,11 @@ async def _webhook_page(
     notice: dict[str, str] | None = None,
 ) -> Response:
     label, exists = await agent_label(request, agent_id)
-    settings = await pipeline_from(request).engine.get_settings(agent_id) or WebhookSettings()
+    engine = pipeline_from(request).engine
+    settings = await engine.get_settings(agent_id) or WebhookSettings()
+    held = 0
+    if settings.disabled:
+        held = len(await engine.list_deliveries(agent_id=agent_id, status="held", limit=10_000))
     return render(
         request,
         "webhook.html",
@@ -140,7 +145,8 @@ async def _webhook_page(
         notice=notice,
         rotation=secrets.token_urlsafe(16),
         grace_choices=GRACE_CHOICES,
-        local_receivers=pipeline_from(request).engine.guard.allows_loopback(),
+        local_receivers=engine.guard.allows_loopback(),
+        held=held,
     )
 
 
@@ -227,7 +233,8 @@ async def webhook_save(request: Request) -> Response:
         ordering_max_wait=max_wait,
         operations_url=typed["operations_url"] or None,
     )
-    saved, generated = await pipeline.save_settings(agent_id, settings)
+    held_events: HeldEvents = "discard" if field(fields, "held_events") == "discard" else "send"
+    saved, generated = await pipeline.save_settings(agent_id, settings, held_events=held_events)
     session = session_of(request)
     if saved.url is None:
         session.flash("ok", "Saved. No Outbound WebHook URL, so no test request was sent.")

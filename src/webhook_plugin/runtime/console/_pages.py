@@ -26,7 +26,7 @@ from ..api_io import ApiError
 from ._agents import agents, index, open_agent, rotate_secret, webhook_save, webhook_tab
 from ._api_page import api_page, openapi_json
 from ._inbox import conversation, inbox, send_message, set_ai
-from ._log import deliveries, delivery, redeliver, redeliver_failed
+from ._log import deliveries, delivery, recover, redeliver, redeliver_failed
 from ._render import HERE, render
 from ._session import FormRefused
 from ._signin import login, login_page, logout
@@ -88,6 +88,7 @@ def console_routes() -> list[Route | Mount]:
         Route(f"{agent}/settings/webhook/rotate-secret", rotate_secret, methods=["POST"]),
         Route(f"{agent}/deliveries", deliveries, methods=["GET"]),
         Route(f"{agent}/deliveries/redeliver-failed", redeliver_failed, methods=["POST"]),
+        Route(f"{agent}/deliveries/recover", recover, methods=["POST"]),
         Route(f"{agent}/deliveries/{{delivery_id}}", delivery, methods=["GET"]),
         Route(f"{agent}/deliveries/{{delivery_id}}/redeliver", redeliver, methods=["POST"]),
         Route("/inbox", inbox, methods=["GET"]),
