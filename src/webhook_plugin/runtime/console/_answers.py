@@ -119,7 +119,7 @@ class Delivery(_Answer):
     conversation_id: str | None
     #: the payload's ``sequence``: its place among its conversation's events
     sequence: int | None
-    status: Literal["pending", "succeeded", "failed"]
+    status: Literal["pending", "held", "succeeded", "failed"]
     attempts: int
     last_status_code: int | None
     last_error: str | None
@@ -147,6 +147,12 @@ class Health(_Answer, omit_defaults=True):
     reason: str | UnsetType = UNSET
 
 
+class Recovered(_Answer):
+    """How many deliveries a recover queued again."""
+
+    queued: int
+
+
 class ErrorDetail(_Answer):
     code: str
     message: str
@@ -168,6 +174,7 @@ ANSWERS: dict[str, type[Any]] = {
         RotatedSecret,
         Delivery,
         DeliveryDetail,
+        Recovered,
         Health,
         Error,
     )

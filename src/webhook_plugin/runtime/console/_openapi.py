@@ -15,15 +15,22 @@ from typing import Any
 import msgspec
 
 from ..._version import __version__
-from ...events import WebhookEventType
-from ...payloads import PAYLOAD_TYPES, TEST_EVENT_TYPE, WebhookTest, require_sequence
-from ..api_io import ConversationPatch, InboxMessageIn, SettingsIn, UserMessageIn
+from ...events import OperationalEventType, WebhookEventType
+from ...payloads import (
+    PAYLOAD_TYPES,
+    TEST_EVENT_TYPE,
+    OperationalEvent,
+    WebhookTest,
+    require_sequence,
+)
+from ...storage.base import DELIVERY_STATUSES
+from ..api_io import ConversationPatch, InboxMessageIn, RecoverIn, SettingsIn, UserMessageIn
 from ._answers import ANSWERS
 
 __all__ = ["ANSWERS", "openapi_document"]
 
 
-_REQUESTS = (UserMessageIn, ConversationPatch, InboxMessageIn, SettingsIn)
+_REQUESTS = (UserMessageIn, ConversationPatch, InboxMessageIn, SettingsIn, RecoverIn)
 
 _AGENT = {"name": "agentId", "in": "path", "required": True, "schema": {"type": "string"}}
 _CONVERSATION = {
@@ -92,8 +99,36 @@ def _paths() -> dict[str, Any]:
     status_q = {
         "name": "status",
         "in": "query",
-        "schema": {"enum": ["pending", "succeeded", "failed"]},
+        "schema": {"enum": list(DELIVERY_STATUSES)},
     }
+    filters_q = (
+        {
+            "name": "eventType",
+            "in": "query",
+            "schema": {"enum": [str(e) for e in (*WebhookEventType, *OperationalEventType)]},
+        },
+        {"name": "conversationId", "in": "query", "schema": {"type": "string"}},
+        {"name": "webhookId", "in": "query", "schema": {"type": "string"}},
+        {
+            "name": "since",
+            "in": "query",
+            "description": "created at or after (RFC 3339, with its offset)",
+            "schema": {"type": "string", "format": "date-time"},
+        },
+        {
+            "name": "until",
+            "in": "query",
+            "description": "created before (RFC 3339, with its offset)",
+            "schema": {"type": "string", "format": "date-time"},
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "description": "the id of the last delivery of the page before (the answer's"
+            ' Link header, rel="next", carries it)',
+            "schema": {"type": "integer", "minimum": 1},
+        },
+    )
     limit_q = {
         "name": "limit",
         "in": "query",
@@ -203,8 +238,19 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "The delivery log, newest first",
                 {"type": "array", "items": _ref("Delivery")},
-                params=(_AGENT, status_q, limit_q, before_q),
+                params=(_AGENT, status_q, *filters_q, limit_q, before_q),
                 errors=(400, 404),
+            )
+        },
+        "/v1/agents/{agentId}/webhook/recover": {
+            "post": _op(
+                "Queue a time range's failed and held deliveries again",
+                "Recovered",
+                params=(_AGENT,),
+                body="RecoverIn",
+                errors=(400, 404),
+                description="Oldest first, at the config's requeue_rate, with their webhook-ids;"
+                " those pending already are not queued twice.",
             )
         },
         "/v1/agents/{agentId}/webhook/deliveries/{deliveryId}": {
@@ -281,6 +327,10 @@ _EVENT_SUMMARIES: dict[str, str] = {
     WebhookEventType.AGENT_MESSAGE_NOTED: "An agent message was kept as a note (api, dashboard)",
     WebhookEventType.GROUP_MESSAGE_RECEIVED: "A group message where the agent was not mentioned",
     TEST_EVENT_TYPE: "The test request a settings save sends (no conversation: ignore it)",
+    OperationalEventType.ENDPOINT_FAILING: "To the operations URL: the endpoint keeps failing",
+    OperationalEventType.ENDPOINT_DISABLED: "To the operations URL: the endpoint was disabled",
+    OperationalEventType.ENDPOINT_RECOVERED: "To the operations URL: the endpoint recovered",
+    OperationalEventType.DELIVERY_EXHAUSTED: "To the operations URL: a delivery failed for good",
 }
 
 
@@ -288,7 +338,7 @@ _EVENT_SUMMARIES: dict[str, str] = {
 def openapi_document() -> dict[str, Any]:
     """The document (built once; treat it as read-only)."""
     payloads = {cls.__name__: cls for cls in PAYLOAD_TYPES.values()}
-    types = [*_REQUESTS, *ANSWERS.values(), *payloads.values(), WebhookTest]
+    types = [*_REQUESTS, *ANSWERS.values(), *payloads.values(), WebhookTest, OperationalEvent]
     _, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
@@ -297,6 +347,7 @@ def openapi_document() -> dict[str, Any]:
     received: list[tuple[str, type[msgspec.Struct]]] = [
         *((str(t), c) for t, c in PAYLOAD_TYPES.items()),
         (TEST_EVENT_TYPE, WebhookTest),
+        *((str(kind), OperationalEvent) for kind in OperationalEventType),
     ]
     webhooks = {
         str(event_type): {
