@@ -54,7 +54,9 @@ def postgres_up() -> bool:
     return True
 
 
-def write_config(tmp: Path, receiver_url: str, database: str | None = None) -> Path:
+def write_config(
+    tmp: Path, receiver_url: str, database: str | None = None, ordering: str = "none"
+) -> Path:
     """The config every bench server runs: agent `perf` with a webhook to the
     receiver, an API token; a fresh SQLite file unless ``database`` is given."""
     database = database or f"sqlite:///{tmp / f'api-{time.monotonic_ns()}.db'}"
@@ -75,6 +77,7 @@ name = "Perf Bot"
 
 [agents.webhook]
 url = "{receiver_url}/hook"
+ordering = "{ordering}"
 """
     )
     return path
@@ -98,7 +101,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -
 class Deployment:
     """The processes of one setup, started from the `webhook-plugin` command."""
 
-    def __init__(self, setup: str, receiver_url: str, tmp: Path) -> None:
+    def __init__(self, setup: str, receiver_url: str, tmp: Path, ordering: str = "none") -> None:
         from _common import free_port
 
         kind, serves, workers, options = SETUPS[setup]
@@ -107,7 +110,7 @@ class Deployment:
         if kind == "postgres":
             self.schema = f"bench_api_{os.getpid()}_{time.monotonic_ns() % 10**9}"
             database = f"{POSTGRES_URL}?schema={self.schema}"
-        config = write_config(tmp, receiver_url, database)
+        config = write_config(tmp, receiver_url, database, ordering)
         cli = [sys.executable, "-m", "webhook_plugin.cli"]
         self.log = (tmp / f"{setup}-{time.monotonic_ns()}.log").open("w")
         self.serves: list[subprocess.Popen[bytes]] = []
@@ -166,19 +169,24 @@ class Deployment:
 
 
 #: what the message route is sent: "contract" is what real chat clients send
-#: (a ``messageId``, so that they may retry, and a contact); "bare" leaves both out
+#: (a ``messageId``, so that they may retry, and a contact); "bare" leaves both out.
+#: Not by default: "chats1000", the contract's message in 1,000 conversations
+#: (each gets many), and "ordered1000", the same to an agent with
+#: ``ordering = "conversation"``.
 BODIES = ("contract", "bare")
+#: the bodies whose messages share 1,000 conversations
+SHARED = {"chats1000": "none", "ordered1000": "conversation"}
 
 
 def message(tag: str, i: int, body: str = "contract") -> bytes:
     """Message ``i`` of a run, in a conversation of its own; the text carries the
     send time (for the receiver's latency)."""
     fields: dict[str, object] = {
-        "conversationId": f"c_{tag}_{i}",
+        "conversationId": f"c_{tag}_{i % 1000 if body in SHARED else i}",
         "channel": "website",
         "text": f"t={time.time():.6f} Olá, where is my order? " + "x" * 200,
     }
-    if body == "contract":
+    if body == "contract" or body in SHARED:
         fields["messageId"] = f"wamid.{tag}.{i}"
         fields["contact"] = {
             "id": f"u{i}",
@@ -246,7 +254,7 @@ def run_setup(
 ) -> dict[str, float]:
     """One round of ``setup`` with messages of kind ``body``: full load, then half
     load (paced), then the long run."""
-    d = Deployment(setup, rx, tmp)
+    d = Deployment(setup, rx, tmp, SHARED.get(body, "none"))
     try:
         reset(rx)
         _, warm = asyncio.run(post(d.urls, min(300, n), c, f"{tag}w", body=body))
