@@ -495,7 +495,9 @@ async def engine_attempt(
     assert record.attempts == 1 and len(attempts) == 1, f"{record}, {attempts}"
     [attempt] = attempts
     if record.status != "succeeded":
-        assert record.status in ("pending", "failed") and record.last_error == attempt.error
+        # a 410 disables the endpoint: its delivery is held
+        assert record.status in ("pending", "failed", "held")
+        assert record.last_error == attempt.error
     assert outcome_of_attempt(attempt) != "internal_error", f"a bug escaped the client: {attempt}"
     assert recorded_after <= timeout + MARGIN + 3.0, f"recorded only after {recorded_after:.2f} s"
     hostile_end = attempt.started_at + attempt.duration_ms / 1000

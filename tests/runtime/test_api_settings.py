@@ -147,6 +147,8 @@ def test_delivery_log_and_redelivery(env: tuple[Server, Receiver, Path], api: ht
         "id",
         "webhookId",
         "eventType",
+        "conversationId",
+        "sequence",
         "status",
         "attempts",
         "lastStatusCode",
@@ -154,6 +156,7 @@ def test_delivery_log_and_redelivery(env: tuple[Server, Receiver, Path], api: ht
         "createdAt",
         "nextAttemptAt",
     }
+    assert row["sequence"] >= 1 and isinstance(row["conversationId"], str)
     assert row["attempts"] == 1 and row["lastStatusCode"] == 204 and row["nextAttemptAt"] is None
     r = api.post(f"/v1/agents/support/webhook/deliveries/{row['id']}/redeliver")
     assert r.status_code == 200 and r.json()["webhookId"] == webhook_id
