@@ -183,3 +183,31 @@ def test_metrics_need_the_token_and_count_the_events(
     assert sum(float(line.rpartition(" ")[2]) for line in queued) >= 1
     assert "# TYPE webhook_plugin_attempt_duration_seconds histogram" in r.text
     assert "webhook_plugin_pending_deliveries " in r.text
+
+
+def test_a_deliverys_detail_says_where_with_what_and_why_each_attempt_went(
+    env: tuple[Server, Receiver, Path], api: httpx.Client
+) -> None:
+    rx = env[1]
+    [event] = post_message(api, "detail-1")["events"]
+    [hook] = hooks_for(rx, event["webhookId"])
+    [row] = api.get(
+        "/v1/agents/support/webhook/deliveries", params={"webhookId": event["webhookId"]}
+    ).json()
+    path = f"/v1/agents/support/webhook/deliveries/{row['id']}"
+    deadline = time.monotonic() + 10
+    while not (detail := api.get(path).json())["attemptLog"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [first] = detail["attemptLog"]
+    assert first["trigger"] == "scheduled" and first["url"] == rx.url + "/hook"
+    sent = dict(first["requestHeaders"])
+    assert sent["webhook-id"] == hook.headers["webhook-id"]
+    assert sent["webhook-timestamp"] == hook.headers["webhook-timestamp"]
+    assert sent["authorization"] == "****" and "receiver-secret-value" not in json.dumps(detail)
+    assert first["statusCode"] == 204 and first["responseHeaders"]["content-length"] == "0"
+    api.post(f"{path}/redeliver")
+    while len((detail := api.get(path).json())["attemptLog"]) < 2:
+        assert time.monotonic() < deadline + 10
+        time.sleep(0.05)
+    assert [a["trigger"] for a in detail["attemptLog"]] == ["scheduled", "manual"]

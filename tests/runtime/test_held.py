@@ -125,6 +125,9 @@ def test_recover_queues_a_failed_range_once_even_when_asked_twice(
         assert first.status_code == 200 and first.json() == {"queued": len(ids)}
         assert second.json() == {"queued": 0}  # all pending already: none twice
         wait_for(lambda: len(deliveries(api, agent, status="succeeded")) == len(ids))
+        one = deliveries(api, agent, status="succeeded")[0]["id"]
+        log = api.get(f"/v1/agents/{agent}/webhook/deliveries/{one}").json()["attemptLog"]
+        assert [a["trigger"] for a in log] == ["scheduled"] * 3 + ["recovery"]
         # a range before the events holds none of them
         old = {"since": (before - timedelta(hours=2)).isoformat(), "until": before.isoformat()}
         assert api.post(f"/v1/agents/{agent}/webhook/recover", json=old).json() == {"queued": 0}

@@ -75,6 +75,9 @@ def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
     for column in ("conversation_id", "sequence", "ordered", "head_since"):
         conn.execute(f"ALTER TABLE deliveries DROP COLUMN {column}")
     conn.execute("ALTER TABLE webhook_settings DROP COLUMN failing_notified")
+    conn.execute("ALTER TABLE deliveries DROP COLUMN round_trigger")
+    for column in ("url", "response_headers", "trigger"):
+        conn.execute(f"ALTER TABLE attempts DROP COLUMN {column}")
     conn.execute("DROP TABLE schema_versions")  # one version for all, then
     conn.execute("PRAGMA user_version = 1")
     conn.commit()

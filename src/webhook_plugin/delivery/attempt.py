@@ -8,6 +8,7 @@ one attempt, recorded and retried like any failure, never the worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -132,6 +133,8 @@ async def attempt(
         webhook_id=d.webhook_id,
         operations=operations,
         failing_level=_failing_level(d.failing_since, started, policy),
+        url=url,
+        response_headers=None if response is None else _headers_json(response, settings),
     )
     return Attempted(result, outcome, duration, timed_out=isinstance(error, RequestTimeout))
 
@@ -165,6 +168,27 @@ def give_up(
         webhook_id=d.webhook_id,
         operations=d.event_type in OperationalEventType,
     )
+
+
+#: the most of a receiver's answer's headers kept in the delivery log
+_HEADER_BYTES: Final = 2048
+
+
+def _headers_json(response: Response, settings: WebhookSettings) -> str:
+    """The answer's headers as JSON for the log: redacted (a receiver may echo our
+    header), NULs replaced (PostgreSQL refuses them), cut at :data:`_HEADER_BYTES`."""
+    text = redact(json.dumps(response.headers, ensure_ascii=False), secrets_of(settings))
+    text = text.replace("\x00", "\ufffd")
+    if len(text) > _HEADER_BYTES:
+        kept: dict[str, str] = {}
+        for name, value in response.headers.items():
+            kept[name] = value[:200]
+            if len(json.dumps(kept)) > _HEADER_BYTES - 40:
+                kept.pop(name)
+                kept["…"] = "cut"
+                break
+        text = redact(json.dumps(kept, ensure_ascii=False), secrets_of(settings))
+    return text
 
 
 def _failing_level(failing_since: float | None, now: float, policy: RetryPolicy) -> int:

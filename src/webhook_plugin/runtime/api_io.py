@@ -19,10 +19,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .._version import __version__
 from ..events import WebhookEventType
 from ..exceptions import NotFound, SettingsError, StorageError
-from ..settings import SettingsInput, mask_header
-from ..storage.base import DeliveryRecord
+from ..settings import SettingsInput, WebhookSettings, mask_header
+from ..storage.base import AttemptRecord, DeliveryRecord
 from . import timestamps
 from .ids import id_problem, normalized_id
 from .pipeline import Conflict
@@ -242,6 +243,48 @@ def check_text(text: str) -> None:
 def iso(ts: float | None) -> str | None:
     """A time in an API answer: ISO 8601, UTC, to the millisecond."""
     return None if ts is None else timestamps.iso(ts, "milliseconds")
+
+
+_CONVERSATION_EVENTS = frozenset(str(e) for e in WebhookEventType)
+
+
+def request_headers(
+    d: DeliveryRecord, a: AttemptRecord, settings: WebhookSettings
+) -> list[list[str]]:
+    """The headers an attempt was sent with, as far as the log can say: the
+    signature is not kept (it is shown elided), the owner's header masked."""
+    headers = [
+        ["content-type", "application/json"],
+        ["user-agent", f"webhook-plugin/{__version__}"],
+        ["webhook-id", d.webhook_id],
+        ["webhook-timestamp", str(int(a.started_at))],
+        ["webhook-signature", "v1,… (not kept)"],
+    ]
+    masked = mask_header(settings.header)
+    if masked and str(d.event_type) in _CONVERSATION_EVENTS:  # never sent to operations_url
+        name, _, value = masked.partition(": ")
+        headers.append([name.lower(), value])
+    return headers
+
+
+def attempt_json(d: DeliveryRecord, a: AttemptRecord, settings: WebhookSettings) -> dict[str, Any]:
+    """One attempt as the API answers it: like GitHub's Recent Deliveries."""
+    try:
+        answered = msgspec.json.decode(a.response_headers) if a.response_headers else None
+    except msgspec.DecodeError:
+        answered = None
+    return {
+        "attempt": a.attempt,
+        "at": iso(a.started_at),
+        "durationMs": round(a.duration_ms, 1),
+        "trigger": a.trigger,
+        "url": a.url,
+        "requestHeaders": request_headers(d, a, settings),
+        "statusCode": a.status_code,
+        "responseHeaders": answered if isinstance(answered, dict) else None,
+        "error": a.error,
+        "response": a.response_excerpt,
+    }
 
 
 def delivery_json(d: DeliveryRecord) -> dict[str, Any]:

@@ -28,12 +28,12 @@ from .api_io import (
     RecoverIn,
     SettingsIn,
     UserMessageIn,
+    attempt_json,
     check_text,
     checked_created_at,
     checked_id,
     decode,
     delivery_json,
-    iso,
     json,
     moment,
     page_query,
@@ -250,7 +250,7 @@ def _delivery_id(request: Request) -> int:
 
 
 async def get_delivery(request: Request) -> Response:
-    agent_id, _ = await _settings_or_404(request)
+    agent_id, settings = await _settings_or_404(request)
     engine = pipeline_from(request).engine
     record = await engine.get_delivery(_delivery_id(request), agent_id)
     attempts = await engine.list_attempts(record.id)
@@ -258,17 +258,7 @@ async def get_delivery(request: Request) -> Response:
         {
             **delivery_json(record),
             "payload": msgspec.json.decode(record.body),
-            "attemptLog": [
-                {
-                    "attempt": a.attempt,
-                    "at": iso(a.started_at),
-                    "durationMs": round(a.duration_ms, 1),
-                    "statusCode": a.status_code,
-                    "error": a.error,
-                    "response": a.response_excerpt,
-                }
-                for a in attempts
-            ],
+            "attemptLog": [attempt_json(record, a, settings) for a in attempts],
         }
     )
 

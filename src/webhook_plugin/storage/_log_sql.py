@@ -77,7 +77,8 @@ class LogSQL(Plumbing):
         rows = self._query(
             lambda c: self._x(
                 c,
-                "SELECT attempt, started_at, duration_ms, status_code, error, response_excerpt"
+                "SELECT attempt, started_at, duration_ms, status_code, error, response_excerpt,"
+                " url, response_headers, trigger"
                 " FROM attempts WHERE delivery_id = ? ORDER BY attempt",
                 (delivery_id,),
             ).fetchall()
@@ -90,6 +91,9 @@ class LogSQL(Plumbing):
                 status_code=r[3],
                 error=r[4],
                 response_excerpt=r[5],
+                url=r[6] if isinstance(r[6], str) else None,
+                response_headers=r[7] if isinstance(r[7], str) else None,
+                trigger=r[8] if r[8] in ("manual", "recovery") else "scheduled",
             )
             for r in rows
         ]
@@ -122,7 +126,7 @@ class LogSQL(Plumbing):
             row = self._x(
                 conn,
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
-                " round_start = attempts, updated_at = ? WHERE id = ?"
+                " round_start = attempts, round_trigger = 'manual', updated_at = ? WHERE id = ?"
                 f" RETURNING {_DELIVERY_COLUMNS}",
                 (now, now, delivery_id),
             ).fetchone()
@@ -133,7 +137,8 @@ class LogSQL(Plumbing):
     def redeliver_failed(self, *, agent_id: str | None, since: float, now: float) -> int:
         sql = (
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
-            " round_start = attempts, updated_at = ? WHERE status = 'failed' AND created_at >= ?"
+            " round_start = attempts, round_trigger = 'manual', updated_at = ?"
+            " WHERE status = 'failed' AND created_at >= ?"
         )
         args: list[Any] = [now, now, since]
         if agent_id is not None:

@@ -153,7 +153,8 @@ class Plumbing(ABC):
         self._xmany(
             conn,
             f"UPDATE deliveries SET status = 'pending', next_attempt_at = {self._NOW} + ?,"
-            " round_start = attempts, lease_until = 0, lease_owner = NULL,"
+            " round_start = attempts, round_trigger = 'recovery', lease_until = 0,"
+            " lease_owner = NULL,"
             f" updated_at = {self._NOW} WHERE id = ?",
             [(n / rate, i) for n, i in enumerate(ids)],
         )

@@ -301,11 +301,14 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
         self._xmany(
             conn,
             "INSERT INTO attempts (delivery_id, attempt, started_at,"
-            " duration_ms, status_code, error, response_excerpt)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id, attempt)"
+            " duration_ms, status_code, error, response_excerpt, url, response_headers,"
+            " trigger) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT round_trigger FROM"
+            " deliveries WHERE id = ? AND round_start + 1 = ?))"
+            " ON CONFLICT (delivery_id, attempt)"
             " DO UPDATE SET started_at = excluded.started_at,"
             " duration_ms = excluded.duration_ms, status_code = excluded.status_code,"
-            " error = excluded.error, response_excerpt = excluded.response_excerpt",
+            " error = excluded.error, response_excerpt = excluded.response_excerpt,"
+            " url = excluded.url, response_headers = excluded.response_headers",
             [
                 (
                     r.delivery_id,
@@ -315,6 +318,10 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                     r.status_code,
                     r.error,
                     r.response_excerpt,
+                    r.url,
+                    r.response_headers,
+                    r.delivery_id,
+                    r.attempt,
                 )
                 for r in results
                 if r.sent

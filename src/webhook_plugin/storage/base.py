@@ -241,6 +241,9 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     #: how many of the failing shares (``FAILING_SHARES``) of the auto-disable
     #: window the endpoint's failures have lasted, at this attempt
     failing_level: int = 0
+    #: where the request went, and the receiver's answer's headers (JSON, capped)
+    url: str | None = None
+    response_headers: str | None = None
 
 
 class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -250,6 +253,13 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     status_code: int | None
     error: str | None
     response_excerpt: str | None
+    url: str | None = None
+    #: the answer's headers, as a JSON object (redacted, capped)
+    response_headers: str | None = None
+    #: what started it: ``scheduled`` (the first, or a retry), ``manual`` (the
+    #: first of a redelivery), ``recovery`` (the first after a recover, or
+    #: after its endpoint was enabled again)
+    trigger: str = "scheduled"
 
 
 class DeliveryRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -94,6 +94,10 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS head_since DOUBLE PRECISION;
     ALTER TABLE webhook_settings ADD COLUMN IF NOT EXISTS failing_notified INTEGER NOT NULL
         DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS round_trigger TEXT;
+    ALTER TABLE attempts ADD COLUMN IF NOT EXISTS url TEXT;
+    ALTER TABLE attempts ADD COLUMN IF NOT EXISTS response_headers TEXT;
+    ALTER TABLE attempts ADD COLUMN IF NOT EXISTS trigger TEXT;
     CREATE TABLE IF NOT EXISTS conversation_sequences (
         agent_id TEXT NOT NULL,
         conversation_id TEXT NOT NULL,

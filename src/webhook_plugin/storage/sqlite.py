@@ -117,6 +117,10 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE deliveries ADD COLUMN ordered INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE deliveries ADD COLUMN head_since REAL;
     ALTER TABLE webhook_settings ADD COLUMN failing_notified INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN round_trigger TEXT;
+    ALTER TABLE attempts ADD COLUMN url TEXT;
+    ALTER TABLE attempts ADD COLUMN response_headers TEXT;
+    ALTER TABLE attempts ADD COLUMN trigger TEXT;
     CREATE TABLE IF NOT EXISTS conversation_sequences (
         agent_id TEXT NOT NULL,
         conversation_id TEXT NOT NULL,

@@ -131,7 +131,14 @@ class Attempt(_Answer):
     attempt: int
     at: str
     duration_ms: float
+    #: ``scheduled`` (the first, or a retry), ``manual`` (the first of a
+    #: redelivery) or ``recovery`` (the first after a recover or a re-enable)
+    trigger: Literal["scheduled", "manual", "recovery"]
+    url: str | None
+    #: ``[name, value]`` pairs: the signature elided, the owner's header masked
+    request_headers: list[list[str]]
     status_code: int | None
+    response_headers: dict[str, str] | None
     error: str | None
     #: the first bytes of the receiver's answer
     response: str | None

@@ -17,8 +17,8 @@ from starlette.responses import Response
 from ...events import OperationalEventType, WebhookEventType
 from ...exceptions import NotFound
 from ...settings import WebhookSettings
-from ...storage.base import DELIVERY_STATUSES, DeliveryRecord
-from ..api_io import parse_id
+from ...storage.base import DELIVERY_STATUSES, AttemptRecord, DeliveryRecord
+from ..api_io import attempt_json, parse_id, request_headers
 from ..middleware import pipeline_from
 from ._health import BUCKET_SECONDS, HOURS, health_strip
 from ._render import db, field, local_target, path_agent_id, redirect, render, seg
@@ -153,6 +153,12 @@ async def delivery(request: Request) -> Response:
         payload = msgspec.json.format(record.body, indent=2).decode()
     except (msgspec.DecodeError, UnicodeDecodeError):
         payload = record.body.decode(errors="replace")
+    settings = await pipeline.engine.get_settings(agent_id) or WebhookSettings()
+
+    def response_headers(a: AttemptRecord) -> list[tuple[str, str]]:
+        shown = attempt_json(record, a, settings)["responseHeaders"] or {}
+        return [(str(k), str(v)) for k, v in shown.items()]
+
     return render(
         request,
         "delivery.html",
@@ -162,6 +168,8 @@ async def delivery(request: Request) -> Response:
         d=record,
         attempts=attempts,
         payload=payload,
+        request_headers=lambda a: request_headers(record, a, settings),
+        response_headers=response_headers,
     )
 
 
