@@ -557,3 +557,51 @@ def test_no_request_leaves_the_origin_on_any_page_and_the_screenshots(
                 check=True,
             )  # fmt: skip
         assert (out / name).stat().st_size < 400_000
+
+
+#: every page of the console, as an owner and an operator reach them
+PAGES = (
+    "/agents",
+    "/agents/support/settings/webhook",
+    "/agents/support/deliveries",
+    "/inbox",
+    "/inbox/c-ana",
+    "/api",
+)
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_every_page_fits_its_width_and_axe_finds_nothing_serious(
+    env: tuple[Server, Receiver, Hooks], watched: Watched, width: int, tmp_path: Path
+) -> None:
+    """No horizontal scrolling on a laptop or a phone, and no serious or critical
+    accessibility violation (axe-core), on every page: the sign-in page, each
+    page an owner or operator uses, and one delivery's detail."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    server = env[0]
+    page = watched.page
+    page.set_viewport_size({"width": width, "height": 900})
+    with httpx.Client(base_url=server.url, headers=AUTH) as api:
+        [latest] = api.get("/v1/agents/support/webhook/deliveries?limit=1").json()
+    out = SCREENSHOTS / "pages" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+    out.mkdir(parents=True, exist_ok=True)
+    axe = Axe()
+    problems = []
+    for path in (*PAGES, f"/agents/support/deliveries/{latest['id']}"):
+        page.goto(f"{server.url}{path}")
+        for details in page.locator("details").all():  # what a click would show
+            details.evaluate("d => { d.open = true; }")
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        if overflow > 0:
+            problems.append(f"{path} at {width} px: {overflow} px of horizontal overflow")
+        results = axe.run(page)
+        for v in results.response["violations"]:
+            if v["impact"] in ("serious", "critical"):
+                nodes = [n["target"] for n in v["nodes"]][:3]
+                problems.append(f"{path} at {width} px: {v['id']} ({v['impact']}) {nodes}")
+        name = path.strip("/").replace("/", "-") or "index"
+        page.screenshot(path=str(out / f"{name}-{width}.png"), full_page=True)
+    assert problems == [], "\n".join(problems)
