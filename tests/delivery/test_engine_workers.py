@@ -128,7 +128,7 @@ async def test_a_failed_result_write_is_retried_not_dropped(
     def flaky(results):  # type: ignore[no-untyped-def]
         if failures:
             raise failures.pop()
-        real(results)
+        return real(results)
 
     store.record_attempts = flaky  # type: ignore[method-assign]
     with capture_logs() as logs:

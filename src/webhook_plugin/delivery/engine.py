@@ -362,7 +362,8 @@ class DeliveryEngine:
     def _record_attempts(self, results: Sequence[AttemptResult]) -> None:
         """The recorder's write (in a worker thread): the events it decided wait
         for :meth:`_recorded`, on the event loop."""
-        self._told.extend(self.store.record_attempts(results))
+        # a store written before operational events returns None
+        self._told.extend(self.store.record_attempts(results) or ())
 
     def _recorded(self, results: Sequence[AttemptResult]) -> None:
         self.supervisor.recovered("storage")
