@@ -23,6 +23,7 @@ __all__ = [
     "BlockedAddress",
     "ConfigError",
     "ConnectError",
+    "Expired",
     "NotFound",
     "PluginLoadError",
     "ProtocolError",
@@ -60,6 +61,10 @@ class SettingsError(WebhookPluginError, ValueError):
 
 class NotFound(WebhookPluginError, LookupError):
     """The agent, conversation or delivery asked for does not exist."""
+
+
+class Expired(WebhookPluginError):
+    """The delivery's payload was purged after the retention: it cannot be sent again."""
 
 
 class StorageError(WebhookPluginError):

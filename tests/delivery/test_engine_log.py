@@ -10,6 +10,7 @@ import pytest
 from helpers import AGENT, StoreFactory, config, pipeline, reply, settings, wait_until_status
 from receiver import Receiver, Reply
 from webhook_plugin import DeliveryEngine
+from webhook_plugin.exceptions import Expired
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +46,7 @@ async def test_redeliver_every_failed_since(make_store: StoreFactory, receiver: 
         await wait_until_status(engine, "succeeded", 3)
 
 
-async def test_finished_deliveries_are_purged_after_the_retention(
+async def test_finished_deliveries_payloads_expire_after_the_retention(
     make_store: StoreFactory, receiver: Receiver
 ) -> None:
     async with DeliveryEngine(make_store(), config(retry_schedule=(0, 60))) as engine:
@@ -58,7 +59,17 @@ async def test_finished_deliveries_are_purged_after_the_retention(
         [pending] = await wait_until_status(engine, "pending", min_attempts=1)
         assert pending.attempts == 1
         assert await engine.purge_log(older_than=3600) == 0  # all younger than an hour
-        assert await engine.purge_log(older_than=-1) == 3  # everything finished goes
+        assert await engine.purge_log(older_than=-1) == 3  # every finished one expires
+        assert await engine.purge_log(older_than=-1) == 0  # once
         left = await engine.list_deliveries(agent_id=AGENT.id)
-        assert [d.id for d in left] == [pending.id]  # pending deliveries are never purged
+        # still in the log, their payloads and attempts gone; pending ones untouched
+        assert sorted(d.id for d in left) == sorted([pending.id, *(d.id for d in done)])
+        assert {d.id: d.body == b"" for d in left} == {
+            pending.id: False,
+            **{d.id: True for d in done},
+        }
         assert await engine.list_attempts(done[0].id) == []
+        assert await engine.list_attempts(pending.id) != []
+        with pytest.raises(Expired, match="expired after the retention"):
+            await engine.redeliver(done[0].id)
+        assert await engine.recover(AGENT.id, since=0) == 0  # nothing of them can be sent

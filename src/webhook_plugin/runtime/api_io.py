@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from .._version import __version__
 from ..events import WebhookEventType
-from ..exceptions import NotFound, SettingsError, StorageError
+from ..exceptions import Expired, NotFound, SettingsError, StorageError
 from ..settings import SettingsInput, WebhookSettings, mask_header
 from ..storage.base import AttemptRecord, DeliveryRecord
 from . import timestamps
@@ -325,6 +325,10 @@ async def _settings_error(request: Request, exc: Exception) -> Response:
     return _error(400, "invalid_settings", str(exc))
 
 
+async def _expired(request: Request, exc: Exception) -> Response:
+    return _error(410, "payload_expired", str(exc))
+
+
 async def _storage_error(request: Request, exc: Exception) -> Response:
     answer = _error(503, "storage_unavailable", "the database is unavailable; try again shortly")
     answer.headers["retry-after"] = "5"
@@ -341,6 +345,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 exception_handlers: dict[Any, Any] = {
     ApiError: _api_error,
     NotFound: _not_found,
+    Expired: _expired,
     Conflict: _conflict,
     SettingsError: _settings_error,
     StorageError: _storage_error,

@@ -257,7 +257,9 @@ async def get_delivery(request: Request) -> Response:
     return json(
         {
             **delivery_json(record),
-            "payload": msgspec.json.decode(record.body),
+            # after the retention the payload is gone, and says so
+            "payload": msgspec.json.decode(record.body) if record.body else None,
+            "payloadExpired": not record.body,
             "attemptLog": [attempt_json(record, a, settings) for a in attempts],
         }
     )

@@ -3,10 +3,11 @@ the purge of finished deliveries."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
-from ..exceptions import NotFound
+from ..exceptions import Expired, NotFound
 from ._plumbing import _DELIVERY_COLUMNS, Plumbing, _delivery, log
 from .base import (
     DEFAULT_REQUEUE_RATE,
@@ -127,18 +128,21 @@ class LogSQL(Plumbing):
                 conn,
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
                 " round_start = attempts, round_trigger = 'manual', updated_at = ? WHERE id = ?"
-                f" RETURNING {_DELIVERY_COLUMNS}",
+                f" AND {self._BODY_LENGTH} > 0 RETURNING {_DELIVERY_COLUMNS}",
                 (now, now, delivery_id),
             ).fetchone()
         if row is None:
-            raise NotFound(f"delivery {delivery_id} does not exist")
+            self.get_delivery(delivery_id)  # NotFound when there is none
+            raise Expired(
+                f"delivery {delivery_id}'s payload expired after the retention: it cannot be sent again"
+            )
         return _delivery(row)
 
     def redeliver_failed(self, *, agent_id: str | None, since: float, now: float) -> int:
         sql = (
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
             " round_start = attempts, round_trigger = 'manual', updated_at = ?"
-            " WHERE status = 'failed' AND created_at >= ?"
+            f" WHERE status = 'failed' AND created_at >= ? AND {self._BODY_LENGTH} > 0"
         )
         args: list[Any] = [now, now, since]
         if agent_id is not None:
@@ -160,7 +164,7 @@ class LogSQL(Plumbing):
     ) -> int:
         sql = (
             "SELECT id FROM deliveries WHERE agent_id = ? AND status IN ('failed', 'held')"
-            " AND created_at >= ?"
+            f" AND created_at >= ? AND {self._BODY_LENGTH} > 0"  # an expired payload cannot go
         )
         args: list[Any] = [agent_id, since]
         if until is not None:
@@ -216,29 +220,43 @@ class LogSQL(Plumbing):
         return int(expired)
 
     def purge(self, *, before: float, batch: int = 1000) -> int:
-        """Delete finished deliveries (and their attempts) created before ``before``.
+        """Expire the payloads of finished deliveries created before ``before``:
+        their body is emptied and their attempts deleted; the delivery stays in
+        the log, its payload read as expired. How many expired.
 
-        Pending and held deliveries are never purged. Works in small transactions so
-        that writers are not held up.
+        Pending and held deliveries are never touched. Candidates are found by
+        reads, which never wait for a writer; each batch is then changed in a
+        short write transaction of its own that checks them again, so delivery
+        writes wait at most one batch.
         """
-        removed = 0
+        expired, after = 0, 0
+        find = (
+            "SELECT id FROM deliveries WHERE status IN ('succeeded', 'failed')"
+            f" AND id > ? AND created_at < ? AND {self._BODY_LENGTH} > 0 ORDER BY id LIMIT ?"
+        )
         while True:
-            with self._tx() as conn:
-                ids = [
+            rows = self._query(functools.partial(self._find, find, (after, before, batch)))
+            ids = [row[0] for row in rows]
+            if not ids:
+                return expired
+            after = max(ids)
+            with self._tx(durable=False) as conn:
+                changed = [
                     row[0]
                     for row in self._x(
                         conn,
-                        "SELECT id FROM deliveries WHERE status IN ('succeeded', 'failed')"
-                        " AND created_at < ?"
-                        " ORDER BY id LIMIT ?",
-                        (before, batch),
+                        f"UPDATE deliveries SET body = ? WHERE id IN ({','.join('?' * len(ids))})"
+                        " AND status IN ('succeeded', 'failed') RETURNING id",
+                        (b"", *ids),
                     ).fetchall()
                 ]
-                if not ids:
-                    return removed
-                self._xmany(conn, "DELETE FROM attempts WHERE delivery_id = ?", [(i,) for i in ids])
-                self._xmany(conn, "DELETE FROM deliveries WHERE id = ?", [(i,) for i in ids])
-            removed += len(ids)
+                self._xmany(
+                    conn, "DELETE FROM attempts WHERE delivery_id = ?", [(i,) for i in changed]
+                )
+            expired += len(changed)
+
+    def _find(self, sql: str, args: Sequence[Any], conn: Any) -> list[Any]:
+        return list(self._x(conn, sql, args).fetchall())
 
     def backlog(self) -> tuple[int, float | None]:
         row = self._query(

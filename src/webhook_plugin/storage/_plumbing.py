@@ -109,6 +109,8 @@ class Plumbing(ABC):
     #: the database's clock when the statement runs (not when its transaction
     #: began): for a lease taken late in a transaction that may have waited
     _STATEMENT_NOW: ClassVar[str] = _NOW
+    #: a blob's length in bytes
+    _BODY_LENGTH: ClassVar[str] = "length(body)"
     #: appended to a SELECT that must hold its row until the transaction ends
     #: (SQLite's BEGIN IMMEDIATE already holds the whole database)
     _LOCK_ROW: ClassVar[str] = ""

@@ -168,6 +168,8 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                     poison.append((row, f"unknown_event_type: {str(row[3])[:64]!r}"))
                 elif body is None:
                     poison.append((row, f"undecodable: the body is {type(row[4]).__name__}"))
+                elif not body:
+                    poison.append((row, "expired: its payload was purged after the retention"))
                 elif row[2] in endpoints and settings is None:
                     poison.append((row, "undecodable: the agent's webhook settings"))
                 else:

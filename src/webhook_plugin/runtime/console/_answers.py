@@ -145,7 +145,9 @@ class Attempt(_Answer):
 
 
 class DeliveryDetail(Delivery):
-    payload: dict[str, Any]
+    #: null once expired (purged after the retention)
+    payload: dict[str, Any] | None
+    payload_expired: bool
     attempt_log: list[Attempt]
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...events import OperationalEventType, WebhookEventType
-from ...exceptions import NotFound
+from ...exceptions import Expired, NotFound
 from ...settings import WebhookSettings
 from ...storage.base import DELIVERY_STATUSES, AttemptRecord, DeliveryRecord
 from ..api_io import attempt_json, parse_id, request_headers
@@ -153,6 +153,8 @@ async def delivery(request: Request) -> Response:
         payload = msgspec.json.format(record.body, indent=2).decode()
     except (msgspec.DecodeError, UnicodeDecodeError):
         payload = record.body.decode(errors="replace")
+    if not record.body:
+        payload = "Expired: the payload was purged after the log's retention."
     settings = await pipeline.engine.get_settings(agent_id) or WebhookSettings()
 
     def response_headers(a: AttemptRecord) -> list[tuple[str, str]]:
@@ -176,12 +178,17 @@ async def delivery(request: Request) -> Response:
 async def redeliver(request: Request) -> Response:
     agent_id = path_agent_id(request)
     fields = await read_form(request)
-    record = await pipeline_from(request).engine.redeliver(_delivery_id(request), agent_id)
+    back = local_target(field(fields, "next"), f"/agents/{seg(agent_id)}/deliveries")
+    try:
+        record = await pipeline_from(request).engine.redeliver(_delivery_id(request), agent_id)
+    except Expired as exc:
+        session_of(request).flash("error", str(exc))
+        return redirect(back)
     session_of(request).flash(
         "ok",
         f"Delivery {record.id} ({record.event_type}) is queued again, with the same webhook-id.",
     )
-    return redirect(local_target(field(fields, "next"), f"/agents/{seg(agent_id)}/deliveries"))
+    return redirect(back)
 
 
 async def redeliver_failed(request: Request) -> Response:
