@@ -209,10 +209,23 @@ class ChatStore(Protocol):
         ...
 
     def list_conversations(
-        self, *, agent_id: str | None = None, before: str | None = None, limit: int = 100
+        self,
+        *,
+        agent_id: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        ai_off: bool = False,
+        blocked: bool = False,
     ) -> list[tuple[ConversationRecord, MessageRecord | None]]:
         """Conversations, the most recently active first, each with its last
-        message, from the one after conversation ``before``."""
+        message, from the one after conversation ``before``; ``ai_off``: only
+        those waiting for an operator; ``blocked``: only those whose last
+        message the channel blocked."""
+        ...
+
+    def last_seq(self, conversation_id: str) -> int | None:
+        """Where a conversation's messages are at (it grows with each one); None
+        when there is no such conversation. A point read."""
         ...
 
     def agent_names(self, agent_ids: Sequence[str]) -> dict[str, str | None]:
@@ -607,8 +620,22 @@ class SQLChatStore:
             for r in rows
         ]
 
+    def last_seq(self, conversation_id: str) -> int | None:
+        row = self._db.point_read(
+            lambda c: self._db.execute(
+                c, "SELECT last_seq FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+        )
+        return None if row is None else int(row[0] or 0)
+
     def list_conversations(
-        self, *, agent_id: str | None = None, before: str | None = None, limit: int = 100
+        self,
+        *,
+        agent_id: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        ai_off: bool = False,
+        blocked: bool = False,
     ) -> list[tuple[ConversationRecord, MessageRecord | None]]:
         """Conversations, the most recently active first (by their last stored
         message), each with that message (its text cut to 200 characters), after
@@ -621,6 +648,10 @@ class SQLChatStore:
         if agent_id is not None:
             where.append("c.agent_id = ?")
             args.append(agent_id)
+        if ai_off:
+            where.append("c.ai_enabled = 0")
+        if blocked:
+            where.append("m.status = 'blocked'")
         if before is not None:  # the cursor: "<last_seq>:<id>" of the last one listed
             text, _, after_id = before.partition(":")
             seq = int(text) if text.isdigit() and len(text) < 19 else 0

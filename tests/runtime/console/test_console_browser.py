@@ -605,3 +605,31 @@ def test_every_page_fits_its_width_and_axe_finds_nothing_serious(
         name = path.strip("/").replace("/", "-") or "index"
         page.screenshot(path=str(out / f"{name}-{width}.png"), full_page=True)
     assert problems == [], "\n".join(problems)
+
+
+def test_the_inbox_for_operators_new_messages_filters_and_the_blocked_warning(
+    env: tuple[Server, Receiver, Hooks], watched: Watched
+) -> None:
+    server = env[0]
+    page = watched.page
+    page.goto(f"{server.url}/inbox/c-ana")
+    page.get_by_label("Message").fill("half-typed reply")
+    with httpx.Client(base_url=server.url, headers=AUTH) as api:
+        _message(api, "support", "c-ana", "whatsapp", "a new question, live", {"name": "Ana Souza"})
+    # it appears without a reload, and what the operator was typing stays
+    expect(page.get_by_text("a new question, live")).to_be_visible(timeout=10_000)
+    expect(page.get_by_label("Message")).to_have_value("half-typed reply")
+    expect(page.locator(".message.from-user").last).to_contain_text("a new question, live")
+    expect(
+        page.locator(".message.from-agent").last
+    ).to_be_visible()  # the AI's answer, styled apart
+    # a channel that will block the message says so before Send
+    page.goto(f"{server.url}/inbox")
+    page.get_by_role("link", name="Bia Late").click()
+    expect(page.locator("#message-hint")).to_contain_text("Warning: the channel will block it")
+    # the Inbox's filters
+    page.goto(f"{server.url}/inbox")
+    page.get_by_label("Show").select_option("blocked")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("link", name="Bia Late")).to_be_visible()
+    expect(page.get_by_role("link", name="Ana Souza")).to_have_count(0)

@@ -29,6 +29,7 @@ CONSOLE_PATHS: Final = (
     "/logout",
     "/agents",
     "/inbox",
+    "/inbox-events",
     "/api",
     "/openapi.json",
     "/static",

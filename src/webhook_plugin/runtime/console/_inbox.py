@@ -5,12 +5,15 @@ answer), an operator's message, and the AI switch.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Final
 from urllib.parse import urlencode
 
+import anyio
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from ...exceptions import NotFound
 from .. import channels
 from ..api_io import MAX_TEXT_BYTES, parse_id, path_id
 from ..inbox import PAGE
@@ -18,29 +21,44 @@ from ..middleware import pipeline_from
 from ._render import db, field, redirect, render_off_loop, seg
 from ._session import read_form, session_of
 
-__all__ = ["conversation", "inbox", "send_message", "set_ai"]
+__all__ = ["conversation", "conversation_events", "inbox", "send_message", "set_ai"]
 
 _AUTHORS: Final = {"user": "User", "agent": "AI agent", "operator": "Operator"}
 
 
 #: conversations on one page of the Inbox
 INBOX_PAGE: Final = 100
+#: the Inbox's filters: which conversations to show
+SHOW: Final = {
+    "": "All",
+    "ai-off": "AI off (waiting for an operator)",
+    "blocked": "Last message blocked",
+}
+#: how long one stream of a conversation's news lasts; the browser then asks
+#: again (EventSource does, after ``retry``), so no stream outlives a restart long
+STREAM_SECONDS: Final = 25.0
 
 
 async def inbox(request: Request) -> Response:
     pipeline = pipeline_from(request)
     agent_filter = request.query_params.get("agent") or None
     before = request.query_params.get("before") or None
+    show = request.query_params.get("show") or ""
+    show = show if show in SHOW else ""
     rows = await db(
         pipeline.store.list_conversations,
         agent_id=agent_filter,
         before=before,
         limit=INBOX_PAGE + 1,
+        ai_off=show == "ai-off",
+        blocked=show == "blocked",
     )
     older = None
     if len(rows) > INBOX_PAGE:
         rows = rows[:INBOX_PAGE]
         query = {"before": rows[-1][0].cursor, **({"agent": agent_filter} if agent_filter else {})}
+        if show:
+            query["show"] = show
         older = f"?{urlencode(query)}"
     known = await db(pipeline.store.agent_names, [record.agent_id for record, _ in rows])
     names = {agent_id: name or agent_id for agent_id, name in known.items()}
@@ -63,6 +81,8 @@ async def inbox(request: Request) -> Response:
         conversations=conversations,
         agent=agent_filter,
         older=older,
+        show=show,
+        shows=SHOW,
     )
 
 
@@ -101,10 +121,40 @@ async def conversation(request: Request) -> Response:
         or conversation_id,
         agent_label=agent.name or agent.id,
         prediction={"verdict": verdict, "reason": reason},
+        last_seq=record.last_seq or await db(pipeline.store.last_seq, conversation_id) or 0,
         info_items=list((view["userInfo"] or {}).items())[:100],
         timeout=pipeline.engine.config.user_info_timeout,
         max_text=MAX_TEXT_BYTES,
     )  # fmt: skip
+
+
+async def conversation_events(request: Request) -> Response:
+    """Server-sent events: ``changed`` each time the conversation gets a message
+    (its ``last_seq`` moves past ``?seq=``), for a page to show it without a
+    reload. A stream ends after :data:`STREAM_SECONDS`; the browser reconnects."""
+    pipeline = pipeline_from(request)
+    conversation_id = path_id(request, "conversation_id", "conversation id")
+    text = request.query_params.get("seq", "0")
+    seen = int(text) if text.isdigit() and len(text) < 19 else 0
+    if await db(pipeline.store.last_seq, conversation_id) is None:
+        raise NotFound(f"conversation {conversation_id!r} does not exist")
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal seen
+        yield b"retry: 1000\n\n"
+        deadline = anyio.current_time() + STREAM_SECONDS
+        while anyio.current_time() < deadline:
+            now = await db(pipeline.store.last_seq, conversation_id)
+            if now is not None and now > seen:
+                seen = now
+                yield b"event: changed\ndata: %d\n\n" % now
+            await anyio.sleep(1.0)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
 
 
 async def send_message(request: Request) -> Response:

@@ -25,7 +25,7 @@ from ...exceptions import NotFound, StorageError
 from ..api_io import ApiError
 from ._agents import agents, index, open_agent, rotate_secret, webhook_save, webhook_tab
 from ._api_page import api_page, openapi_json
-from ._inbox import conversation, inbox, send_message, set_ai
+from ._inbox import conversation, conversation_events, inbox, send_message, set_ai
 from ._log import deliveries, delivery, recover, redeliver, redeliver_failed
 from ._render import HERE, render
 from ._session import FormRefused
@@ -92,6 +92,7 @@ def console_routes() -> list[Route | Mount]:
         Route(f"{agent}/deliveries/{{delivery_id}}", delivery, methods=["GET"]),
         Route(f"{agent}/deliveries/{{delivery_id}}/redeliver", redeliver, methods=["POST"]),
         Route("/inbox", inbox, methods=["GET"]),
+        Route("/inbox-events/{conversation_id:path}", conversation_events, methods=["GET"]),
         Route("/inbox/{conversation_id:path}", conversation, methods=["GET"]),
         Route("/inbox/{conversation_id:path}/messages", send_message, methods=["POST"]),
         Route("/inbox/{conversation_id:path}/ai", set_ai, methods=["POST"]),
