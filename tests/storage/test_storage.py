@@ -69,6 +69,7 @@ def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
     conn.execute("DROP INDEX conversations_recent")
     conn.execute("DROP INDEX conversations_agent_recent")
     conn.execute("ALTER TABLE conversations DROP COLUMN last_seq")
+    conn.execute("ALTER TABLE conversations DROP COLUMN group_name")
     conn.execute("DROP INDEX deliveries_lane")
     conn.execute("DROP INDEX deliveries_conversation")  # the delivery tables as version 2 had them
     conn.execute("DROP TABLE conversation_sequences")
@@ -93,7 +94,7 @@ def test_a_database_made_before_the_stores_were_split_is_migrated_in_place(
     finally:
         store.close()
     versions = sqlite3.connect(path).execute("SELECT * FROM schema_versions").fetchall()
-    assert sorted(versions) == [("chat", 4), ("delivery", 3)]
+    assert sorted(versions) == [("chat", 5), ("delivery", 3)]
 
 
 def test_an_earlier_versions_reservation_marks_are_dropped_its_answers_kept(

@@ -38,6 +38,11 @@ _RECENT_V4 = """
         ON conversations (agent_id, last_seq, id);
 """
 
+#: version 5: a group conversation's name, as its last message gave it
+_GROUP_V5 = """
+    ALTER TABLE conversations ADD COLUMN group_name TEXT;
+"""
+
 #: the chat tables, per SQL dialect (IF NOT EXISTS: databases made before the
 #: stores were split already hold them)
 MIGRATIONS: dict[str, list[str]] = {
@@ -82,6 +87,7 @@ MIGRATIONS: dict[str, list[str]] = {
         _ANSWERS_V2.replace("''", "X''"),
         _CONSOLE_KEY_V3,
         _RECENT_V4,
+        _GROUP_V5,
     ],
     "postgresql": [
         """
@@ -124,5 +130,6 @@ MIGRATIONS: dict[str, list[str]] = {
         _ANSWERS_V2.replace("''", "''::bytea"),
         _CONSOLE_KEY_V3.replace("BLOB", "BYTEA"),
         _RECENT_V4,
+        _GROUP_V5,
     ],
 }

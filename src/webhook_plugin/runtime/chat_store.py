@@ -84,6 +84,8 @@ class ConversationRecord(msgspec.Struct, kw_only=True):
     last_user_message_at: float | None = None
     #: its last message's ``seq`` (as listed by ``list_conversations``)
     last_seq: int = 0
+    #: a group conversation's name (its last group message's)
+    group_name: str | None = None
 
     @property
     def cursor(self) -> str:
@@ -234,7 +236,7 @@ class ChatStore(Protocol):
 
 
 _CONVERSATION_COLUMNS = (
-    "id, agent_id, channel, ai_enabled, contact, created_at, last_user_message_at"
+    "id, agent_id, channel, ai_enabled, contact, created_at, last_user_message_at, group_name"
 )
 
 
@@ -248,6 +250,7 @@ def _conversation(row: Sequence[Any], last_seq: int = 0) -> ConversationRecord:
         contact=_contact(row[4]),
         created_at=row[5],
         last_user_message_at=row[6],
+        group_name=row[7] if isinstance(row[7], str) else None,
     )
 
 
@@ -402,6 +405,7 @@ class SQLChatStore:
             stored = group[0].conversation if created else self._locked(conn, conversation_id)
             assert stored is not None
             contact, last = stored.contact, stored.last_user_message_at
+            group_name = stored.group_name
             for w in group:
                 c = w.conversation
                 assert c is not None
@@ -413,6 +417,7 @@ class SQLChatStore:
                     contact = {**contact, **{k: v for k, v in c.contact.items() if v}}
                     if c.last_user_message_at is not None:
                         last = max(last or 0.0, c.last_user_message_at)
+                    group_name = c.group_name or group_name
                     continue
                 if w.answer is not None and w.earlier is None:  # its key is free again
                     self._db.execute(
@@ -420,11 +425,16 @@ class SQLChatStore:
                         "DELETE FROM message_outcomes WHERE conversation_id = ? AND message_id = ?",
                         _key(w),
                     )
-            if contact != stored.contact or last != stored.last_user_message_at:
+            if (
+                contact != stored.contact
+                or last != stored.last_user_message_at
+                or group_name != stored.group_name
+            ):
                 self._db.execute(
                     conn,
-                    "UPDATE conversations SET contact = ?, last_user_message_at = ? WHERE id = ?",
-                    (_json_encode(contact), last, conversation_id),
+                    "UPDATE conversations SET contact = ?, last_user_message_at = ?,"
+                    " group_name = ? WHERE id = ?",
+                    (_json_encode(contact), last, group_name, conversation_id),
                 )
 
     def _insert_conversation(self, conn: Any, c: ConversationRecord) -> bool:
@@ -432,7 +442,8 @@ class SQLChatStore:
         return (
             self._db.execute(
                 conn,
-                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO NOTHING RETURNING id",
                 (
                     c.id,
@@ -442,6 +453,7 @@ class SQLChatStore:
                     _json_encode(c.contact),
                     c.created_at,
                     c.last_user_message_at,
+                    c.group_name,
                 ),
             ).fetchone()
             is not None
@@ -659,8 +671,8 @@ class SQLChatStore:
             args += [seq, seq, after_id]
         sql = (
             "SELECT c.id, c.agent_id, c.channel, c.ai_enabled, c.contact, c.created_at,"
-            " c.last_user_message_at, m.id, m.author, SUBSTR(m.text, 1, 200), m.created_at,"
-            " m.status, c.last_seq FROM conversations c LEFT JOIN messages m ON m.seq = c.last_seq"
+            " c.last_user_message_at, c.group_name, m.id, m.author, SUBSTR(m.text, 1, 200),"
+            " m.created_at, m.status, c.last_seq FROM conversations c LEFT JOIN messages m ON m.seq = c.last_seq"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY c.last_seq DESC, c.id DESC LIMIT ?"
         )
@@ -668,16 +680,16 @@ class SQLChatStore:
         rows = self._db.read(lambda c: self._db.execute(c, sql, args).fetchall())
         return [
             (
-                _conversation(r, last_seq=r[12]),
+                _conversation(r, last_seq=r[13]),
                 None
-                if r[7] is None
+                if r[8] is None
                 else MessageRecord(
-                    id=r[7],
+                    id=r[8],
                     conversation_id=r[0],
-                    author=r[8],
-                    text=r[9],
-                    created_at=r[10],
-                    status=r[11],
+                    author=r[9],
+                    text=r[10],
+                    created_at=r[11],
+                    status=r[12],
                 ),
             )
             for r in rows

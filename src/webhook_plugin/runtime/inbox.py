@@ -98,6 +98,7 @@ class Inbox:
             "channel": record.channel,
             "aiEnabled": record.ai_enabled,
             "contact": record.contact,
+            **({"groupName": record.group_name} if record.group_name else {}),
             "messages": [
                 {
                     "id": m.id,

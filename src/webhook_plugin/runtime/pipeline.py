@@ -329,6 +329,8 @@ class ChatPipeline:
         given = {k: v for k, v in (contact or {}).items() if v}
         if given:
             record.contact = {**record.contact, **given}
+        if group is not None and group.name:
+            record.group_name = group.name
         record.last_user_message_at = max(record.last_user_message_at or 0.0, created.timestamp())
         conversation = self.model(record)
         message = Message(

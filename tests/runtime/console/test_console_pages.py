@@ -403,3 +403,28 @@ async def test_the_log_filters_and_recover_asks_before_it_sends(tmp_path: Path) 
             with anyio.fail_after(10):
                 while await count("succeeded") < 3:
                     await anyio.sleep(0.05)
+
+
+async def test_a_group_conversation_shows_its_group_name(tmp_path: Path) -> None:
+    async with running_console(tmp_path) as client:
+        for name in ("Clientes", "Clientes VIP"):  # renamed: the latest name shows
+            r = await client.post(
+                "/v1/agents/support/messages",
+                json={
+                    "conversationId": "grp-1",
+                    "channel": "zapi",
+                    "text": "oi, grupo",
+                    "contact": {"name": "Bia"},
+                    "group": {"id": "120363@g.us", "name": name, "mentioned": False},
+                },
+                headers=BEARER,
+            )
+            assert r.status_code == 200, r.text
+        view = (await client.get("/v1/inbox/conversations/grp-1", headers=BEARER)).json()
+        assert view["groupName"] == "Clientes VIP"
+        await sign_in(client)
+        inbox = (await client.get("/inbox")).text
+        assert ">Clientes VIP</a>" in inbox
+        page = (await client.get("/inbox/grp-1")).text
+        assert "<h1>Clientes VIP</h1>" in page
+        assert "Sent to the group Clientes VIP on zapi" in page

@@ -65,11 +65,13 @@ async def inbox(request: Request) -> Response:
     conversations = [
         {
             "id": record.id,
-            "label": record.contact.get("name") or record.contact.get("phoneNumber")
+            "label": record.group_name or record.contact.get("name")
+            or record.contact.get("phoneNumber")
             or record.contact.get("email") or record.id,
             "channel": record.channel,
             "agent": names.get(record.agent_id, record.agent_id),
             "ai_enabled": record.ai_enabled,
+            "group": record.group_name is not None,
             "last": last,
         }
         for record, last in rows
@@ -117,8 +119,9 @@ async def conversation(request: Request) -> Response:
         section="inbox",
         view=view,
         messages=messages,
-        label=contact.get("name") or contact.get("phoneNumber") or contact.get("email")
-        or conversation_id,
+        label=view.get("groupName") or contact.get("name") or contact.get("phoneNumber")
+        or contact.get("email") or conversation_id,
+        group=view.get("groupName"),
         agent_label=agent.name or agent.id,
         prediction={"verdict": verdict, "reason": reason},
         last_seq=record.last_seq or await db(pipeline.store.last_seq, conversation_id) or 0,
