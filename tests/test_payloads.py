@@ -20,7 +20,9 @@ from webhook_plugin import (
     Message,
     WebhookEventType,
 )
+from webhook_plugin.events import OperationalEventType
 from webhook_plugin.payloads import PAYLOAD_TYPES, build_payload, encode, json_schemas
+from webhook_plugin.runtime import channels
 from webhook_plugin.storage._outbox_sql import with_sequence
 
 GOLDEN = TESTS / "golden"
@@ -39,10 +41,11 @@ def example(event_type: E) -> bytes:
     elif event_type is E.AGENT_USER_MESSAGE:
         kwargs["user_message"] = USER_MSG
     elif event_type is E.AGENT_MESSAGE_BLOCKED:
-        kwargs["reason"] = "whatsapp: more than 24 h since the user's last message"
+        # the reasons the reference runtime gives, so the README shows what it sends
+        kwargs["reason"] = channels.decide("whatsapp", None, 0.0)[1]
     elif event_type is E.AGENT_MESSAGE_NOTED:
         conversation = msgspec.structs.replace(CONVERSATION, channel="api")
-        kwargs["reason"] = "api: the channel cannot carry agent messages"
+        kwargs["reason"] = channels.decide("api", None, 0.0)[1]
     elif event_type is E.GROUP_MESSAGE_RECEIVED:
         message = msgspec.structs.replace(
             USER_MSG,
@@ -129,7 +132,8 @@ def test_missing_parts_are_refused_with_a_clear_error() -> None:
 
 def test_json_schema_for_every_event_type() -> None:
     schemas = json_schemas()
-    assert set(schemas) == {e.value for e in E} | {"WEBHOOK_TEST"}
+    operational = {e.value for e in OperationalEventType}
+    assert set(schemas) == {e.value for e in E} | {"WEBHOOK_TEST"} | operational
     group = schemas["GROUP_MESSAGE_RECEIVED"]
     definition = group["$defs"]["GroupMessageReceived"]
     assert {"groupId", "groupName", "eventType"} <= set(definition["required"])

@@ -249,3 +249,25 @@ def test_recover_says_how_many_then_queues_them_with_yes(
         f"/v1/agents/{agent}/webhook/deliveries", params={"webhookId": event["webhookId"]}
     ).json()
     assert [row["webhookId"] for row in rows] == [event["webhookId"]]
+
+
+def test_the_banner_and_the_demo_name_a_command_that_runs_as_typed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import shlex
+    import shutil
+    import sys
+
+    from webhook_plugin.cli._commands import command_name
+
+    script = Path(sys.executable).parent / "webhook-plugin"  # the virtualenv's, as make installs
+    monkeypatch.setattr(sys, "argv", [str(script), "serve"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the virtualenv is not activated
+    named = command_name()
+    assert named != "webhook-plugin" or shutil.which("webhook-plugin")
+    ran = subprocess.run(
+        [*shlex.split(named), "--version"], capture_output=True, text=True, check=True
+    )
+    assert ran.stdout.startswith("webhook-plugin ")
+    monkeypatch.setattr(sys, "argv", ["-m", "serve"])  # python -m webhook_plugin.cli
+    assert command_name().endswith(" -m webhook_plugin.cli")

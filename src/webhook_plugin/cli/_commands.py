@@ -7,6 +7,8 @@ import ipaddress
 import json
 import os
 import re
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,20 @@ __all__ = [
     "cmd_serve",
     "cmd_worker",
 ]
+
+
+def command_name() -> str:
+    """How to run this command again, as typed in a shell here: its bare name
+    when that is what the shell finds on PATH, else the path it was run by (a
+    virtualenv's ``.venv/bin/webhook-plugin``), else ``python -m``."""
+    ran = sys.argv[0] if sys.argv else ""
+    if os.path.basename(ran) == "webhook-plugin" and os.path.isfile(ran):
+        found = shutil.which("webhook-plugin")
+        if found and os.path.realpath(found) == os.path.realpath(ran):
+            return "webhook-plugin"
+        relative = os.path.relpath(ran)
+        return shlex.quote(relative if not relative.startswith("..") else ran)
+    return f"{shlex.quote(os.path.basename(sys.executable))} -m webhook_plugin.cli"
 
 
 def _is_loopback(host: str) -> bool:
@@ -91,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if local
             else ""
         )
-        + "First time here? Run `webhook-plugin demo` to watch six signed webhooks arrive.",
+        + f"First time here? Run `{command_name()} demo` to watch signed webhooks arrive.",
         file=sys.stderr,
     )
     limits = ServerLimits(
@@ -391,7 +407,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.log_level == "info":  # keep the transcript readable; --log-level debug shows all
         configure_logging(args.log_format, "warning")
-    return run_demo()
+    return run_demo(command=command_name())
 
 
 def _redact(database: str) -> str:

@@ -364,8 +364,9 @@ def unmask_header(
         if _origin(url) != _origin(current_url):
             raise SettingsError(
                 field,
-                "is masked, but the URL now points to another host: type the header's value"
-                " again (a masked value is only kept while the scheme, host and port stay)",
+                "the masked value (****) keeps the saved header only while the URL's scheme,"
+                " host and port stay the same; the URL now points to another host, so type the"
+                " header's value again",
             )
         return current
     return given

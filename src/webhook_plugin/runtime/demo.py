@@ -79,7 +79,7 @@ async def _serve(app: Any, sock: socket.socket, servers: list[uvicorn.Server]) -
     await server.serve(sockets=[sock])
 
 
-async def _play(api: str, arrived: list[dict[str, Any]], out: Any) -> int:
+async def _play(api: str, arrived: list[dict[str, Any]], out: Any, command: str) -> int:
     async with httpx.AsyncClient(base_url=api, timeout=10) as client:
 
         async def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -172,11 +172,14 @@ async def _play(api: str, arrived: list[dict[str, Any]], out: Any) -> int:
         print(
             f"\nall {len(WebhookEventType)} event types arrived, every signature valid.", file=out
         )
-        print("Next: `webhook-plugin serve`, then see README.md for the HTTP API.", file=out)
+        print(f"Next: `{command} serve`, then see README.md for the HTTP API.", file=out)
         return 0
 
 
-def run_demo(out: Any = sys.stdout) -> int:
+def run_demo(out: Any = sys.stdout, command: str = "webhook-plugin") -> int:
+    """Play the demo; ``command`` is how the user runs ``webhook-plugin`` here
+    (the closing line tells them to run ``serve`` with it)."""
+
     async def main() -> int:
         secret = generate_secret()
         arrived: list[dict[str, Any]] = []
@@ -213,7 +216,7 @@ def run_demo(out: Any = sys.stdout) -> int:
                     while len(servers) < 2 or not all(s.started for s in servers):
                         await anyio.sleep(0.02)
                 try:
-                    result = await _play(api, arrived, out)
+                    result = await _play(api, arrived, out, command)
                 finally:
                     for server in servers:
                         server.should_exit = True
