@@ -39,6 +39,7 @@ __all__ = [
     "contact_from_wire",
     "contact_to_wire",
     "encode",
+    "example_payload",
     "json_schemas",
     "new_webhook_id",
 ]
@@ -294,6 +295,42 @@ class OperationalEvent(
     #: ``DELIVERY_EXHAUSTED`` only: the delivery that failed for good
     delivery_id: int | UnsetType = UNSET
     webhook_id: str | UnsetType = UNSET
+
+
+def example_payload(event_type: WebhookEventType, agent: Agent) -> Payload:
+    """A realistic payload of ``event_type`` for ``agent``, in the conversation
+    ``example`` with a fictional contact: what "Send example event" sends."""
+    conversation = Conversation(
+        id="example",
+        agent_id=agent.id,
+        channel="whatsapp",
+        ai_enabled=event_type is not WebhookEventType.USER_MESSAGE_RECEIVED,
+        contact=Contact(
+            id="example-user", name="Example User", email="user@example.com",
+            phone_number="+15550100000",
+        ),
+    )  # fmt: skip
+    now = datetime.now(UTC)
+    user = Message(id=f"example-user-{now:%H%M%S}", text="Hi! Where is my order?", created_at=now)
+    reply = Message(id=f"example-agent-{now:%H%M%S}", text="It ships today.", created_at=now)
+    kwargs: dict[str, Any] = {}
+    message = reply
+    if event_type in (
+        WebhookEventType.USER_MESSAGE_RECEIVED,
+        WebhookEventType.GROUP_MESSAGE_RECEIVED,
+    ):
+        message = user
+    if event_type is WebhookEventType.AGENT_USER_MESSAGE:
+        kwargs["user_message"] = user
+    if event_type is WebhookEventType.GROUP_MESSAGE_RECEIVED:
+        kwargs["group"] = Group(id="example-group", name="Example Group")
+    if event_type is WebhookEventType.AGENT_MESSAGE_BLOCKED:
+        kwargs["reason"] = "an example: the channel refused the message"
+    if event_type is WebhookEventType.AGENT_MESSAGE_NOTED:
+        kwargs["reason"] = "an example: the channel cannot carry agent messages"
+    return build_payload(
+        event_type, agent=agent, conversation=conversation, message=message, **kwargs
+    )
 
 
 def new_webhook_id() -> str:

@@ -37,7 +37,8 @@ import structlog
 from .._version import __version__
 from ..events import OperationalEventType, WebhookEventType
 from ..exceptions import StorageError
-from ..payloads import OperationalEvent
+from ..models import Agent
+from ..payloads import OperationalEvent, encode, example_payload
 from ..settings import WebhookSettings
 from ..storage.base import (
     AttemptRecord,
@@ -415,6 +416,16 @@ class DeliveryEngine:
     async def rotate_secret(self, agent_id: str, *, grace: float | None = None) -> str:
         """:meth:`Endpoints.rotate_secret <.endpoints.Endpoints.rotate_secret>`."""
         return await self.endpoints.rotate_secret(agent_id, grace=grace)
+
+    async def send_example(self, agent: Agent, event_type: WebhookEventType) -> str:
+        """Queue one example event of ``event_type`` (:func:`~webhook_plugin.payloads.example_payload`,
+        conversation ``example``) to the agent's URL: delivered, retried and
+        logged like any other; its ``webhook-id``. Whatever the agent's event
+        filter says: the owner asked for this one."""
+        body = encode(example_payload(event_type, agent))
+        ticket = self.enqueue(agent.id, event_type, body, "example")
+        await ticket
+        return ticket.webhook_id
 
     async def test_endpoint(self, agent_id: str, *, slow_after: float = 5.0) -> EndpointTest:
         """:meth:`Endpoints.test <.endpoints.Endpoints.test>`."""

@@ -3,6 +3,7 @@ shows and what each form does, through the same APIs as ``/v1``."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -428,3 +429,28 @@ async def test_a_group_conversation_shows_its_group_name(tmp_path: Path) -> None
         page = (await client.get("/inbox/grp-1")).text
         assert "<h1>Clientes VIP</h1>" in page
         assert "Sent to the group Clientes VIP on zapi" in page
+
+
+async def test_send_example_event_is_a_real_logged_delivery(tmp_path: Path) -> None:
+    with Receiver(lambda r: Reply(200)) as rx:
+        async with running_console(tmp_path) as client:
+            await client.put(
+                "/v1/agents/support/webhook",
+                json={"url": f"{rx.url}/hook", "events": ["AGENT_USER_MESSAGE"]},
+                headers=BEARER,
+            )
+            await sign_in(client)
+            tab = "/agents/support/settings/webhook"
+            r = await post_form(
+                client, tab, f"{tab}/example", {"event_type": "GROUP_MESSAGE_RECEIVED"}
+            )
+            assert r.status_code == 303 and "webhook_id=" in r.headers["location"]
+            await wait_until(lambda: len(rx.requests) >= 1)
+            [got] = rx.requests
+            body = json.loads(got.body)
+            # sent though the filter leaves that type out: the owner asked for it
+            assert body["eventType"] == "GROUP_MESSAGE_RECEIVED"
+            assert body["conversationId"] == "example" and body["groupName"] == "Example Group"
+            assert body["sequence"] >= 1
+            log = (await client.get(r.headers["location"])).text
+            assert log.count(">Redeliver</button>") == 1 and "GROUP_MESSAGE_RECEIVED" in log

@@ -33,7 +33,15 @@ from ._health import duration
 from ._render import agent_label, db, field, path_agent_id, redirect, render, seg, when
 from ._session import read_form, session_of
 
-__all__ = ["agents", "index", "open_agent", "rotate_secret", "webhook_save", "webhook_tab"]
+__all__ = [
+    "agents",
+    "index",
+    "open_agent",
+    "rotate_secret",
+    "send_example",
+    "webhook_save",
+    "webhook_tab",
+]
 
 #: what each event type means, next to its checkbox
 EVENT_HINTS: Final = {
@@ -264,6 +272,26 @@ async def webhook_save(request: Request) -> Response:
         # answer only (not a redirect: a secret never travels in a cookie or URL)
         return await _webhook_page(request, agent_id, new_secret=generated)
     return redirect(f"/agents/{seg(agent_id)}/settings/webhook")
+
+
+async def send_example(request: Request) -> Response:
+    agent_id = path_agent_id(request)
+    fields = await read_form(request)
+    pipeline = pipeline_from(request)
+    chosen = field(fields, "event_type")
+    session = session_of(request)
+    settings = await pipeline.engine.get_settings(agent_id)
+    if chosen not in {str(e) for e in EVENTS} or settings is None or settings.url is None:
+        session.flash("error", "Choose an event type, and save an Outbound WebHook URL first.")
+        return redirect(f"/agents/{seg(agent_id)}/settings/webhook")
+    agent = await pipeline.agent(agent_id)
+    webhook_id = await pipeline.engine.send_example(agent, WebhookEventType(chosen))
+    session.flash(
+        "ok",
+        f"An example {chosen} is queued to the Outbound WebHook URL (webhook-id {webhook_id});"
+        " the delivery log shows how it went.",
+    )
+    return redirect(f"/agents/{seg(agent_id)}/deliveries?webhook_id={webhook_id}")
 
 
 async def rotate_secret(request: Request) -> Response:

@@ -23,7 +23,15 @@ from starlette.staticfiles import StaticFiles
 
 from ...exceptions import NotFound, StorageError
 from ..api_io import ApiError
-from ._agents import agents, index, open_agent, rotate_secret, webhook_save, webhook_tab
+from ._agents import (
+    agents,
+    index,
+    open_agent,
+    rotate_secret,
+    send_example,
+    webhook_save,
+    webhook_tab,
+)
 from ._api_page import api_page, openapi_json
 from ._inbox import conversation, conversation_events, inbox, send_message, set_ai
 from ._log import deliveries, delivery, recover, redeliver, redeliver_failed
@@ -86,6 +94,7 @@ def console_routes() -> list[Route | Mount]:
         Route(f"{agent}/settings/webhook", webhook_tab, methods=["GET"]),
         Route(f"{agent}/settings/webhook", webhook_save, methods=["POST"]),
         Route(f"{agent}/settings/webhook/rotate-secret", rotate_secret, methods=["POST"]),
+        Route(f"{agent}/settings/webhook/example", send_example, methods=["POST"]),
         Route(f"{agent}/deliveries", deliveries, methods=["GET"]),
         Route(f"{agent}/deliveries/redeliver-failed", redeliver_failed, methods=["POST"]),
         Route(f"{agent}/deliveries/recover", recover, methods=["POST"]),
