@@ -429,6 +429,10 @@ async def test_a_group_conversation_shows_its_group_name(tmp_path: Path) -> None
         page = (await client.get("/inbox/grp-1")).text
         assert "<h1>Clientes VIP</h1>" in page
         assert "Sent to the group Clientes VIP on zapi" in page
+        # and links to its deliveries, which the log lists by conversation
+        assert 'href="/agents/support/deliveries?conversation_id=grp-1"' in page
+        log = await client.get("/agents/support/deliveries?conversation_id=grp-1")
+        assert log.status_code == 200 and 'value="grp-1"' in log.text
 
 
 async def test_send_example_event_is_a_real_logged_delivery(tmp_path: Path) -> None:
