@@ -70,7 +70,12 @@ class Server:
     """
 
     def __init__(
-        self, config: Path, cwd: Path, *extra: str, cli: Sequence[str] = tuple(CLI)
+        self,
+        config: Path,
+        cwd: Path,
+        *extra: str,
+        cli: Sequence[str] = tuple(CLI),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -89,6 +94,7 @@ class Server:
                 cwd=cwd,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                env=env,
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -271,3 +271,64 @@ def test_the_banner_and_the_demo_name_a_command_that_runs_as_typed(
     assert ran.stdout.startswith("webhook-plugin ")
     monkeypatch.setattr(sys, "argv", ["-m", "serve"])  # python -m webhook_plugin.cli
     assert command_name().endswith(" -m webhook_plugin.cli")
+
+
+def test_a_worker_process_tells_the_plugins_hooks_of_its_operational_events(
+    tmp_path: Path,
+) -> None:
+    """`serve --no-workers` queues, `worker` delivers: the delivery that runs out
+    of attempts is told to the config's plugin in the worker, once."""
+    import signal
+
+    from helpers import TESTS
+
+    pager = tmp_path / "pager.jsonl"
+    database = f"sqlite:///{tmp_path / 'ops.db'}"
+    config = tmp_path / "ops.toml"
+    config.write_text(
+        f"""
+[runtime]
+plugins = ["webhook_plugin", "plugins.pager"]
+database = "{database}"
+api_token = "ops-token-0123456789abcdef"
+
+[webhook]
+allow_private_hosts = ["127.0.0.1"]
+retry_schedule = [0, 0.1]
+poll_interval = 0.1
+
+[[agents]]
+id = "support"
+
+[agents.webhook]
+url = "{closed_port_url()}"
+"""
+    )
+    env = {
+        **os.environ,
+        "PAGER_FILE": str(pager),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p),
+    }
+    server = Server(config, tmp_path, "--no-workers", env=env)
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen(
+            [*CLI, "worker", "--config", str(config)],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log, env=env,
+        )  # fmt: skip
+    try:
+        headers = {"Authorization": "Bearer ops-token-0123456789abcdef"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=10) as api:
+            time.sleep(1.0)  # the worker is up
+            [event] = post_message(api, "ops-1")["events"]
+        deadline = time.monotonic() + 20
+        while not pager.exists() or "DELIVERY_EXHAUSTED" not in pager.read_text():
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-2000:]
+            time.sleep(0.1)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0, (tmp_path / "worker.log").read_text()
+        server.stop()
+    told = [json.loads(line) for line in pager.read_text().splitlines()]
+    assert {"eventType": "DELIVERY_EXHAUSTED", "agentId": "support"} in told
+    assert sum(t["eventType"] == "DELIVERY_EXHAUSTED" for t in told) == 1
+    assert event["webhookId"]

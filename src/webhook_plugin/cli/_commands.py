@@ -215,6 +215,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 pipe = os.dup(1)
                 os.dup2(2, 1)  # whatever else prints cannot garble the reports
                 _write_all(pipe, READY)
+            # its attempts' operational events reach the plugins' hooks here
+            engine.report_to(_plugins(config, engine).hook)
             log.info("worker.started")
             async with anyio.create_task_group() as tg:
                 if pipe is not None:
@@ -370,6 +372,20 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _plugins(config: Any, engine: Any) -> Any:
+    """The config's plugins, loaded as ``serve`` loads them, for a process that
+    delivers only (the operational hooks fire where attempts are recorded)."""
+    from ..manager import PluginManager
+    from ..plugin import WebhookPlugin
+    from ..runtime import hookspecs as runtime_hookspecs
+
+    pm = PluginManager(runtime_hookspecs)
+    pm.load(config.runtime.plugins, builtins={"webhook_plugin": WebhookPlugin(engine)})
+    if config.runtime.load_entry_points:
+        pm.load_entry_points()
+    return pm
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
