@@ -44,6 +44,10 @@ def test_the_contract_hooks_exist() -> None:
         "on_noted",
         "on_group_message",
         "fetch_user_info",
+        "on_endpoint_failing",
+        "on_endpoint_disabled",
+        "on_endpoint_recovered",
+        "on_delivery_exhausted",
     }
     assert hookspecs.fetch_user_info.webhook_plugin_spec["firstresult"] is True
     for name in HOOKS:

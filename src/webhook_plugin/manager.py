@@ -20,6 +20,7 @@ from . import hookspecs
 from .exceptions import PluginLoadError
 from .hookspecs import NAME
 from .models import Agent, Conversation, Group, Message, UserInfo
+from .payloads import OperationalEvent
 
 __all__ = ["PluginManager"]
 
@@ -99,6 +100,20 @@ class PluginManager:
             agent=agent, conversation=conversation
         )
         return result
+
+    # the operational hooks (the delivery engine calls them: engine.report_to(pm.hook))
+
+    def on_endpoint_failing(self, *, event: OperationalEvent) -> None:
+        self._pm.hook.on_endpoint_failing(event=event)
+
+    def on_endpoint_disabled(self, *, event: OperationalEvent) -> None:
+        self._pm.hook.on_endpoint_disabled(event=event)
+
+    def on_endpoint_recovered(self, *, event: OperationalEvent) -> None:
+        self._pm.hook.on_endpoint_recovered(event=event)
+
+    def on_delivery_exhausted(self, *, event: OperationalEvent) -> None:
+        self._pm.hook.on_delivery_exhausted(event=event)
 
     @property
     def pluggy(self) -> pluggy.PluginManager:
