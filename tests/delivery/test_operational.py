@@ -12,7 +12,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from helpers import SECRET, StoreFactory, config, pipeline, reply, settings, wait_until
-from receiver import Receiver, Reply
+from receiver import Receiver, Recorded, Reply
 from webhook_plugin import DeliveryEngine, PluginManager, hookimpl
 from webhook_plugin.payloads import OperationalEvent
 
@@ -116,3 +116,67 @@ async def test_failing_then_disabled_then_recovered_each_told_once(
     ]
     assert "failing without a success" in reasons[3]
     assert json.loads(receiver.requests[-1].body)["sequence"] == 1
+
+
+async def test_after_a_re_enable_a_new_failing_spell_is_told_again(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    """Enabled again and failing again: the shares are told anew, then the
+    disabling; one success after that says recovered."""
+    state = {"status": 503}
+    receiver.behaviour = lambda r: Reply(state["status"])
+    pager = Pager()
+    with Receiver() as ops:
+        cfg = {"retry_schedule": (0,) + (0.03,) * 49, "disable_after": 1.0}
+        engine = await engine_with(make_store, pager, **cfg)
+        async with engine:
+            s = settings(receiver.url, operations_url=ops.url + "/ops")
+            await engine.save_settings("support", s)
+            [ticket] = reply(pipeline(engine))
+            await ticket
+            await wait_until(lambda: sum(e.event_type == "ENDPOINT_DISABLED" for e in pager.heard))
+            await engine.save_settings("support", s)  # enabled again, still failing
+            await wait_until(
+                lambda: sum(e.event_type == "ENDPOINT_DISABLED" for e in pager.heard) == 2
+            )
+            state["status"] = 200
+            await engine.save_settings("support", s)
+            await wait_until(lambda: any(e.event_type == "ENDPOINT_RECOVERED" for e in pager.heard))
+    kinds = [str(e.event_type) for e in pager.heard]
+    spell = ["ENDPOINT_FAILING"] * 3 + ["ENDPOINT_DISABLED"]
+    assert kinds == spell + spell + ["ENDPOINT_RECOVERED"]
+
+
+async def test_the_operations_url_is_retried_on_its_own_answers(
+    make_store: StoreFactory, receiver: Receiver
+) -> None:
+    """The agent's endpoint has failed for the whole window; the operations URL
+    failing once is retried like any receiver, not judged by that window."""
+    receiver.behaviour = lambda r: Reply(503)
+    refused: list[bytes] = []
+
+    def operations(r: Recorded) -> Reply:
+        # the first ENDPOINT_DISABLED is refused: sent after the window ran out
+        if b"ENDPOINT_DISABLED" in r.body and not refused:
+            refused.append(r.headers["webhook-id"].encode())
+            return Reply(502)
+        return Reply(200)
+
+    pager = Pager()
+    with Receiver(operations) as ops:
+        cfg = {"retry_schedule": (0,) + (0.03,) * 49, "disable_after": 0.3}
+        engine = await engine_with(make_store, pager, **cfg)
+        async with engine:
+            await engine.save_settings(
+                "support", settings(receiver.url, operations_url=ops.url + "/ops")
+            )
+            [ticket] = reply(pipeline(engine))
+            await ticket
+
+            def disabled_told() -> bool:
+                return any(b"ENDPOINT_DISABLED" in r.body and r.status == 200 for r in ops.requests)
+
+            await wait_until(disabled_told)
+    tries = [r for r in ops.requests if b"ENDPOINT_DISABLED" in r.body]
+    assert [r.status for r in tries] == [502, 200]
+    assert tries[0].headers["webhook-id"] == tries[1].headers["webhook-id"]

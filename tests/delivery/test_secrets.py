@@ -129,7 +129,7 @@ async def test_a_masked_header_is_kept_only_for_the_same_origin(api) -> None:  #
             "/v1/agents/support/webhook", json={"url": elsewhere, "header": masked}
         )
         assert r.status_code == 400, elsewhere
-        assert r.json()["error"]["message"].startswith("header: is masked")
+        assert r.json()["error"]["message"].startswith("header: the masked value (****)")
         assert "t0ken" not in r.text
     assert (await pipeline.engine.get_settings("support")).url == "https://hooks.example.com/b?x=1"
     # typed again, the header goes with the new host
@@ -182,3 +182,20 @@ async def test_logs_name_the_event_but_never_a_secret_or_header_value(
     dump = json.dumps(logs, default=str)
     for secret in ("s3cr3t-token-value", SECRET, SECRET.removeprefix("whsec_")):
         assert secret not in dump
+
+
+def test_a_long_echoed_header_is_redacted_before_it_is_cut() -> None:
+    """A receiver echoing our header among more than the log keeps: the
+    secret is redacted whole, never cut first and then missed."""
+    from webhook_plugin.delivery.attempt import _headers_json
+    from webhook_plugin.delivery.client import Response
+
+    token = "Bearer " + "s3cr3t" * 60  # longer than the 200 characters a value keeps
+    settings = WebhookSettings.validated(
+        url="https://hooks.example.com/", header=f"Authorization: {token}", signing_secret=SECRET
+    )
+    headers = {"x-echo-authorization": token}  # first: kept, and cut at 200
+    headers.update({f"x-filler-{i}": "y" * 150 for i in range(20)})
+    kept = _headers_json(Response(200, headers, b""), settings)
+    assert "x-echo-authorization" in kept
+    assert "s3cr3t" not in kept and len(kept) <= 2048

@@ -80,15 +80,17 @@ async def attempt(
                 exc_info=exc,
             )
     duration = time.perf_counter() - t0
+    operations = d.event_type in OperationalEventType
     outcome = classify(
         response=response,
         error=error,
         started=started,
         round_attempts=d.round_attempts,
-        failing_since=d.failing_since,
+        # the operations URL is judged on its own answers, never by how long
+        # the agent's webhook endpoint has been failing
+        failing_since=None if operations else d.failing_since,
         policy=policy,
     )
-    operations = d.event_type in OperationalEventType
     if operations and outcome.disable_reason:
         # the operations URL's answers never disable the agent's endpoint
         outcome = outcome._replace(status="failed", disable_reason=None)
@@ -132,7 +134,8 @@ async def attempt(
         ordered=d.head_deadline is not None,
         webhook_id=d.webhook_id,
         operations=operations,
-        failing_level=_failing_level(d.failing_since, started, policy),
+        failing_level=0 if operations else _failing_level(d.failing_since, started, policy),
+        failing_since=d.failing_since,
         url=url,
         response_headers=None if response is None else _headers_json(response, settings),
     )
@@ -177,17 +180,22 @@ _HEADER_BYTES: Final = 2048
 def _headers_json(response: Response, settings: WebhookSettings) -> str:
     """The answer's headers as JSON for the log: redacted (a receiver may echo our
     header), NULs replaced (PostgreSQL refuses them), cut at :data:`_HEADER_BYTES`."""
-    text = redact(json.dumps(response.headers, ensure_ascii=False), secrets_of(settings))
-    text = text.replace("\x00", "\ufffd")
+    secrets = secrets_of(settings)
+    # each value redacted whole before anything is cut: a cut secret would no
+    # longer be found
+    shown = {
+        redact(name, secrets): redact(value, secrets) for name, value in response.headers.items()
+    }
+    text = json.dumps(shown, ensure_ascii=False)
     if len(text) > _HEADER_BYTES:
         kept: dict[str, str] = {}
-        for name, value in response.headers.items():
-            kept[name] = value[:200]
-            if len(json.dumps(kept)) > _HEADER_BYTES - 40:
-                kept.pop(name)
+        for name, value in shown.items():
+            kept[name[:100]] = value[:200]
+            if len(json.dumps(kept, ensure_ascii=False)) > _HEADER_BYTES - 40:
+                kept.pop(name[:100])
                 kept["…"] = "cut"
                 break
-        text = redact(json.dumps(kept, ensure_ascii=False), secrets_of(settings))
+        text = json.dumps(kept, ensure_ascii=False)
     return text
 
 

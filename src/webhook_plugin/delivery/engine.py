@@ -462,6 +462,10 @@ class DeliveryEngine:
             until=until,
         )
 
+    async def count_deliveries(self, agent_id: str | None = None) -> dict[str, int]:
+        """How many deliveries are in each state (of one agent's, or all)."""
+        return await self._blocking(self.store.count_deliveries, agent_id)
+
     async def get_delivery(self, delivery_id: int, agent_id: str | None = None) -> DeliveryRecord:
         return await self.log.get(delivery_id, agent_id)
 

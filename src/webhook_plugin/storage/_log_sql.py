@@ -128,7 +128,8 @@ class LogSQL(Plumbing):
             row = self._x(
                 conn,
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
-                " round_start = attempts, round_trigger = 'manual', updated_at = ? WHERE id = ?"
+                " round_start = attempts, round_trigger = 'manual', head_since = NULL,"
+                " updated_at = ? WHERE id = ?"
                 f" AND {self._BODY_LENGTH} > 0 RETURNING {_DELIVERY_COLUMNS}",
                 (now, now, delivery_id),
             ).fetchone()
@@ -142,7 +143,7 @@ class LogSQL(Plumbing):
     def redeliver_failed(self, *, agent_id: str | None, since: float, now: float) -> int:
         sql = (
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?,"
-            " round_start = attempts, round_trigger = 'manual', updated_at = ?"
+            " round_start = attempts, round_trigger = 'manual', head_since = NULL, updated_at = ?"
             f" WHERE status = 'failed' AND created_at >= ? AND {self._BODY_LENGTH} > 0"
         )
         args: list[Any] = [now, now, since]
@@ -188,37 +189,42 @@ class LogSQL(Plumbing):
         return len(ids)
 
     def expire_held(self, *, max_count: int, max_age: float, now: float) -> int:
-        expired = 0
+        expired: list[tuple[str, int]] = []
         with self._tx() as conn:
-            expired += self._x(
+            # a held delivery whose endpoint is enabled was missed by the save
+            # that enabled it (it can only be a race): it goes now
+            self._x(
+                conn,
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = ?"
+                " WHERE status = 'held' AND agent_id IN"
+                " (SELECT agent_id FROM webhook_settings WHERE disabled = 0)",
+                (now,),
+            )
+            rows = self._x(
+                conn,
+                "SELECT id, agent_id, created_at FROM deliveries WHERE status = 'held'"
+                " ORDER BY id" + self._LOCK_ROW,  # locked in one order
+            ).fetchall()
+            kept: dict[str, int] = {}
+            for delivery_id, agent_id, created_at in reversed(rows):  # the newest first
+                if created_at < now - max_age:
+                    expired.append((f"held_expired: held longer than {max_age:g} s", delivery_id))
+                elif kept.get(agent_id, 0) >= max_count:
+                    expired.append((f"held_limit: more than {max_count} held", delivery_id))
+                else:
+                    kept[agent_id] = kept.get(agent_id, 0) + 1
+            self._xmany(
                 conn,
                 "UPDATE deliveries SET status = 'failed', last_error = ?, updated_at = ?"
-                " WHERE status = 'held' AND created_at < ?",
-                (f"held_expired: held longer than {max_age:g} s", now, now - max_age),
-            ).rowcount
-            over = self._x(
-                conn,
-                "SELECT agent_id, COUNT(*) FROM deliveries WHERE status = 'held'"
-                " GROUP BY agent_id HAVING COUNT(*) > ?",
-                (max_count,),
-            ).fetchall()
-            for agent_id, count in over:
-                ids = self._x(
-                    conn,
-                    "SELECT id FROM deliveries WHERE agent_id = ? AND status = 'held'"
-                    " ORDER BY id LIMIT ?",
-                    (agent_id, count - max_count),
-                ).fetchall()
-                self._xmany(
-                    conn,
-                    "UPDATE deliveries SET status = 'failed', last_error = ?, updated_at = ?"
-                    " WHERE id = ?",
-                    [(f"held_limit: more than {max_count} held", now, row[0]) for row in ids],
-                )
-                expired += len(ids)
+                " WHERE id = ? AND status = 'held'",
+                [
+                    (why, now, delivery_id)
+                    for why, delivery_id in sorted(expired, key=lambda e: e[1])
+                ],
+            )
         if expired:
-            log.warning("deliveries.held_expired", deliveries=expired)
-        return int(expired)
+            log.warning("deliveries.held_expired", deliveries=len(expired))
+        return len(expired)
 
     def purge(self, *, before: float, batch: int = 1000) -> int:
         """Expire the payloads of finished deliveries created before ``before``:
@@ -272,10 +278,12 @@ class LogSQL(Plumbing):
         )
         return int(row[0]), row[1]
 
-    def count_deliveries(self) -> dict[str, int]:
+    def count_deliveries(self, agent_id: str | None = None) -> dict[str, int]:
+        """How many deliveries are in each state (of one agent's, or all)."""
+        where, args = ("WHERE agent_id = ? ", (agent_id,)) if agent_id is not None else ("", ())
         rows = self._query(
             lambda c: self._x(
-                c, "SELECT status, COUNT(*) FROM deliveries GROUP BY status"
+                c, f"SELECT status, COUNT(*) FROM deliveries {where}GROUP BY status", args
             ).fetchall()
         )
         counts: dict[str, int] = dict.fromkeys(DELIVERY_STATUSES, 0)

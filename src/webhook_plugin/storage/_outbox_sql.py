@@ -145,6 +145,17 @@ class OutboxSQL(Plumbing):
             if room and handoff is not None:
                 claimed, items = self._insert_leased(conn, items, handoff, room)
             if items:
+                if self._SHARE_ROW:
+                    # whether each is held is read under a share lock: a save that
+                    # enables the endpoint waits for this commit (and then sends
+                    # them), or came first (and this sees it enabled)
+                    agents = sorted({d.agent_id for d in items})
+                    self._x(
+                        conn,
+                        "SELECT agent_id FROM webhook_settings WHERE agent_id IN"
+                        f" ({','.join('?' * len(agents))}) ORDER BY agent_id{self._SHARE_ROW}",
+                        agents,
+                    )
                 self._insert_plain(conn, items)
                 # others may claim these (another process, or our claim loop);
                 # the leased ones are ours alone, and wake no one

@@ -111,6 +111,9 @@ class Plumbing(ABC):
     _STATEMENT_NOW: ClassVar[str] = _NOW
     #: a blob's length in bytes
     _BODY_LENGTH: ClassVar[str] = "length(body)"
+    #: appended to a SELECT whose rows must not change until the transaction
+    #: ends, while others may read them too
+    _SHARE_ROW: ClassVar[str] = ""
     #: appended to a SELECT that must hold its row until the transaction ends
     #: (SQLite's BEGIN IMMEDIATE already holds the whole database)
     _LOCK_ROW: ClassVar[str] = ""
@@ -156,8 +159,8 @@ class Plumbing(ABC):
             conn,
             f"UPDATE deliveries SET status = 'pending', next_attempt_at = {self._NOW} + ?,"
             " round_start = attempts, round_trigger = 'recovery', lease_until = 0,"
-            " lease_owner = NULL,"
-            f" updated_at = {self._NOW} WHERE id = ?",
+            " lease_owner = NULL, head_since = NULL,"
+            f" updated_at = {self._NOW} WHERE id = ? AND status IN ('held', 'failed')",
             [(n / rate, i) for n, i in enumerate(ids)],
         )
         self._after_insert(conn)

@@ -86,7 +86,11 @@ class SettingsSQL(Plumbing):
             " failing_since, updated_at) VALUES (?, ?, ?, ?, NULL, ?)"
             " ON CONFLICT (agent_id) DO UPDATE SET data = excluded.data,"
             " disabled = excluded.disabled, disabled_reason = excluded.disabled_reason,"
-            " failing_since = NULL, updated_at = excluded.updated_at",
+            " failing_since = NULL, updated_at = excluded.updated_at,"
+            # a new failing spell starts: its shares are told again, and the
+            # next success says "recovered" if anything was told (-1)
+            " failing_notified = CASE WHEN webhook_settings.failing_notified > 0 THEN -1"
+            " ELSE webhook_settings.failing_notified END",
             (agent_id, data, int(settings.disabled), settings.disabled_reason, time.time()),
         )
         if settings.disabled:
@@ -95,7 +99,8 @@ class SettingsSQL(Plumbing):
             row[0]
             for row in self._x(
                 conn,
-                "SELECT id FROM deliveries WHERE agent_id = ? AND status = 'held' ORDER BY id",
+                "SELECT id FROM deliveries WHERE agent_id = ? AND status = 'held' ORDER BY id"
+                + self._LOCK_ROW,
                 (agent_id,),
             ).fetchall()
         ]

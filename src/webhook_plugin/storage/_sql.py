@@ -20,8 +20,10 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from types import EllipsisType
 from typing import Any, ClassVar, TypeVar
 
+import msgspec
 from msgspec import UNSET
 
 from ..events import OperationalEventType
@@ -41,6 +43,10 @@ from .base import (
 __all__ = ["SQLStore"]
 
 T = TypeVar("T")
+
+
+#: the operational event types, as SQL: never held
+_OPERATIONAL = ",".join(f"'{kind}'" for kind in OperationalEventType)
 
 
 def _head_deadline(
@@ -80,7 +86,7 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
         " AND (ordered = 0 OR NOT EXISTS (SELECT 1 FROM deliveries AS p"
         " WHERE p.agent_id = deliveries.agent_id"
         " AND p.conversation_id = deliveries.conversation_id"
-        " AND p.status = 'pending' AND p.sequence < deliveries.sequence))"
+        " AND p.status IN ('pending', 'held') AND p.sequence < deliveries.sequence))"
     )
 
     #: whether :meth:`wait_for_new` can wake a worker in another process
@@ -237,7 +243,7 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
         if not fenced:
             return results
         holders: dict[int, Any] = {}
-        ids = list(fenced)
+        ids = sorted(fenced)  # rows locked in one order
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             holders.update(
@@ -265,13 +271,15 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
     def _record_in(self, conn: Any, results: Sequence[AttemptResult]) -> list[OperationalEvent]:
         failing_since: dict[str, float | None] = {}  # per agent, after this batch
         disable: dict[str, str] = {}
-        levels: dict[str, int] = {}  # the failing shares reached, per agent
+        #: the failing shares reached, per agent, and the spell they were seen in
+        levels: dict[str, tuple[int, float | None]] = {}
         told: list[tuple[OperationalEventType, str, str, AttemptResult | None]] = []
         for r in results:
             if r.operations:  # never about the operations URL itself: no loops
                 continue
-            if r.sent and r.status != "succeeded":
-                levels[r.agent_id] = max(levels.get(r.agent_id, 0), r.failing_level)
+            if r.sent and r.status != "succeeded" and r.failing_level:
+                if r.failing_level > levels.get(r.agent_id, (0, None))[0]:
+                    levels[r.agent_id] = (r.failing_level, r.failing_since)
             if r.status == "failed" and r.sent:
                 told.append((OperationalEventType.DELIVERY_EXHAUSTED, r.agent_id, r.error or "", r))
             if r.sent:
@@ -281,10 +289,12 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                     failing_since[r.agent_id] = r.started_at
             if r.disable_reason:
                 disable[r.agent_id] = r.disable_reason
+        results = self._still_held(conn, results, set(disable))
         self._xmany(
             conn,
             "UPDATE deliveries SET attempts = attempts + ?, status = ?,"
             " next_attempt_at = ?, lease_until = 0, lease_owner = NULL,"
+            " head_since = CASE WHEN status = 'held' THEN NULL ELSE head_since END,"
             " last_status_code = COALESCE(?, last_status_code), last_error = ?,"
             " updated_at = ? WHERE id = ?",
             [
@@ -329,48 +339,75 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                 if r.sent
             ],
         )
-        for agent_id, since in sorted(failing_since.items()):  # rows locked in one order
-            if since is None:
-                # a success: recovered, if a failing spell or a disabling was told
-                if self._x(
-                    conn,
-                    "UPDATE webhook_settings SET failing_notified = 0"
-                    " WHERE agent_id = ? AND failing_notified > 0",
-                    (agent_id,),
-                ).rowcount:
-                    told.append(
-                        (
-                            OperationalEventType.ENDPOINT_RECOVERED,
-                            agent_id,
-                            "a delivery succeeded",
-                            None,
-                        )
+        # every agent's settings row changed in one order (agent id): two
+        # recorders never lock two rows in opposite orders
+        for agent_id in sorted(failing_since.keys() | levels.keys() | disable.keys()):
+            self._record_endpoint(
+                conn,
+                agent_id,
+                told,
+                failing=failing_since.get(agent_id, ...),
+                level=levels.get(agent_id),
+                reason=disable.get(agent_id),
+            )
+        return self._tell(conn, told) if told else []
+
+    def _record_endpoint(
+        self,
+        conn: Any,
+        agent_id: str,
+        told: list[tuple[OperationalEventType, str, str, AttemptResult | None]],
+        *,
+        failing: float | EllipsisType | None,
+        level: tuple[int, float | None] | None,
+        reason: str | None,
+    ) -> None:
+        """What a batch's attempts say about one agent's endpoint: its failing
+        spell (``failing``: ``None`` after a success, the first failure's start,
+        or ``...`` for no change), the failing shares reached (``level``, in
+        the spell it was seen in), and whether it is disabled (``reason``).
+        Each operational event is decided by a compare-and-set, here."""
+        if failing is None:
+            # a success: recovered, if a failing spell or a disabling was told
+            # (-1: enabled again after one, nothing told since)
+            if self._x(
+                conn,
+                "UPDATE webhook_settings SET failing_notified = 0"
+                " WHERE agent_id = ? AND failing_notified <> 0",
+                (agent_id,),
+            ).rowcount:
+                told.append(
+                    (
+                        OperationalEventType.ENDPOINT_RECOVERED,
+                        agent_id,
+                        "a delivery succeeded",
+                        None,
                     )
-                self._x(
-                    conn,
-                    "UPDATE webhook_settings SET failing_since = NULL"
-                    " WHERE agent_id = ? AND failing_since IS NOT NULL",
-                    (agent_id,),
                 )
-            else:
-                self._x(
-                    conn,
-                    "UPDATE webhook_settings SET failing_since = ?"
-                    " WHERE agent_id = ? AND failing_since IS NULL",
-                    (since, agent_id),
-                )
-        for agent_id, level in sorted(levels.items()):
-            # each share once per spell: the first transaction to reach it says so
-            if (
-                level
-                and self._x(
-                    conn,
-                    "UPDATE webhook_settings SET failing_notified = ?"
-                    " WHERE agent_id = ? AND failing_notified < ?",
-                    (level, agent_id, level),
-                ).rowcount
-            ):
-                share = FAILING_SHARES[level - 1]
+            self._x(
+                conn,
+                "UPDATE webhook_settings SET failing_since = NULL"
+                " WHERE agent_id = ? AND failing_since IS NOT NULL",
+                (agent_id,),
+            )
+        elif failing is not ...:
+            self._x(
+                conn,
+                "UPDATE webhook_settings SET failing_since = ?"
+                " WHERE agent_id = ? AND failing_since IS NULL",
+                (failing, agent_id),
+            )
+        if level is not None:
+            # each share once per spell: the first transaction to reach it says
+            # so, and only in the spell its attempt saw (not one a success ended)
+            reached, spell = level
+            if self._x(
+                conn,
+                "UPDATE webhook_settings SET failing_notified = ?"
+                " WHERE agent_id = ? AND failing_notified < ? AND failing_since = ?",
+                (reached, agent_id, reached, spell),
+            ).rowcount:
+                share = FAILING_SHARES[reached - 1]
                 told.append(
                     (
                         OperationalEventType.ENDPOINT_FAILING,
@@ -379,7 +416,7 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                         None,
                     )
                 )
-        for agent_id, reason in sorted(disable.items()):
+        if reason is not None:
             if self._x(
                 conn,
                 "UPDATE webhook_settings SET disabled = 1, disabled_reason = ?,"
@@ -388,15 +425,45 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
             ).rowcount:
                 told.append((OperationalEventType.ENDPOINT_DISABLED, agent_id, reason, None))
             # its queued deliveries are held from now on (those leased to a
-            # dispatcher are held when their attempt ends)
+            # dispatcher are held when their attempt ends); never an operational
+            # event: it may be the one saying "disabled"
             self._x(
                 conn,
-                "UPDATE deliveries SET status = 'held', next_attempt_at = NULL,"
+                "UPDATE deliveries SET status = 'held', next_attempt_at = NULL, head_since = NULL,"
                 f" last_error = ?, updated_at = {self._NOW} WHERE agent_id = ?"
-                f" AND status = 'pending' AND lease_until <= {self._NOW}",
+                f" AND status = 'pending' AND lease_until <= {self._NOW}"
+                f" AND event_type NOT IN ({_OPERATIONAL})",
                 (f"endpoint_disabled: {reason}", agent_id),
             )
-        return self._tell(conn, told) if told else []
+
+    def _still_held(
+        self, conn: Any, results: Sequence[AttemptResult], disabling: set[str]
+    ) -> Sequence[AttemptResult]:
+        """The results, those ``held`` turned back to ``pending`` (due now) when
+        their endpoint is enabled by the time this transaction writes: its
+        settings rows are locked first, so a settings save that enables it
+        either came before (and this sees it) or waits for this to commit (and
+        then finds these held, and sends them)."""
+        agents = sorted({r.agent_id for r in results if r.status == "held"} - disabling)
+        if not agents:
+            return results
+        disabled = {
+            row[0]
+            for row in self._x(
+                conn,
+                "SELECT agent_id, disabled FROM webhook_settings"
+                f" WHERE agent_id IN ({','.join('?' * len(agents))}) ORDER BY agent_id"
+                + self._LOCK_ROW,
+                agents,
+            ).fetchall()
+            if row[1]
+        }
+        return [
+            msgspec.structs.replace(r, status="pending", next_attempt_at=r.started_at)
+            if r.status == "held" and r.agent_id not in disabled | disabling
+            else r
+            for r in results
+        ]
 
     def _tell(
         self, conn: Any, told: Sequence[tuple[OperationalEventType, str, str, AttemptResult | None]]

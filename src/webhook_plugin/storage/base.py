@@ -239,8 +239,10 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     #: never counts towards the endpoint's failing, disabling or operational events
     operations: bool = False
     #: how many of the failing shares (``FAILING_SHARES``) of the auto-disable
-    #: window the endpoint's failures have lasted, at this attempt
+    #: window the endpoint's failures have lasted, at this attempt, counted from
+    #: ``failing_since`` (the endpoint's failing spell as its claim read it)
     failing_level: int = 0
+    failing_since: float | None = None
     #: where the request went, and the receiver's answer's headers (JSON, capped)
     url: str | None = None
     response_headers: str | None = None
@@ -366,7 +368,10 @@ class DeliveryStore(Protocol):
         ``max_count``, and those created before ``now - max_age``; how many."""
         ...
 
-    def count_deliveries(self) -> dict[str, int]: ...
+    def count_deliveries(self, agent_id: str | None = None) -> dict[str, int]:
+        """How many deliveries are in each state (of one agent's, or all)."""
+        ...
+
     def backlog(self) -> tuple[int, float | None]:
         """Pending deliveries: how many, and the oldest one's ``created_at``."""
         ...

@@ -133,6 +133,7 @@ class PostgresStore(SQLStore):
 
     _GREATEST: ClassVar[str] = "GREATEST"
     _LOCK_ROW: ClassVar[str] = " FOR UPDATE"
+    _SHARE_ROW: ClassVar[str] = " FOR SHARE"
     _BODY_LENGTH: ClassVar[str] = "octet_length(body)"
     #: the transaction's start on the server's clock
     _NOW: ClassVar[str] = "EXTRACT(EPOCH FROM now())::double precision"

@@ -458,3 +458,14 @@ async def test_send_example_event_is_a_real_logged_delivery(tmp_path: Path) -> N
             assert body["sequence"] >= 1
             log = (await client.get(r.headers["location"])).text
             assert log.count(">Redeliver</button>") == 1 and "GROUP_MESSAGE_RECEIVED" in log
+
+
+async def test_a_tampered_ordering_field_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
+    async with running_console(tmp_path) as client:
+        await sign_in(client)
+        tab = "/agents/support/settings/webhook"
+        r = await post_form(
+            client, tab, tab, {"url": "", "events": "AGENT_USER_MESSAGE", "ordering": "fifo"}
+        )
+        assert r.status_code == 400
+        assert "Order: must be one of none, conversation" in r.text

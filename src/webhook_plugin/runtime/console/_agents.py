@@ -19,6 +19,7 @@ from ...events import WebhookEventType
 from ...exceptions import NotFound, SettingsError
 from ...settings import (
     MAX_ORDERING_MAX_WAIT,
+    ORDERINGS,
     WebhookSettings,
     mask_header,
     parse_events,
@@ -136,7 +137,7 @@ async def _webhook_page(
     settings = await engine.get_settings(agent_id) or WebhookSettings()
     held = 0
     if settings.disabled:
-        held = len(await engine.list_deliveries(agent_id=agent_id, status="held", limit=10_000))
+        held = (await engine.count_deliveries(agent_id))["held"]
     return render(
         request,
         "webhook.html",
@@ -219,6 +220,8 @@ async def webhook_save(request: Request) -> Response:
             )
         except SettingsError as exc:
             errors["events"] = exc.message
+    if typed["ordering"] not in ("", *ORDERINGS):
+        errors["ordering"] = f"must be one of {', '.join(ORDERINGS)}"
     max_wait: float | None = None
     if typed["ordering_max_wait"]:
         try:

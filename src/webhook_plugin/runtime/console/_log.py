@@ -199,7 +199,7 @@ async def redeliver_failed(request: Request) -> Response:
     await pipeline_from(request).agent(agent_id)
     log = f"/agents/{seg(agent_id)}/deliveries"
     if field(fields, "confirm") != "yes":
-        failed = len(await engine.list_deliveries(agent_id=agent_id, status="failed", limit=10_001))
+        failed = (await engine.count_deliveries(agent_id))["failed"]
         if failed:
             return await _confirm(
                 request, agent_id, count=failed, what="failed", action=f"{log}/redeliver-failed",
