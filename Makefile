@@ -5,16 +5,21 @@ BIN := $(VENV)/bin
 
 .PHONY: run demo lint test bench clean
 
-$(VENV)/.installed: pyproject.toml
+# the runtime alone (`make run`, `make demo`), or with the test and bench tools
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
-run: $(VENV)/.installed  ## serve the reference chat runtime on 127.0.0.1:8000 (SQLite)
+run: $(VENV)/.runtime  ## serve the reference chat runtime on 127.0.0.1:8000 (SQLite)
 	$(BIN)/webhook-plugin serve $(ARGS)
 
-demo: $(VENV)/.installed  ## play a conversation and watch six signed webhooks arrive
+demo: $(VENV)/.runtime  ## play a conversation and watch signed webhooks of every type arrive
 	$(BIN)/webhook-plugin demo
 
 lint: $(VENV)/.installed  ## ruff, mypy --strict and the import contracts

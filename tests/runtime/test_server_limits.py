@@ -586,3 +586,22 @@ def test_a_pipelined_requests_body_is_timed_from_when_it_is_served() -> None:
     answers = [a for a in data.split(b"HTTP/1.1 ") if a]
     assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"200 OK", b"200 OK"], data
     assert answers[0].endswith(b"got 0") and answers[1].endswith(b"got 10")
+
+
+def test_the_private_uvicorn_method_we_extend_is_still_there() -> None:
+    """runtime/server.py extends uvicorn's ``HttpToolsProtocol._start_asgi_task``,
+    a private method: pyproject.toml bounds uvicorn to the releases tested, and
+    this fails loudly, naming it, on a release that renames or removes it."""
+    import inspect
+
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    method = getattr(HttpToolsProtocol, "_start_asgi_task", None)
+    assert method is not None, (
+        f"uvicorn {uvicorn.__version__} has no HttpToolsProtocol._start_asgi_task:"
+        " runtime/server.py's body timer needs another hook"
+    )
+    assert list(inspect.signature(method).parameters) == ["self", "cycle", "app"], (
+        f"uvicorn {uvicorn.__version__} changed _start_asgi_task's signature"
+    )
