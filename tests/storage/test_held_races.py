@@ -78,6 +78,7 @@ def test_disabling_an_endpoint_never_holds_an_operational_event(
             == []
         )  # told once
         assert _status(store, alert.webhook_id) == "pending"
+        time.sleep(0.01)  # due from its creation, on the database's clock (SQLite: ms steps)
         assert [d.id for d in store.claim_due(limit=5, lease_seconds=60, owner="b")] == [alert.id]
     finally:
         store.close()
@@ -97,6 +98,7 @@ def test_a_held_result_for_an_endpoint_enabled_meanwhile_goes_out(
         [d] = store.claim_due(limit=1, lease_seconds=60, owner="a")
         store.record_attempts([_result(d, "held", sent=False)])
         assert _status(store, "w1") == "pending"
+        time.sleep(0.01)  # due from the result's start, on the database's clock (ms steps)
         assert [x.id for x in store.claim_due(limit=1, lease_seconds=60, owner="b")] == [d.id]
     finally:
         store.close()
