@@ -24,6 +24,7 @@ import anyio.abc
 import msgspec
 import structlog
 
+from ..delivery._blocking import Blocking
 from ..delivery.engine import DeliveryEngine
 from ..delivery.outbox import Collected
 from ..exceptions import NotFound
@@ -88,7 +89,9 @@ class ChatPipeline:
         self.store: ChatStore = store or _chat_store_for(engine)
         self.config = config or RuntimeConfig()
         self.clock = clock
-        self._limiter = anyio.CapacityLimiter(4)
+        #: the chat store's blocking calls, in worker threads, four at once (the
+        #: delivery engine's own helper: one way to leave the event loop)
+        self.blocking = Blocking(threads=4)
         self._agents: dict[str, Agent] = {}
         self._ai_defaults: dict[str, bool] = {}
         #: the process delivering for this one, when it is not this one
@@ -102,9 +105,6 @@ class ChatPipeline:
         self._working: dict[tuple[str, str], anyio.Event] = {}
         #: the Inbox's stages (an operator's message, the conversation view)
         self.inbox = Inbox(self)
-
-    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def open_store(self) -> None:
         """Create or migrate the chat tables (once the engine has opened its store)."""
@@ -149,12 +149,11 @@ class ChatPipeline:
             existing = await self.blocking(self.store.get_agent, configured.id)
             if existing is None:
                 await self.blocking(
-                    lambda c=configured: self.store.put_agent(
-                        c.id,
-                        name=c.name,
-                        organization_id=c.organization_id,
-                        ai_enabled=c.ai_enabled,
-                    )
+                    self.store.put_agent,
+                    configured.id,
+                    name=configured.name,
+                    organization_id=configured.organization_id,
+                    ai_enabled=configured.ai_enabled,
                 )
             settings = configured.settings()
             if settings is not None and await self.engine.get_settings(configured.id) is None:
