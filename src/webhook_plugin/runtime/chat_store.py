@@ -666,7 +666,7 @@ class SQLChatStore:
             where.append("m.status = 'blocked'")
         if before is not None:  # the cursor: "<last_seq>:<id>" of the last one listed
             text, _, after_id = before.partition(":")
-            seq = int(text) if text.isdigit() and len(text) < 19 else 0
+            seq = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
             where.append("(c.last_seq < ? OR (c.last_seq = ? AND c.id < ?))")
             args += [seq, seq, after_id]
         sql = (

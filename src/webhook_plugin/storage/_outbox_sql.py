@@ -145,18 +145,7 @@ class OutboxSQL(Plumbing):
             if room and handoff is not None:
                 claimed, items = self._insert_leased(conn, items, handoff, room)
             if items:
-                if self._SHARE_ROW:
-                    # whether each is held is read under a share lock: a save that
-                    # enables the endpoint waits for this commit (and then sends
-                    # them), or came first (and this sees it enabled)
-                    agents = sorted({d.agent_id for d in items})
-                    self._x(
-                        conn,
-                        "SELECT agent_id FROM webhook_settings WHERE agent_id IN"
-                        f" ({','.join('?' * len(agents))}) ORDER BY agent_id{self._SHARE_ROW}",
-                        agents,
-                    )
-                self._insert_plain(conn, items)
+                self._insert_plain(conn, items, self._disabled(conn, items))
                 # others may claim these (another process, or our claim loop);
                 # the leased ones are ours alone, and wake no one
                 self._after_insert(conn)
@@ -226,18 +215,30 @@ class OutboxSQL(Plumbing):
                 )
         return claimed, rest
 
-    def _insert_plain(self, conn: Any, items: Sequence[NewDelivery]) -> None:
-        self._xmany(
+    def _disabled(self, conn: Any, items: Sequence[NewDelivery]) -> dict[str, str]:
+        """The disabled endpoints among ``items``' agents, and why: read once per
+        insert, under a share lock where the database has one (PostgreSQL), so a
+        save that enables one waits for this commit (and then sends what this
+        held) or came first (and this sees it enabled). SQLite's writes are one
+        at a time already."""
+        agents = sorted({d.agent_id for d in items})
+        rows = self._x(
             conn,
-            # held (and why) while the agent's endpoint is disabled, as this
-            # transaction reads it
-            "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
-            " next_attempt_at, updated_at, conversation_id, sequence, ordered, status,"
-            " last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE((SELECT 'held' FROM"
-            " webhook_settings WHERE agent_id = ? AND disabled = 1), 'pending'),"
-            " (SELECT 'endpoint_disabled: ' || COALESCE(disabled_reason, 'disabled')"
-            " FROM webhook_settings WHERE agent_id = ? AND disabled = 1))",
-            [
+            "SELECT agent_id, disabled_reason FROM webhook_settings WHERE disabled = 1"
+            f" AND agent_id IN ({','.join('?' * len(agents))}) ORDER BY agent_id{self._SHARE_ROW}",
+            agents,
+        ).fetchall()
+        return {agent_id: reason or "disabled" for agent_id, reason in rows}
+
+    def _insert_plain(
+        self, conn: Any, items: Sequence[NewDelivery], disabled: dict[str, str]
+    ) -> None:
+        """Insert ``items``: held, and why, for a ``disabled`` endpoint (never an
+        operational event: it may be the one saying "disabled")."""
+        rows = []
+        for d in items:
+            why = disabled.get(d.agent_id) if d.event_type not in OperationalEventType else None
+            rows.append(
                 (
                     d.webhook_id,
                     d.agent_id,
@@ -249,11 +250,16 @@ class OutboxSQL(Plumbing):
                     d.conversation_id,
                     d.sequence,
                     1 if d.ordered else 0,
-                    # an operational event is never held: it may say "disabled"
-                    *((None, None) if d.event_type in OperationalEventType else (d.agent_id,) * 2),
+                    "pending" if why is None else "held",
+                    None if why is None else f"endpoint_disabled: {why}",
                 )
-                for d in items
-            ],
+            )
+        self._xmany(
+            conn,
+            "INSERT INTO deliveries (webhook_id, agent_id, event_type, body, created_at,"
+            " next_attempt_at, updated_at, conversation_id, sequence, ordered, status,"
+            " last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
 
     def _numbered(self, conn: Any, items: Sequence[NewDelivery]) -> list[NewDelivery]:

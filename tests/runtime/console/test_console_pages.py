@@ -469,3 +469,13 @@ async def test_a_tampered_ordering_field_is_a_clear_error_not_a_crash(tmp_path: 
         )
         assert r.status_code == 400
         assert "Order: must be one of none, conversation" in r.text
+
+
+async def test_unicode_digits_in_a_cursor_are_no_number_and_no_crash(tmp_path: Path) -> None:
+    """``"²".isdigit()`` is true, and ``int("²")`` raises: a cursor or a
+    sequence in such digits is read as none, never a server error."""
+    async with running_console(tmp_path) as client:
+        await sign_in(client)
+        assert (await client.get("/inbox", params={"before": "²:x"})).status_code == 200
+        missing = await client.get("/inbox-events/no-such-conversation", params={"seq": "²"})
+        assert missing.status_code == 404

@@ -138,7 +138,7 @@ async def conversation_events(request: Request) -> Response:
     pipeline = pipeline_from(request)
     conversation_id = path_id(request, "conversation_id", "conversation id")
     text = request.query_params.get("seq", "0")
-    seen = int(text) if text.isdigit() and len(text) < 19 else 0
+    seen = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
     if await db(pipeline.store.last_seq, conversation_id) is None:
         raise NotFound(f"conversation {conversation_id!r} does not exist")
 
