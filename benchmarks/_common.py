@@ -6,11 +6,13 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from webhook_plugin import Agent, Contact, Conversation, Message
 
@@ -62,3 +64,22 @@ def stats(url: str) -> dict:
 
 def reset(url: str) -> None:
     urllib.request.urlopen(f"{url}/reset").read()
+
+
+async def live(pm: Any, rate: float, seconds: float, conversations: int = 1_000_000) -> None:
+    """Hook calls at ``rate`` a second for ``seconds``, spread over ``conversations``;
+    each payload carries its hook-call time (the receiver's latency)."""
+    import anyio
+    import msgspec
+
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await anyio.sleep(delay)
+        pm.hook.on_agent_reply(
+            agent=AGENT,
+            conversation=msgspec.structs.replace(CONVERSATION, id=f"live_{i % conversations}"),
+            message=agent_message(f"t={time.time():.6f} " + "y" * 580),
+            in_reply_to=USER,
+        )

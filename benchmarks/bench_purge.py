@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import anyio
-import msgspec
 
-from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, stats
+from _common import AGENT, CONVERSATION, USER, agent_message, live, receiver, reset, stats
 from _harness import emit, environment, parser
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
@@ -57,20 +56,6 @@ def fill(path: Path, rows: int) -> None:
     conn.close()
 
 
-async def live(pm: PluginManager, rate: float, seconds: float) -> None:
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await anyio.sleep(delay)
-        pm.hook.on_agent_reply(
-            agent=AGENT,
-            conversation=msgspec.structs.replace(CONVERSATION, id=f"live_{i % 100}"),
-            message=agent_message(f"t={time.time():.6f} " + "y" * 580),
-            in_reply_to=USER,
-        )
-
-
 def run(url: str, tmp: str, rows: int, rate: float) -> dict:
     path = Path(tmp) / f"purge-{time.monotonic_ns()}.db"
     SQLiteStore(path).open()  # the tables
@@ -85,7 +70,7 @@ def run(url: str, tmp: str, rows: int, rate: float) -> dict:
             pm = PluginManager()
             pm.register(WebhookPlugin(engine))
             await anyio.to_thread.run_sync(reset, url)
-            await live(pm, rate, 5)
+            await live(pm, rate, 5, conversations=100)
             await anyio.sleep(0.5)
             alone = await anyio.to_thread.run_sync(stats, url)
             await anyio.to_thread.run_sync(reset, url)
@@ -98,7 +83,7 @@ def run(url: str, tmp: str, rows: int, rate: float) -> dict:
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(purge)
-                await live(pm, rate, 5)
+                await live(pm, rate, 5, conversations=100)
             await anyio.sleep(0.5)
             during = await anyio.to_thread.run_sync(stats, url)
             counts = await anyio.to_thread.run_sync(engine.store.count_deliveries)

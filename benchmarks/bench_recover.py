@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import anyio
-import msgspec
 
-from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, stats
+from _common import AGENT, CONVERSATION, USER, agent_message, live, receiver, reset, stats
 from _harness import emit, environment, parser
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
@@ -34,21 +33,6 @@ from webhook_plugin.events import WebhookEventType
 from webhook_plugin.payloads import build_payload, encode, new_webhook_id
 from webhook_plugin.storage.base import NewDelivery
 from webhook_plugin.storage.sqlite import SQLiteStore
-
-
-async def _live(pm: PluginManager, url: str, rate: float, seconds: float) -> None:
-    """Hook calls at ``rate`` a second for ``seconds``, each in a conversation of its own."""
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await anyio.sleep(delay)
-        pm.hook.on_agent_reply(
-            agent=AGENT,
-            conversation=msgspec.structs.replace(CONVERSATION, id=f"live_{i}"),
-            message=agent_message(f"t={time.time():.6f} " + "y" * 580),
-            in_reply_to=USER,
-        )
 
 
 def run(url: str, tmp: str, failed: int, rate: float, seconds: float, requeue: float) -> dict:
@@ -94,14 +78,14 @@ def run(url: str, tmp: str, failed: int, rate: float, seconds: float, requeue: f
             pm = PluginManager()
             pm.register(WebhookPlugin(engine))
             await anyio.to_thread.run_sync(reset, url)
-            await _live(pm, url, rate, seconds)
+            await live(pm, rate, seconds)
             await anyio.sleep(1)
             before = await anyio.to_thread.run_sync(stats, url)
             await anyio.to_thread.run_sync(reset, url)
             started = time.perf_counter()
             first = await engine.recover("bench", since=now - 7300, until=now)
             second = await engine.recover("bench", since=now - 7300, until=now)
-            await _live(pm, url, rate, seconds)
+            await live(pm, rate, seconds)
             during = await anyio.to_thread.run_sync(stats, url)
             live_total = int(rate * seconds)
             while (await anyio.to_thread.run_sync(stats, url))["unique_ok"] < failed + live_total:
