@@ -269,12 +269,11 @@ async def test_parked_deliveries_leave_no_room_for_more_at_insert(tmp_path: Path
         async with anyio.create_task_group() as tg:
             await tg.start(d.run)
             for i in range(20):
-                store.insert_deliveries([new_delivery(i, "slow")])
-                d.stored()
+                leased = store.insert_deliveries([new_delivery(i, "slow")], d.lease())
+                d.take(leased, others=not leased)
                 await anyio.sleep(0.01)
-            assert d._handoff is not None
-            # a new endpoint gets one probe first: 1 started, 7 parked
-            assert len(client.posted) == 1 and d._handoff.held == 8
+            # a new endpoint gets one probe first: 1 started, 7 parked, no room left
+            assert len(client.posted) == 1 and d.room == 0 and d.lease() is None
             with sqlite3.connect(tmp_path / "parked.db") as conn:
                 (leased,) = conn.execute(
                     "SELECT COUNT(*) FROM deliveries WHERE lease_owner = ?", (d.owner,)
@@ -284,50 +283,8 @@ async def test_parked_deliveries_leave_no_room_for_more_at_insert(tmp_path: Path
             with anyio.fail_after(5):
                 while len(results) < 20:
                     await anyio.sleep(0.01)
-            assert d._handoff.held == 0
+            assert d.room == 8  # two rounds of work: room for them again
             await d.stop(grace=1)
-    finally:
-        store.close()
-
-
-async def test_a_claim_that_raced_the_handoff_gives_back_what_would_only_wait(
-    tmp_path: Path,
-) -> None:
-    """The store hands us an endpoint's fresh work while a claim, decided before,
-    waits for the write lock; the claim then takes the same endpoint's other
-    rows. What would only wait parked goes back, for another worker."""
-    from webhook_plugin.storage.sqlite import SQLiteStore
-
-    store = SQLiteStore(tmp_path / "race.db")
-    store.open()
-    store.put_settings("slow", SETTINGS)
-    claim_due = store.claim_due
-    calls = 0
-
-    def racing_claim(**kw: object) -> list[ClaimedDelivery]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # committed while this claim waited
-            store.insert_deliveries([new_delivery(i, "slow") for i in range(20)])
-        return claim_due(**kw)  # type: ignore[arg-type]
-
-    store.claim_due = racing_claim  # type: ignore[method-assign]
-    client = GatedClient(anyio.Event())
-    d = Dispatcher(store, client, lambda r: None, policy=RetryPolicy(), concurrency=4)
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(d.run)
-            with anyio.fail_after(3):
-                while not client.posted or calls < 2:
-                    await anyio.sleep(0.01)
-            with sqlite3.connect(tmp_path / "race.db") as conn:
-                (ours,) = conn.execute(
-                    "SELECT COUNT(*) FROM deliveries WHERE lease_owner = ?", (d.owner,)
-                ).fetchone()
-            assert ours == 8  # two rounds of work, not 16
-            other = claim_due(limit=100, lease_seconds=60, owner="x")
-            assert len(other) == 12
-            await d.stop(grace=0.1)
     finally:
         store.close()
 
@@ -359,39 +316,27 @@ async def test_an_endpoint_that_waits_parked_does_not_make_the_loop_spin() -> No
         await d.stop(grace=1)
 
 
-async def test_a_stop_while_a_raced_claim_gives_back_leaves_nothing_leased(
-    tmp_path: Path,
-) -> None:
-    """stop() comes while the claim loop hands back what a raced claim took too
-    many of: what it kept is released as well, not left leased to a stopped
-    dispatcher until the lease runs out."""
+async def test_a_stop_during_a_claim_leaves_nothing_leased(tmp_path: Path) -> None:
+    """stop() comes while a claim waits for the database: what that claim
+    leased is released as well, not left to a stopped dispatcher until the lease
+    runs out."""
     import threading
 
     from webhook_plugin.storage.sqlite import SQLiteStore
 
     store = SQLiteStore(tmp_path / "keep.db")
     store.open()
-    for agent in ("slow", "b"):
-        store.put_settings(agent, SETTINGS)
+    store.put_settings("b", SETTINGS)
     store.insert_deliveries([new_delivery(100 + i, "b") for i in range(3)])
-    claim_due, release = store.claim_due, store.release
-    releasing = threading.Event()
-    calls = 0
+    claim_due = store.claim_due
+    claiming = threading.Event()
 
-    def racing_claim(**kw: object) -> list[ClaimedDelivery]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            store.insert_deliveries([new_delivery(i, "slow") for i in range(20)])
+    def slow_claim(**kw: object) -> list[ClaimedDelivery]:
+        claiming.set()
+        time.sleep(0.5)
         return claim_due(**kw)  # type: ignore[arg-type]
 
-    def slow_release(ids: list[int], owner: str) -> None:
-        releasing.set()
-        time.sleep(0.5)
-        release(ids, owner)
-
-    store.claim_due = racing_claim  # type: ignore[method-assign]
-    store.release = slow_release  # type: ignore[method-assign]
+    store.claim_due = slow_claim  # type: ignore[method-assign]
     d = Dispatcher(
         store, GatedClient(anyio.Event()), lambda r: None, policy=RetryPolicy(), concurrency=4
     )
@@ -399,7 +344,7 @@ async def test_a_stop_while_a_raced_claim_gives_back_leaves_nothing_leased(
         async with anyio.create_task_group() as tg:
             await tg.start(d.run)
             with anyio.fail_after(3):
-                while not releasing.is_set():
+                while not claiming.is_set():
                     await anyio.sleep(0.01)
             await d.stop(grace=0.1)
         with sqlite3.connect(tmp_path / "keep.db") as conn:
@@ -408,6 +353,7 @@ async def test_a_stop_while_a_raced_claim_gives_back_leaves_nothing_leased(
                 (d.owner, time.time()),
             ).fetchall()
         assert leased == []
+        assert len(store.claim_due(limit=10, lease_seconds=60, owner="x")) == 3
     finally:
         store.close()
 

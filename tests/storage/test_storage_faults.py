@@ -68,10 +68,10 @@ async def test_failed_writes_make_the_engine_unhealthy_until_one_succeeds(
     real = store.insert_deliveries
     broken = True
 
-    def insert(items):  # type: ignore[no-untyped-def]
+    def insert(items, lease=None):  # type: ignore[no-untyped-def]
         if broken:
             raise StorageError("SQLite write failed: database or disk is full")
-        real(items)
+        return real(items, lease)
 
     store.insert_deliveries = insert  # type: ignore[method-assign]
     async with DeliveryEngine(store, config(workers=False)) as engine:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+import msgspec
 import structlog
 
 from ..events import OperationalEventType
@@ -22,11 +23,11 @@ from ..settings import WebhookSettings
 from ..storage.base import FAILING_SHARES, AttemptResult, ClaimedDelivery, DeliveryStatus
 from .client import HttpClient, Response
 from .outcome import Outcome, classify
-from .redaction import redact, secrets_of
+from .redaction import might_hold, redact, secrets_of
 from .retry import RetryPolicy
 from .signing import signed_headers
 
-__all__ = ["Attempted", "attempt", "give_up"]
+__all__ = ["Attempted", "attempt", "destination", "give_up"]
 
 log = structlog.get_logger("webhook_plugin.delivery")
 
@@ -142,6 +143,30 @@ async def attempt(
     return Attempted(result, outcome, duration, timed_out=isinstance(error, RequestTimeout))
 
 
+def destination(d: ClaimedDelivery, *, now: float) -> tuple[WebhookSettings, str] | AttemptResult:
+    """Where ``d`` goes, with the settings it is signed with; or, when it is not
+    to be sent, its result: held (its endpoint is disabled), or failed (the
+    endpoint is gone, or cannot sign)."""
+    settings = d.settings
+    if d.event_type in OperationalEventType:
+        # to the operations URL, without the owner's webhook header (it is for
+        # the webhook's receiver); sent whether the endpoint is disabled
+        url = settings.operations_url if settings is not None else None
+        if settings is None or url is None:
+            return give_up(d, "endpoint_removed: the agent has no operations URL", now=now)
+        settings = msgspec.structs.replace(settings, header=None)
+    elif settings is None or settings.url is None:
+        return give_up(d, "endpoint_removed: the agent has no webhook URL", now=now)
+    elif settings.disabled:
+        reason = f"endpoint_disabled: {settings.disabled_reason or 'disabled'}"
+        return give_up(d, reason, now=now, status="held")
+    else:
+        url = settings.url
+    if settings.signing_secret is None:  # a row written by hand or by another program
+        return give_up(d, "endpoint_unsigned: the agent's settings have no signing secret", now=now)
+    return settings, url
+
+
 def give_up(
     d: ClaimedDelivery, error: str, *, now: float, status: DeliveryStatus = "failed"
 ) -> AttemptResult:
@@ -181,6 +206,9 @@ def _headers_json(response: Response, settings: WebhookSettings) -> str:
     """The answer's headers as JSON for the log: redacted (a receiver may echo our
     header), NULs replaced (PostgreSQL refuses them), cut at :data:`_HEADER_BYTES`."""
     secrets = secrets_of(settings)
+    text = msgspec.json.encode(response.headers).decode()
+    if len(text) <= _HEADER_BYTES and not might_hold(text, secrets):
+        return text  # (most answers: nothing to take out, nothing to cut)
     # each value redacted whole before anything is cut: a cut secret would no
     # longer be found
     shown = {

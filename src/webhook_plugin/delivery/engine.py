@@ -43,9 +43,11 @@ from ..settings import WebhookSettings
 from ..storage.base import (
     AttemptRecord,
     AttemptResult,
+    ClaimedDelivery,
     DeliveryRecord,
     DeliveryStatus,
     HeldEvents,
+    Lease,
     NewDelivery,
     Store,
 )
@@ -115,8 +117,11 @@ class DeliveryEngine:
             clock=clock,
         )
         self.outbox: Batcher[NewDelivery] = Batcher(
-            store.insert_deliveries, on_written=self._stored, on_failed=self._write_failed
+            self._insert, on_written=self._stored, on_failed=self._write_failed
         )
+        #: what each write of this process leased to the dispatcher, and how
+        #: many it queued (from the writing thread, for the event loop)
+        self._leased: deque[tuple[list[ClaimedDelivery], int]] = deque()
         # Nobody awaits attempt results: a failed write is retried, since a
         # result that is never written leaves its delivery leased (and sent
         # again) until the lease runs out.
@@ -194,6 +199,9 @@ class DeliveryEngine:
                 assert self._background_scope is not None
                 self._background_scope.cancel()
             await stack.__aexit__(exc_type, exc, tb)
+            self._take_leased()  # the last writes' leases: handed back
+            with anyio.CancelScope(shield=True):
+                await self.dispatcher.release_left()
         finally:
             self._tg = self._stack = None
             with anyio.CancelScope(shield=True):
@@ -346,6 +354,22 @@ class DeliveryEngine:
         collected.batch.finish(error)
         if error is None and collected.items:
             self._stored(collected.items)
+        else:
+            self._take_leased()
+
+    def lease(self) -> Lease | None:
+        """How a write of this process (in its thread) leases the due deliveries
+        it queues straight to the dispatcher; say what it leased with
+        :meth:`leased`."""
+        return self.dispatcher.lease() if self.config.workers else None
+
+    def leased(self, claimed: list[ClaimedDelivery], queued: int) -> None:
+        """From the writing thread: a write leased ``claimed`` of the ``queued``
+        (they go to the dispatcher once its commit is announced on the loop)."""
+        self._leased.append((claimed, queued))
+
+    def _insert(self, items: Sequence[NewDelivery]) -> None:
+        self.leased(self.store.insert_deliveries(items, self.lease()), len(items))
 
     def _write_failed(self, exc: BaseException) -> None:
         self.supervisor.failed("storage", "the database cannot be written")
@@ -353,7 +377,15 @@ class DeliveryEngine:
     def _stored(self, items: Sequence[NewDelivery]) -> None:
         self.supervisor.recovered("storage")
         self.metrics.stored(items)
-        self.dispatcher.stored()
+        if not self._leased:  # written by a caller that leased nothing
+            self.dispatcher.wake()
+        self._take_leased()
+
+    def _take_leased(self) -> None:
+        """To the dispatcher: what the writes committed so far leased to it."""
+        while self._leased:
+            claimed, queued = self._leased.popleft()
+            self.dispatcher.take(claimed, others=len(claimed) < queued)
 
     def report_to(self, hook: Any) -> None:
         """Call the operational hooks (``on_endpoint_disabled``...) of this relay

@@ -17,7 +17,7 @@ import msgspec
 
 from ..settings import WebhookSettings, parse_header
 
-__all__ = ["redact", "secrets_of"]
+__all__ = ["might_hold", "redact", "secrets_of"]
 
 #: the shortest text taken for a secret (shorter ones are not secrets)
 _MIN_SECRET: Final = 4
@@ -55,6 +55,14 @@ def redact(text: str, secrets: Sequence[str]) -> str:
                     text = text[:-k] + "****"
                     break
     return text
+
+
+def might_hold(text: str, secrets: Sequence[str]) -> bool:
+    """Whether :func:`redact` could find anything in ``text`` (or in a part of
+    it): whether it holds the beginning of a secret, as it is or JSON-escaped."""
+    return any(
+        form[:_MIN_SECRET] in text for secret in secrets for form in (secret, _json_string(secret))
+    )
 
 
 def _json_string(value: str) -> str:

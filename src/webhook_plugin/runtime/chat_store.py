@@ -25,7 +25,7 @@ import msgspec
 
 from ..exceptions import WebhookPluginError
 from ..storage._sql import SQLStore
-from ..storage.base import NewDelivery
+from ..storage.base import ClaimedDelivery, Lease, NewDelivery
 from ._chat_schema import MIGRATIONS
 
 __all__ = [
@@ -194,9 +194,12 @@ class ChatStore(Protocol):
         the database shares it; a changed token ends every session)."""
         ...
 
-    def write_messages(self, writes: Sequence[MessageWrite]) -> None:
+    def write_messages(
+        self, writes: Sequence[MessageWrite], lease: Lease | None = None
+    ) -> list[ClaimedDelivery]:
         """Store what chat messages changed, each whole or not at all, in one
-        transaction, and say on each write what the database decided."""
+        transaction, and say on each write what the database decided; with
+        ``lease``, return the deliveries leased to its owner as they were queued."""
         ...
 
     def list_messages(
@@ -279,7 +282,9 @@ class SQLChatStore:
     def open(self) -> None:
         self._db.migrate("chat", MIGRATIONS[self._db.dialect])
 
-    def write_messages(self, writes: Sequence[MessageWrite]) -> None:
+    def write_messages(
+        self, writes: Sequence[MessageWrite], lease: Lease | None = None
+    ) -> list[ClaimedDelivery]:
         """Everything some chat messages changed, in one transaction: their
         conversations, messages, queued webhook deliveries and answers. A
         message is stored whole or not at all, and many share one commit.
@@ -328,7 +333,7 @@ class SQLChatStore:
                     " (SELECT MAX(seq) FROM messages WHERE conversation_id = ?) WHERE id = ?",
                     [(c, c) for c in sorted({m.conversation_id for m in messages})],
                 )
-            self._db.queue_deliveries(conn, [d for w in live for d in w.deliveries])
+            return self._db.queue_deliveries(conn, [d for w in live for d in w.deliveries], lease)
 
     def _take_keys(
         self, conn: Any, writes: Sequence[MessageWrite]

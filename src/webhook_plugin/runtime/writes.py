@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -58,7 +58,7 @@ class MessageWrites:
         self._engine = engine
         self._blocking = blocking
         self._clock = clock
-        self._batcher: Batcher[MessageWrite] = Batcher(store.write_messages, max_batch=512)
+        self._batcher: Batcher[MessageWrite] = Batcher(self._write, max_batch=512)
         self._running = False
 
     async def commit(self, write: MessageWrite, collected: Collected) -> None:
@@ -73,7 +73,7 @@ class MessageWrites:
             if self._running:
                 await self._batcher.submit(write).wait()
             else:  # nobody runs the group commit (an app that embeds us bare)
-                await self._blocking(self._store.write_messages, [write])
+                await self._blocking(self._write, [write])
         except BaseException as exc:
             self._engine.written(collected, exc)
             raise
@@ -83,6 +83,13 @@ class MessageWrites:
             self._engine.written(collected, Superseded())
         else:
             self._engine.written(collected)
+
+    def _write(self, writes: Sequence[MessageWrite]) -> None:
+        """One transaction (in a worker thread); the due deliveries it queues
+        are leased straight to this process's dispatcher, as many as it wants."""
+        leased = self._store.write_messages(writes, self._engine.lease())
+        queued = [w for w in writes if w.earlier is None and w.refused is None]
+        self._engine.leased(leased, sum(len(w.deliveries) for w in queued))
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -1,45 +1,28 @@
-"""The outbox's inserts in SQL: plain, or leased to this process's dispatcher.
+"""The outbox's inserts in SQL: plain, or leased at once to a dispatcher.
 
-A store with a :class:`~webhook_plugin.storage.base.Handoff` (its dispatcher
-runs in this process) leases the due deliveries of each insert to it, as many
-as it asks for, in the inserting transaction, and hands them over once that
-commits: the dispatcher starts them with no claim query in between. The rest
-are inserted plain and claimed as usual.
+An insert given a :class:`~webhook_plugin.storage.base.Lease` (its
+dispatcher runs in this process) leases up to ``lease.most`` of the due
+deliveries to it in the inserting transaction and returns them: the caller
+hands them over once that commits, and they start with no claim query in
+between. The rest are inserted plain and claimed as usual.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
-from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import msgspec
 
 from ..events import OperationalEventType
 from ..settings import WebhookSettings
-from ._plumbing import Plumbing, _decode_settings, log
-from .base import ClaimedDelivery, Handoff, NewDelivery
+from ._plumbing import Plumbing, _decode_settings
+from .base import ClaimedDelivery, Lease, NewDelivery
 
 __all__ = ["OutboxSQL"]
-
-
-class _Inserted(NamedTuple):
-    """What one insert did: leased to ``handoff`` (of the ``reserved`` it asked
-    for), and whether others need a claim."""
-
-    handoff: Handoff | None
-    claimed: list[ClaimedDelivery]
-    reserved: int
-    unleased: bool
-
-    def refund(self) -> None:
-        """The transaction failed: none of them was leased."""
-        if self.handoff is not None and self.reserved:
-            self.handoff.refund(self.reserved)
 
 
 def with_sequence(body: bytes, sequence: int) -> bytes:
@@ -59,131 +42,75 @@ def _time_or_none(value: object) -> float | None:
     return None
 
 
-def _reserve(handoff: Handoff, wanted: int) -> int:
-    """The dispatcher's room for ``wanted``; 0 if asking fails (its state must
-    never fail a write)."""
-    try:
-        return handoff.reserve(wanted)
-    except Exception:
-        return 0
-
-
 class OutboxSQL(Plumbing):
     """The outbox part of the SQL delivery store, and the seam's transaction."""
 
-    #: set by a dispatcher of this process: fresh deliveries are leased to it as
-    #: they are inserted (see :class:`~webhook_plugin.storage.base.Handoff`)
-    handoff: Handoff | None = None
-    #: per thread: deliveries leased in the transaction under way
-    _leasing = threading.local()
-
-    #: how many rows one INSERT ... VALUES carries when leasing (9 parameters a
-    #: row, far below SQLite's 32,766 and PostgreSQL's 65,535)
-    _LEASE_CHUNK: ClassVar[int] = 500
+    #: how many rows one INSERT ... VALUES carries (11 parameters a row, far
+    #: below SQLite's 32,766 and PostgreSQL's 65,535)
+    _CHUNK: ClassVar[int] = 500
 
     @contextmanager
     def transaction(self, *, wait: float | None = None) -> Iterator[Any]:
         """One write transaction (yields a connection), serialised with the others;
         ``wait`` bounds its wait for a lock (see :meth:`_tx`)."""
-        inserted: list[_Inserted] = []
-        self._leasing.inserted = inserted
-        try:
-            with self._tx(wait=wait) as conn:
-                yield conn
-        except BaseException:  # rolled back: none of them was leased
-            for each in inserted:
-                each.refund()
-            raise
-        finally:
-            self._leasing.inserted = None
-        for each in inserted:
-            self._hand(each)
+        with self._tx(wait=wait) as conn:
+            yield conn
 
-    def queue_deliveries(self, conn: Any, items: Sequence[NewDelivery]) -> None:
-        """Queue deliveries in a transaction the caller holds (see :meth:`transaction`)."""
-        # leased only in a transaction of :meth:`transaction`, which hands them
-        # over once it commits
-        pending = getattr(self._leasing, "inserted", None)
-        inserted = self._insert_deliveries(conn, items, lease=pending is not None)
-        if pending is not None:
-            pending.append(inserted)
-
-    def insert_deliveries(self, items: Sequence[NewDelivery]) -> None:
-        with self.transaction() as conn:
-            self.queue_deliveries(conn, items)
-
-    def _hand(self, inserted: _Inserted) -> None:
-        """Committed: give the leased deliveries to the dispatcher, or release
-        them if it has stopped meanwhile. Never raises: what it hands over is
-        already stored, and a lease it cannot release runs out."""
-        handoff, claimed = inserted.handoff, inserted.claimed
-        if (
-            handoff is None
-            or handoff.give(claimed, reserved=inserted.reserved, unleased=inserted.unleased)
-            or not claimed
-        ):
-            return
-        try:
-            self.release([d.id for d in claimed], handoff.owner)
-        except Exception as exc:
-            log.warning(
-                "outbox.release_failed", deliveries=len(claimed), error_type=type(exc).__name__
-            )
-
-    def _insert_deliveries(
-        self, conn: Any, items: Sequence[NewDelivery], *, lease: bool = False
-    ) -> _Inserted:
-        """Insert ``items``; with ``lease``, those leased to this process's
-        dispatcher (if it has one, and it wants more)."""
-        handoff = self.handoff
+    def queue_deliveries(
+        self, conn: Any, items: Sequence[NewDelivery], lease: Lease | None = None
+    ) -> list[ClaimedDelivery]:
+        """Queue deliveries in a transaction the caller holds (see
+        :meth:`transaction`); with ``lease``, return those leased to its owner
+        (the caller hands them over once the transaction commits)."""
         if not items:
-            return _Inserted(handoff, [], 0, False)
+            return []
+        items = self._numbered(conn, items)
         claimed: list[ClaimedDelivery] = []
-        room = _reserve(handoff, len(items)) if lease and handoff is not None else 0
-        try:
-            items = self._numbered(conn, items)
-            if room and handoff is not None:
-                claimed, items = self._insert_leased(conn, items, handoff, room)
-            if items:
-                self._insert_plain(conn, items, self._disabled(conn, items))
-                # others may claim these (another process, or our claim loop);
-                # the leased ones are ours alone, and wake no one
-                self._after_insert(conn)
-        except BaseException:  # nothing of this insert stands: the room is free again
-            _Inserted(handoff, [], room, False).refund()
-            raise
-        return _Inserted(handoff, claimed, room, bool(items))
+        if lease is not None and lease.most > 0:
+            claimed, items = self._insert_leased(conn, items, lease)
+        if items:
+            self._insert_plain(conn, items, self._disabled(conn, items))
+            # others may claim these (another process, or our claim loop);
+            # the leased ones are ours alone, and wake no one
+            self._after_insert(conn)
+        return claimed
+
+    def insert_deliveries(
+        self, items: Sequence[NewDelivery], lease: Lease | None = None
+    ) -> list[ClaimedDelivery]:
+        with self.transaction() as conn:
+            return self.queue_deliveries(conn, items, lease)
 
     def _insert_leased(
-        self, conn: Any, items: Sequence[NewDelivery], handoff: Handoff, room: int
+        self, conn: Any, items: Sequence[NewDelivery], lease: Lease
     ) -> tuple[list[ClaimedDelivery], list[NewDelivery]]:
-        """Insert and lease up to ``room`` of ``items`` that are due and whose
-        endpoint reads well; return them, and the others (not yet inserted)."""
-        now = handoff.clock()
+        """Insert and lease up to ``lease.most`` of ``items`` that are due and
+        whose endpoint reads well; return them, and the others (not yet inserted)."""
+        now, room = lease.now, lease.most
         endpoints = self._endpoints(conn, {d.agent_id for d in items})
-        lease: list[NewDelivery] = []
+        leased: list[NewDelivery] = []
         rest: list[NewDelivery] = []
         for d in items:
             settings = endpoints.get(d.agent_id, (None, None))[0]
             # an ordered one waits for its turn, which a claim decides
             due = d.next_attempt_at <= now and not d.ordered
             # a disabled endpoint's are inserted plain, and held
-            if len(lease) < room and settings is not None and due and not settings.disabled:
-                lease.append(d)
+            if len(leased) < room and settings is not None and due and not settings.disabled:
+                leased.append(d)
             else:
                 rest.append(d)
         # the lease ends on the database's clock (see _CLAIM), from this
         # statement (its transaction may have waited for locks); here, counted
         # from before it on the monotonic clock, so never later than there
-        lease_until = time.monotonic() + handoff.lease_seconds
+        lease_until = time.monotonic() + lease.seconds
         row_sql = f"(?, ?, ?, ?, ?, ?, ?, {self._STATEMENT_NOW} + ?, ?, ?, ?)"
         claimed: list[ClaimedDelivery] = []
-        for start in range(0, len(lease), self._LEASE_CHUNK):
-            chunk = lease[start : start + self._LEASE_CHUNK]
+        for start in range(0, len(leased), self._CHUNK):
+            chunk = leased[start : start + self._CHUNK]
             params: list[Any] = []
             for d in chunk:
                 params += (d.webhook_id, d.agent_id, d.event_type.value, d.body, d.created_at)
-                params += (d.next_attempt_at, d.created_at, handoff.lease_seconds, handoff.owner)
+                params += (d.next_attempt_at, d.created_at, lease.seconds, lease.owner)
                 params += (d.conversation_id, d.sequence)
             rows = self._x(
                 conn,
@@ -208,7 +135,7 @@ class OutboxSQL(Plumbing):
                         attempts=0,
                         round_attempts=0,
                         lease_until=lease_until,
-                        lease_owner=handoff.owner,
+                        lease_owner=lease.owner,
                         settings=settings,
                         failing_since=failing_since,
                     )
@@ -276,8 +203,8 @@ class OutboxSQL(Plumbing):
             return list(items)
         last: dict[tuple[str, str], int] = {}
         lanes = sorted(counts)  # every transaction locks counters in one order
-        for start in range(0, len(lanes), self._LEASE_CHUNK):
-            chunk = lanes[start : start + self._LEASE_CHUNK]
+        for start in range(0, len(lanes), self._CHUNK):
+            chunk = lanes[start : start + self._CHUNK]
             params = [v for lane in chunk for v in (*lane, counts[lane])]
             rows = self._x(
                 conn,
@@ -318,7 +245,3 @@ class OutboxSQL(Plumbing):
             tuple(agent_ids),
         ).fetchall()
         return {row[0]: (_decode_settings(row[0], row[1:4]), _time_or_none(row[4])) for row in rows}
-
-    @abstractmethod
-    def release(self, delivery_ids: Sequence[int], owner: str) -> None:
-        """End ``owner``'s leases on these deliveries (the claims' part has it)."""

@@ -499,7 +499,7 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
                     )
                 )
         if queued:
-            self._insert_deliveries(conn, queued)
+            self.queue_deliveries(conn, queued)
         return events
 
     def release(self, delivery_ids: Sequence[int], owner: str) -> None:

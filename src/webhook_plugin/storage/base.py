@@ -15,9 +15,8 @@ Times are Unix seconds (``float``), always UTC.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -35,7 +34,7 @@ __all__ = [
     "DELIVERY_STATUSES",
     "DeliveryStatus",
     "HeldEvents",
-    "Handoff",
+    "Lease",
     "NewDelivery",
     "DeliveryStore",
     "Store",
@@ -101,111 +100,15 @@ class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
     head_deadline: float | None = None
 
 
-class Handoff:
-    """Fresh deliveries leased to a dispatcher of this process as they are stored.
+class Lease(NamedTuple):
+    """Who may take the fresh deliveries of an insert straight away, leased to
+    it in the inserting transaction (no claim query in between): at most
+    ``most`` of them, due at ``now``, for ``seconds``. The insert returns them."""
 
-    A store that has a ``handoff`` asks it, in each inserting transaction, how
-    many due deliveries to lease to ``owner`` (:meth:`reserve`), and once that
-    has committed gives them here (:meth:`give`, from whatever thread wrote
-    them). The dispatcher takes them on its event loop (:meth:`take`): no claim
-    query, and no wait for one, for work this process queued itself. Once
-    closed (the dispatcher stops), :meth:`give` refuses, and the store releases
-    them.
-
-    It also counts what the dispatcher holds (``held``: reserved, given,
-    claimed, and not yet let go), so that no write can lease it more than its
-    ``capacity`` however the writing threads and the event loop interleave:
-    every change of the count is made under one lock, and moving a delivery
-    inside the dispatcher (taken, queued, parked, started) leaves it as it is.
-    """
-
-    __slots__ = (
-        "_closed",
-        "_handed",
-        "_lock",
-        "_unleased",
-        "capacity",
-        "clock",
-        "held",
-        "lease_seconds",
-        "owner",
-    )
-
-    def __init__(
-        self,
-        owner: str,
-        *,
-        lease_seconds: float,
-        capacity: Callable[[], int],
-        clock: Callable[[], float],
-        held: int = 0,
-    ) -> None:
-        self.owner = owner
-        self.lease_seconds = lease_seconds
-        #: how many deliveries the dispatcher may hold in all now
-        self.capacity = capacity
-        self.clock = clock
-        #: deliveries the dispatcher holds, or that a write under way reserved for it
-        self.held = held
-        self._lock = threading.Lock()
-        self._handed: list[ClaimedDelivery] = []
-        self._unleased = False
-        self._closed = False
-
-    def __len__(self) -> int:
-        return len(self._handed)
-
-    def reserve(self, wanted: int) -> int:
-        """How many of ``wanted`` fresh deliveries a write may lease now; they
-        count as held at once (:meth:`give` or :meth:`refund` settles it), so a
-        write under way on another connection does not lease the same room."""
-        with self._lock:
-            if self._closed:
-                return 0
-            room = max(0, min(wanted, self.capacity() - self.held))
-            self.held += room
-            return room
-
-    def refund(self, reserved: int) -> None:
-        """The write that reserved ``reserved`` leased none of them (it failed)."""
-        self.let_go(reserved)
-
-    def give(self, claimed: Sequence[ClaimedDelivery], *, reserved: int, unleased: bool) -> bool:
-        """Committed: ``claimed`` (of the ``reserved``) are the dispatcher's;
-        ``unleased``, others were queued too (they need a claim). False once
-        closed: release them."""
-        with self._lock:
-            self.held -= reserved - len(claimed)
-            if self._closed:
-                return False
-            self._handed += claimed
-            self._unleased = self._unleased or unleased
-            return True
-
-    def take(self) -> tuple[list[ClaimedDelivery], bool]:
-        """What was given since the last call, and whether others were queued too."""
-        with self._lock:
-            taken, self._handed = self._handed, []
-            unleased, self._unleased = self._unleased, False
-        return taken, unleased
-
-    def hold(self, count: int) -> None:
-        """The dispatcher claimed ``count`` more itself."""
-        with self._lock:
-            self.held += count
-
-    def let_go(self, count: int) -> None:
-        """``count`` left the dispatcher's hands (their attempt ended, or they
-        were released)."""
-        with self._lock:
-            self.held -= count
-
-    def close(self) -> list[ClaimedDelivery]:
-        """Refuse from now on; what was given and not taken."""
-        with self._lock:
-            self._closed = True
-            taken, self._handed = self._handed, []
-        return taken
+    owner: str
+    seconds: float
+    most: int
+    now: float
 
 
 class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -295,7 +198,13 @@ class DeliveryStore(Protocol):
     def close(self) -> None: ...
 
     # outbox and delivery log -------------------------------------------------
-    def insert_deliveries(self, items: Sequence[NewDelivery]) -> None: ...
+    def insert_deliveries(
+        self, items: Sequence[NewDelivery], lease: Lease | None = None
+    ) -> list[ClaimedDelivery]:
+        """Queue ``items`` in one transaction; with ``lease``, return those leased
+        to its owner as they were inserted."""
+        ...
+
     def claim_due(
         self,
         *,
