@@ -2,7 +2,7 @@
 
     python benchmarks/_serve_variant.py SERVER APP PORT [CONFIG]
 
-SERVER: ours (webhook_plugin.runtime.server: uvicorn httptools + limits, what
+SERVER: ours (webhook_plugin.runtime.http.server: uvicorn httptools + limits, what
 `webhook-plugin serve` runs), uvicorn-httptools, uvicorn-h11 (plain uvicorn),
 hypercorn-asyncio, hypercorn-trio. APP: runtime (the reference runtime from
 CONFIG) or bare (`_bare_app.py`). With BENCH_NOFILE=N in the environment
@@ -41,7 +41,7 @@ def main() -> None:
     configure_logging("console", "warning")
     app = load_app(app_name, config_path)
     if server == "ours":
-        from webhook_plugin.runtime.server import serve
+        from webhook_plugin.runtime.http.server import serve
 
         serve(app, host="127.0.0.1", port=port)
     elif server.startswith("uvicorn-"):

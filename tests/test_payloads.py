@@ -22,7 +22,7 @@ from webhook_plugin import (
 )
 from webhook_plugin.events import OperationalEventType
 from webhook_plugin.payloads import PAYLOAD_TYPES, build_payload, encode, json_schemas
-from webhook_plugin.runtime import channels
+from webhook_plugin.runtime.chat import channels
 from webhook_plugin.storage._outbox_sql import with_sequence
 
 GOLDEN = TESTS / "golden"
@@ -230,7 +230,7 @@ def test_one_list_of_contact_fields_for_the_api_the_wire_and_the_hooks() -> None
 
     from webhook_plugin.models import Contact
     from webhook_plugin.payloads import contact_from_wire, contact_to_wire
-    from webhook_plugin.runtime.api_io import ContactIn
+    from webhook_plugin.runtime.api.io import ContactIn
 
     names = [f.name for f in msgspec.structs.fields(Contact)]
     assert [f.name for f in msgspec.structs.fields(ContactIn)] == names

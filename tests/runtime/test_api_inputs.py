@@ -2,7 +2,7 @@
 strings get a 4xx with the JSON error shape, never a 5xx.
 
 The named regressions run on both backends; the property test (``-m fuzz``)
-drives every route of :data:`webhook_plugin.runtime.routes.routes` with
+drives every route of :data:`webhook_plugin.runtime.api.routes.routes` with
 generated input against the real app, in-process.
 """
 
@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from webhook_plugin.runtime.api.routes import routes
 from webhook_plugin.runtime.app import create_app
 from webhook_plugin.runtime.config import RuntimeConfig, RuntimeSection, WebhookSection
-from webhook_plugin.runtime.routes import routes
 
 CLI = [sys.executable, "-m", "webhook_plugin.cli"]
 HUGE = 2**64
@@ -126,12 +126,12 @@ async def test_an_unreadable_stored_timestamp_does_not_break_the_inbox(
     client: httpx.AsyncClient,
 ) -> None:
     # a row written before createdAt was bounded: year 1 in a +01:00 zone
-    from webhook_plugin.runtime import middleware
+    from webhook_plugin.runtime.chat import middleware
 
     app = client._transport.app  # type: ignore[attr-defined]
     pipeline = app.pipeline
     assert isinstance(pipeline, middleware.ChatPipeline)
-    from webhook_plugin.runtime.chat_store import MessageRecord, MessageWrite
+    from webhook_plugin.runtime.chat.store import MessageRecord, MessageWrite
 
     for n, ts in enumerate((-62135600400.0, 253402300799.0 + 3600, -1e300, 1e300)):
         pipeline.store.write_messages(

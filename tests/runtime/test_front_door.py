@@ -121,7 +121,7 @@ async def test_a_v1_body_that_is_not_json_is_415(tmp_path: Path, ctype: str | No
 def test_any_origin_and_host_get_an_answer_never_an_error(origin: str, host: str) -> None:
     import anyio
 
-    from webhook_plugin.runtime.security import BrowserGuard
+    from webhook_plugin.runtime.http.security import BrowserGuard
 
     reached: list[str] = []
 
@@ -180,7 +180,7 @@ async def test_the_api_token_is_still_asked(tmp_path: Path) -> None:
 
 
 def test_a_bucket_lets_a_few_wrong_tries_through_then_one_every_few_seconds() -> None:
-    from webhook_plugin.runtime.security import Guesses
+    from webhook_plugin.runtime.http.security import Guesses
 
     now = [100.0]
     g = Guesses(burst=3, per=5.0, clock=lambda: now[0], max_clients=2)

@@ -16,8 +16,8 @@ import pytest
 from receiver import Receiver
 from webhook_plugin import WebhookSettings, hookimpl
 from webhook_plugin.runtime import WebhookMiddleware
+from webhook_plugin.runtime.chat.pipeline import ChatPipeline, Conflict, IdempotencyMismatch
 from webhook_plugin.runtime.config import parse_config
-from webhook_plugin.runtime.pipeline import ChatPipeline, Conflict, IdempotencyMismatch
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from console_client import running_console
-from webhook_plugin.runtime.chat_store import ConversationRecord, MessageRecord, MessageWrite
+from webhook_plugin.runtime.chat.store import ConversationRecord, MessageRecord, MessageWrite
 
 pytestmark = pytest.mark.anyio
 
@@ -117,7 +117,7 @@ async def test_agents_and_conversations_are_listed_a_page_at_a_time(tmp_path: Pa
 
 
 def test_a_conversation_that_moves_between_two_pages_is_not_listed_twice(tmp_path: Path) -> None:
-    from webhook_plugin.runtime.chat_store import SQLChatStore
+    from webhook_plugin.runtime.chat.store import SQLChatStore
     from webhook_plugin.storage.sqlite import SQLiteStore
 
     db = SQLiteStore(tmp_path / "pages.db")

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from servers import CLI, Server, free_port
-from webhook_plugin.runtime.server import Throttle, ThrottleFilter, default_max_connections
+from webhook_plugin.runtime.http.server import Throttle, ThrottleFilter, default_max_connections
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -541,8 +541,8 @@ def test_a_pipelined_requests_body_is_timed_from_when_it_is_served() -> None:
     body timeout; uvicorn reads nothing more until request 1 is answered. Its
     body, complete 0.3 s after its head, must not get a 408 (which would also
     have taken request 1's place on the wire)."""
-    from webhook_plugin.runtime.server import Server as Uvicorn
-    from webhook_plugin.runtime.server import ServerConfig, ServerLimits
+    from webhook_plugin.runtime.http.server import Server as Uvicorn
+    from webhook_plugin.runtime.http.server import ServerConfig, ServerLimits
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -589,7 +589,7 @@ def test_a_pipelined_requests_body_is_timed_from_when_it_is_served() -> None:
 
 
 def test_the_private_uvicorn_method_we_extend_is_still_there() -> None:
-    """runtime/server.py extends uvicorn's ``HttpToolsProtocol._start_asgi_task``,
+    """runtime/http/server.py extends uvicorn's ``HttpToolsProtocol._start_asgi_task``,
     a private method: pyproject.toml bounds uvicorn to the releases tested, and
     this fails loudly, naming it, on a release that renames or removes it."""
     import inspect
@@ -600,7 +600,7 @@ def test_the_private_uvicorn_method_we_extend_is_still_there() -> None:
     method = getattr(HttpToolsProtocol, "_start_asgi_task", None)
     assert method is not None, (
         f"uvicorn {uvicorn.__version__} has no HttpToolsProtocol._start_asgi_task:"
-        " runtime/server.py's body timer needs another hook"
+        " runtime/http/server.py's body timer needs another hook"
     )
     assert list(inspect.signature(method).parameters) == ["self", "cycle", "app"], (
         f"uvicorn {uvicorn.__version__} changed _start_asgi_task's signature"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from receiver import Receiver
 from servers import AUTH, Server, post_message, write_config
 from webhook_plugin.delivery.metrics import DeliveryMetrics, merge
-from webhook_plugin.runtime.worker_process import WorkerProcess
+from webhook_plugin.runtime.worker.process import WorkerProcess
 
 needs_two_cores = pytest.mark.skipif(
     len(os.sched_getaffinity(0)) < 2, reason="on one core serve delivers in its own process"
@@ -240,7 +240,7 @@ async def test_reports_that_do_not_parse_count_as_none(
     """The child's reports are hostile input too: one that does not parse is
     not merged (no 500 from /metrics), and silence that long reports it down."""
     monkeypatch.setenv("BODY", body)
-    monkeypatch.setattr("webhook_plugin.runtime.worker_process._PROBE", 0.1)
+    monkeypatch.setattr("webhook_plugin.runtime.worker.process._PROBE", 0.1)
     process = WorkerProcess([sys.executable, "-c", FAKE_CHILD], "x = 1", "test.toml")
     async with anyio.create_task_group() as tg:
         await tg.start(process.run)
@@ -256,7 +256,7 @@ async def test_report_lines_that_are_not_reports_count_as_none(
 ) -> None:
     monkeypatch.setenv("BODY", "")
     monkeypatch.setenv("RAW", raw)
-    monkeypatch.setattr("webhook_plugin.runtime.worker_process._PROBE", 0.1)
+    monkeypatch.setattr("webhook_plugin.runtime.worker.process._PROBE", 0.1)
     process = WorkerProcess([sys.executable, "-c", FAKE_CHILD], None)
     async with anyio.create_task_group() as tg:
         await tg.start(process.run)
@@ -270,7 +270,7 @@ async def test_a_worker_that_reports_a_failure_is_reported(monkeypatch: pytest.M
     monkeypatch.setenv(
         "BODY", "# TYPE webhook_plugin_delivery_healthy gauge\nwebhook_plugin_delivery_healthy 0\n"
     )
-    monkeypatch.setattr("webhook_plugin.runtime.worker_process._PROBE", 0.1)
+    monkeypatch.setattr("webhook_plugin.runtime.worker.process._PROBE", 0.1)
     process = WorkerProcess([sys.executable, "-c", FAKE_CHILD], None)
     async with anyio.create_task_group() as tg:
         await tg.start(process.run)
@@ -315,7 +315,7 @@ async def test_a_worker_that_stops_reporting_is_killed_and_started_again(
     replaced, rather than left holding its leases for ever."""
     monkeypatch.setenv("BODY", "")
     monkeypatch.setenv("HANG", "1")
-    monkeypatch.setattr("webhook_plugin.runtime.worker_process._PROBE", 0.1)
+    monkeypatch.setattr("webhook_plugin.runtime.worker.process._PROBE", 0.1)
     process = WorkerProcess([sys.executable, "-c", FAKE_CHILD], None)
     async with anyio.create_task_group() as tg:
         await tg.start(process.run)

@@ -11,8 +11,8 @@ import pytest
 
 from webhook_plugin.events import WebhookEventType
 from webhook_plugin.exceptions import ConfigError
-from webhook_plugin.runtime._chat_schema import MIGRATIONS
-from webhook_plugin.runtime.chat_store import (
+from webhook_plugin.runtime.chat.schema import MIGRATIONS
+from webhook_plugin.runtime.chat.store import (
     Answer,
     Conflict,
     ConversationRecord,

@@ -23,7 +23,7 @@ from ._logging import configure_logging
 
 if TYPE_CHECKING:
     from ..runtime.config import RuntimeConfig
-    from ..runtime.worker_process import WorkerProcess
+    from ..runtime.worker.process import WorkerProcess
     from ..storage.base import Store
 
 __all__ = [
@@ -69,7 +69,7 @@ def _load(path: str | None):  # type: ignore[no-untyped-def]
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..runtime.app import create_app
     from ..runtime.config import read_config
-    from ..runtime.server import ServerLimits, serve
+    from ..runtime.http.server import ServerLimits, serve
 
     config, text = read_config(args.config)
     given = config.webhook.allow_private_hosts
@@ -124,7 +124,7 @@ def _worker_process(
 ) -> WorkerProcess | None:
     """The worker process ``serve`` delivers from, or ``None`` to deliver in its
     own (``--inline-workers``, or one core: two processes would share it)."""
-    from ..runtime.worker_process import WorkerProcess
+    from ..runtime.worker.process import WorkerProcess
 
     if args.no_workers or args.inline_workers or _cores() < 2:
         return None
@@ -158,7 +158,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from ..delivery.engine import DeliveryEngine
     from ..runtime.config import config_from_text
-    from ..runtime.worker_process import READY, REPORT_EVERY, HealthCollector, report
+    from ..runtime.worker.process import READY, REPORT_EVERY, HealthCollector, report
     from ..storage import open_store
 
     log = structlog.get_logger("webhook_plugin.cli")
@@ -194,7 +194,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def report_to_serve(engine: DeliveryEngine, pipe: int) -> None:
         """Its metrics (its health among them) to serve, a line a second, on
-        the pipe only serve holds (see runtime.worker_process)."""
+        the pipe only serve holds (see runtime.worker.process)."""
         while True:
             text = await anyio.to_thread.run_sync(engine.metrics.render)
             await anyio.to_thread.run_sync(_write_all, pipe, report(text))
@@ -307,7 +307,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        from ..runtime.api_io import delivery_json
+        from ..runtime.api.io import delivery_json
 
         print(json.dumps([delivery_json(r) for r in rows], indent=2))
         return 0

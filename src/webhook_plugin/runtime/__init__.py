@@ -5,9 +5,9 @@ plugin without it, or embeds :class:`WebhookMiddleware` from here.
 """
 
 from .app import create_app
+from .chat.middleware import WebhookMiddleware, pipeline_from
+from .chat.pipeline import ChatPipeline
 from .config import AgentConfig, RuntimeConfig, load_config
-from .middleware import WebhookMiddleware, pipeline_from
-from .pipeline import ChatPipeline
 
 __all__ = [
     "AgentConfig",

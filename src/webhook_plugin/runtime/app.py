@@ -5,13 +5,13 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from .api_io import exception_handlers
+from .api.io import exception_handlers
+from .api.routes import routes
+from .chat.middleware import WebhookMiddleware
 from .config import RuntimeConfig
 from .console import Console
-from .middleware import WebhookMiddleware
-from .routes import routes
-from .security import BodyLimitMiddleware, BrowserGuard, Guesses, TokenAuthMiddleware
-from .worker_process import WorkerProcess
+from .http.security import BodyLimitMiddleware, BrowserGuard, Guesses, TokenAuthMiddleware
+from .worker.process import WorkerProcess
 
 __all__ = ["create_app"]
 

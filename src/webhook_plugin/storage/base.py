@@ -3,7 +3,7 @@
 A delivery store keeps the outbox, the claims, the attempts, the delivery
 log and the agents' webhook settings; it knows deliveries, not
 conversations (the reference runtime keeps its chat data in a store of its
-own, :mod:`webhook_plugin.runtime.chat_store`, which may share the database).
+own, :mod:`webhook_plugin.runtime.chat.store`, which may share the database).
 
 The methods are *synchronous* and may block: the delivery engine calls them
 in worker threads through anyio, in batches, so that one thread hop carries

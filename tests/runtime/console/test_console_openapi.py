@@ -17,8 +17,8 @@ from helpers import wait_until
 from receiver import Receiver
 from webhook_plugin.events import OperationalEventType, WebhookEventType
 from webhook_plugin.payloads import json_schemas
+from webhook_plugin.runtime.api.routes import routes
 from webhook_plugin.runtime.console._openapi import ANSWERS, openapi_document
-from webhook_plugin.runtime.routes import routes
 
 
 def _documented_path(starlette_path: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from webhook_plugin.events import WebhookEventType
-from webhook_plugin.runtime.chat_store import (
+from webhook_plugin.runtime.chat.store import (
     ConversationRecord,
     MessageRecord,
     MessageWrite,

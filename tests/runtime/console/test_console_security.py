@@ -321,7 +321,7 @@ async def test_sessions_are_shared_by_servers_on_one_database_and_end_with_the_t
 def test_servers_starting_together_share_one_key(make_store: object) -> None:
     import threading
 
-    from webhook_plugin.runtime.chat_store import SQLChatStore
+    from webhook_plugin.runtime.chat.store import SQLChatStore
 
     stores = [make_store() for _ in range(4)]  # type: ignore[operator]
     for store in stores:

@@ -16,7 +16,7 @@ from typing import Final
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..security import BodyLimitMiddleware, Guesses
+from ..http.security import BodyLimitMiddleware, Guesses
 from ._openapi import openapi_document
 from ._pages import console_routes, exception_handlers
 from ._session import ConsoleGuard

@@ -27,9 +27,9 @@ from ...settings import (
     validate_url,
 )
 from ...storage.base import HeldEvents
-from ..api_io import unmask_header
+from ..api.io import unmask_header
+from ..chat.middleware import pipeline_from
 from ..ids import id_problem, normalized_id
-from ..middleware import pipeline_from
 from ._health import duration
 from ._render import agent_label, db, field, path_agent_id, redirect, render, seg, when
 from ._session import read_form, session_of

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ...exceptions import NotFound
-from .. import channels
-from ..api_io import MAX_TEXT_BYTES, parse_id, path_id
-from ..inbox import PAGE
-from ..middleware import pipeline_from
+from ..api.io import MAX_TEXT_BYTES, parse_id, path_id
+from ..chat import channels
+from ..chat.inbox import PAGE
+from ..chat.middleware import pipeline_from
 from ._render import db, field, redirect, render_off_loop, seg
 from ._session import read_form, session_of
 

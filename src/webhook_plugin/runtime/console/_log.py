@@ -18,8 +18,8 @@ from ...events import OperationalEventType, WebhookEventType
 from ...exceptions import Expired, NotFound
 from ...settings import WebhookSettings
 from ...storage.base import DELIVERY_STATUSES, AttemptRecord, DeliveryRecord
-from ..api_io import attempt_json, parse_id, request_headers
-from ..middleware import pipeline_from
+from ..api.io import attempt_json, parse_id, request_headers
+from ..chat.middleware import pipeline_from
 from ._health import BUCKET_SECONDS, HOURS, health_strip
 from ._render import db, field, local_target, path_agent_id, redirect, render, seg
 from ._session import read_form, session_of

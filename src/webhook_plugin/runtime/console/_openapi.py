@@ -24,7 +24,7 @@ from ...payloads import (
     require_sequence,
 )
 from ...storage.base import DELIVERY_STATUSES
-from ..api_io import ConversationPatch, InboxMessageIn, RecoverIn, SettingsIn, UserMessageIn
+from ..api.io import ConversationPatch, InboxMessageIn, RecoverIn, SettingsIn, UserMessageIn
 from ._answers import ANSWERS
 
 __all__ = ["ANSWERS", "openapi_document"]

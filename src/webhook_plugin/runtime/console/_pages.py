@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ...exceptions import NotFound, StorageError
-from ..api_io import ApiError
+from ..api.io import ApiError
 from ._agents import (
     agents,
     index,

@@ -18,8 +18,8 @@ from starlette.templating import Jinja2Templates
 
 from ..._version import __version__
 from .. import timestamps
-from ..api_io import path_id
-from ..middleware import pipeline_from
+from ..api.io import path_id
+from ..chat.middleware import pipeline_from
 from ._health import duration
 from ._session import session_of
 

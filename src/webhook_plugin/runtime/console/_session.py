@@ -32,7 +32,7 @@ import msgspec
 from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..middleware import STATE_KEY
+from ..chat.middleware import STATE_KEY
 
 __all__ = [
     "COOKIE_NAME",

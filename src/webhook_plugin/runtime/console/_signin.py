@@ -8,7 +8,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..security import Guesses, client_of, refused
+from ..http.security import Guesses, client_of, refused
 from ._render import field, local_target, redirect, render
 from ._session import read_form, session_of
 

@@ -13,14 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..delivery.metrics import CONTENT_TYPE, merge
-from ..events import WebhookEventType
-from ..exceptions import NotFound, SettingsError
-from ..models import Attachment, Group
-from ..settings import SettingsInput, WebhookSettings
-from ..storage.base import DELIVERY_STATUSES
-from . import timestamps
-from .api_io import (
+from ...delivery.metrics import CONTENT_TYPE, merge
+from ...events import WebhookEventType
+from ...exceptions import NotFound, SettingsError
+from ...models import Attachment, Group
+from ...settings import SettingsInput, WebhookSettings
+from ...storage.base import DELIVERY_STATUSES
+from .. import timestamps
+from ..chat.inbox import MAX_PAGE, PAGE
+from ..chat.middleware import pipeline_from
+from .io import (
     MAX_ID,
     ApiError,
     ConversationPatch,
@@ -41,8 +43,6 @@ from .api_io import (
     path_id,
     unmask_header,
 )
-from .inbox import MAX_PAGE, PAGE
-from .middleware import pipeline_from
 
 __all__ = ["routes"]
 

@@ -23,7 +23,7 @@ times per second. This module adds, in a subclass of uvicorn's
 - a **body timeout**: the whole body must arrive within ``body_timeout``
   seconds of the head; otherwise ``408`` (unless the answer has begun) and
   close. A timer per request, where
-  :class:`~webhook_plugin.runtime.security.BodyTimeoutMiddleware` (the same
+  :class:`~webhook_plugin.runtime.http.security.BodyTimeoutMiddleware` (the same
   rule for other servers) costs a cancel scope per ``receive``;
 - uvicorn's own keep-alive timeout and ``limit_concurrency`` (requests in
   flight, including those whose client has gone: twice the connection cap);
@@ -53,8 +53,8 @@ import structlog
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ._gate import ConnectionGate, GatedSocket
-from ._limits import (
+from .gate import ConnectionGate, GatedSocket
+from .limits import (
     ACCEPT_ERRNOS,
     RESPONSE_408,
     RESPONSE_431,

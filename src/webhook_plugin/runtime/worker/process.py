@@ -45,8 +45,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from ..delivery.engine import DeliveryEngine
-from ..delivery.metrics import merge
+from ...delivery.engine import DeliveryEngine
+from ...delivery.metrics import merge
 
 __all__ = ["HEALTH_GAUGE", "READY", "REPORT_EVERY", "HealthCollector", "WorkerProcess", "report"]
 

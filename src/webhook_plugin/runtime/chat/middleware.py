@@ -2,7 +2,7 @@
 
 Wrap any ASGI app (Starlette, FastAPI, ...) and it gets, for the app's
 lifetime, a plugin manager with the webhook plugin registered, a running
-delivery engine and a :class:`~webhook_plugin.runtime.pipeline.ChatPipeline`
+delivery engine and a :class:`~webhook_plugin.runtime.chat.pipeline.ChatPipeline`
 that request handlers reach with :func:`pipeline_from`::
 
     app = Starlette(routes=[...])
@@ -29,17 +29,17 @@ import anyio
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..delivery.engine import DeliveryEngine
-from ..exceptions import WebhookPluginError
-from ..manager import PluginManager
-from ..plugin import WebhookPlugin
-from ..storage import open_store
-from ..userinfo import UserInfoFetcher
-from . import hookspecs as runtime_hookspecs
+from ...delivery.engine import DeliveryEngine
+from ...exceptions import WebhookPluginError
+from ...manager import PluginManager
+from ...plugin import WebhookPlugin
+from ...storage import open_store
+from ...userinfo import UserInfoFetcher
+from .. import hookspecs as runtime_hookspecs
+from ..config import RuntimeConfig
+from ..worker.process import WorkerProcess
 from . import responder
-from .config import RuntimeConfig
 from .pipeline import ChatPipeline
-from .worker_process import WorkerProcess
 
 __all__ = ["STATE_KEY", "WebhookMiddleware", "pipeline_from"]
 
@@ -113,7 +113,7 @@ class WebhookMiddleware:
             pm.register(plugin)
         engine.report_to(pm.hook)  # the operational hooks hear what this process's attempts cause
         if not pm.pluggy.is_registered(responder):
-            pm.register(responder, name="webhook_plugin.runtime.responder")
+            pm.register(responder, name="webhook_plugin.runtime.chat.responder")
         async with engine, anyio.create_task_group() as tg:
             pipeline = ChatPipeline(pm, engine, config)
             await pipeline.open_store()

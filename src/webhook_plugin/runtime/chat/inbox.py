@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import structlog
 
-from ..models import Agent, Conversation, Message, UserInfo
+from ...models import Agent, Conversation, Message, UserInfo
+from ..timestamps import iso
 from . import channels
-from .chat_store import MessageRecord, MessageWrite
-from .timestamps import iso
+from .store import MessageRecord, MessageWrite
 
 if TYPE_CHECKING:
     from .pipeline import ChatPipeline

@@ -19,15 +19,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._version import __version__
-from ..events import WebhookEventType
-from ..exceptions import Expired, NotFound, SettingsError, StorageError
-from ..settings import SettingsInput, WebhookSettings, mask_header
-from ..storage.base import AttemptRecord, DeliveryRecord
-from . import timestamps
-from .ids import id_problem, normalized_id
-from .pipeline import Conflict
-from .timestamps import check_created_at
+from ..._version import __version__
+from ...events import WebhookEventType
+from ...exceptions import Expired, NotFound, SettingsError, StorageError
+from ...settings import SettingsInput, WebhookSettings, mask_header
+from ...storage.base import AttemptRecord, DeliveryRecord
+from .. import timestamps
+from ..chat.pipeline import Conflict
+from ..ids import id_problem, normalized_id
+from ..timestamps import check_created_at
 
 __all__ = [
     "MAX_ID",

@@ -6,8 +6,8 @@ implements the hook (a real LLM, say) answers first.
 
 from __future__ import annotations
 
-from ..hookspecs import hookimpl
-from ..models import Agent, Conversation, Message
+from ...hookspecs import hookimpl
+from ...models import Agent, Conversation, Message
 
 __all__ = ["generate_reply"]
 

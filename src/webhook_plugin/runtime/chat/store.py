@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..exceptions import WebhookPluginError
-from ..storage._sql import SQLStore
-from ..storage.base import ClaimedDelivery, Lease, NewDelivery
-from ._chat_schema import MIGRATIONS
+from ...exceptions import WebhookPluginError
+from ...storage._sql import SQLStore
+from ...storage.base import ClaimedDelivery, Lease, NewDelivery
+from .schema import MIGRATIONS
 
 __all__ = [
     "Answer",

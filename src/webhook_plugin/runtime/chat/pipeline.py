@@ -24,17 +24,21 @@ import anyio.abc
 import msgspec
 import structlog
 
-from ..delivery._blocking import Blocking
-from ..delivery.engine import DeliveryEngine
-from ..delivery.outbox import Collected
-from ..exceptions import NotFound
-from ..manager import PluginManager
-from ..models import Agent, Attachment, Conversation, Group, Message
-from ..payloads import contact_from_wire
-from ..settings import WebhookSettings
-from ..storage._sql import SQLStore
-from ..storage.base import HeldEvents
-from .chat_store import (
+from ...delivery._blocking import Blocking
+from ...delivery.engine import DeliveryEngine
+from ...delivery.outbox import Collected
+from ...exceptions import NotFound
+from ...manager import PluginManager
+from ...models import Agent, Attachment, Conversation, Group, Message
+from ...payloads import contact_from_wire
+from ...settings import WebhookSettings
+from ...storage._sql import SQLStore
+from ...storage.base import HeldEvents
+from ..config import RuntimeConfig
+from ..timestamps import check_created_at
+from ..worker.process import WorkerProcess
+from .inbox import Inbox
+from .store import (
     Answer,
     ChatStore,
     Conflict,
@@ -45,10 +49,6 @@ from .chat_store import (
     SQLChatStore,
     fingerprint,
 )
-from .config import RuntimeConfig
-from .inbox import Inbox
-from .timestamps import check_created_at
-from .worker_process import WorkerProcess
 from .writes import MessageWrites
 
 __all__ = ["ChatPipeline", "Conflict", "IdempotencyMismatch", "QueuedEvents"]
@@ -429,7 +429,7 @@ class ChatPipeline:
                     )
                     reply_to.update(messageId=agent_message.id, text=agent_message.text)
 
-    # the Inbox (runtime/inbox.py) --------------------------------------------------------
+    # the Inbox (runtime/chat/inbox.py) --------------------------------------------------------
 
     async def inbox_message(self, conversation_id: str, text: str) -> dict[str, Any]:
         """:meth:`Inbox.message <.inbox.Inbox.message>`."""

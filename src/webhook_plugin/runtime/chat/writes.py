@@ -18,10 +18,10 @@ import anyio
 import anyio.abc
 import structlog
 
-from ..delivery.engine import DeliveryEngine
-from ..delivery.outbox import Batcher, Collected
-from ..exceptions import WebhookPluginError
-from .chat_store import ChatStore, MessageWrite
+from ...delivery.engine import DeliveryEngine
+from ...delivery.outbox import Batcher, Collected
+from ...exceptions import WebhookPluginError
+from .store import ChatStore, MessageWrite
 
 __all__ = ["MessageWrites", "Superseded"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from ._limits import ACCEPT_ERRNOS, RESPONSE_503, Throttle
+from .limits import ACCEPT_ERRNOS, RESPONSE_503, Throttle
 
 __all__ = ["ConnectionGate", "GatedSocket"]
 

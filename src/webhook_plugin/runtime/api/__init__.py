@@ -1,0 +1,2 @@
+"""The HTTP API (``CONTRACT.md`` section 4): its routes, and the edges every
+input and answer goes through (:mod:`.io`)."""

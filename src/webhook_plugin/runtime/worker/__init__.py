@@ -1,0 +1,2 @@
+"""The delivery worker process that ``serve`` supervises (its engine, apart
+from the requests' event loop)."""
