@@ -1,4 +1,5 @@
-"""Blocking store calls from the event loop: a worker thread, a bounded number at once."""
+"""Blocking store calls from the event loop: reads in worker threads, a bounded
+number at once; writes through one lane per database."""
 
 from __future__ import annotations
 
@@ -15,15 +16,30 @@ T = TypeVar("T")
 
 
 class Blocking:
-    """Runs blocking functions (the store's) in worker threads, at most
-    ``threads`` at once; typed, so that what a store method returns is what
-    its caller gets."""
+    """Runs blocking functions (the store's) in worker threads; typed, so that
+    what a store method returns is what its caller gets.
 
-    __slots__ = ("limiter",)
+    Reads run at most ``threads`` at once. Every write of the process (the
+    outbox's and the messages' group commits, the attempts' results, claims,
+    settings, the log's changes) goes through :meth:`write`, at most
+    ``writers`` at once: one for SQLite, which writes one transaction at a time
+    anyway (so that writers queue here, in order, rather than contend for its
+    lock from several threads), a few for PostgreSQL, whose row locks let
+    writes that touch different rows go together.
+    """
 
-    def __init__(self, threads: int = 4) -> None:
+    __slots__ = ("limiter", "writes")
+
+    def __init__(self, threads: int = 4, writers: int = 1) -> None:
         self.limiter = anyio.CapacityLimiter(threads)
+        #: the write lane (a batcher writes through it: its ``limiter``)
+        self.writes = anyio.CapacityLimiter(writers)
 
     async def __call__(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(call, limiter=self.limiter)
+
+    async def write(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` (a write) through the write lane."""
+        call = functools.partial(fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self.writes)

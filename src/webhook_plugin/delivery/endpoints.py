@@ -121,7 +121,7 @@ class Endpoints:
         held_events: HeldEvents = "send",
     ) -> WebhookSettings:
         async with self._lock:
-            updated = await self._blocking(
+            updated = await self._blocking.write(
                 functools.partial(
                     self._store.update_settings,
                     agent_id,

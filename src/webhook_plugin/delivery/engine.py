@@ -105,7 +105,8 @@ class DeliveryEngine:
         self.policy = config.policy()
         self.metrics = DeliveryMetrics(store.backlog, clock)
         self.supervisor = Supervisor()
-        self._blocking = blocking = Blocking(threads=4)
+        #: the one helper for the store's blocking calls: reads, and the write lane
+        self.blocking = self._blocking = blocking = Blocking(threads=4, writers=store.writers)
         self.endpoints = Endpoints(
             store,
             blocking,
@@ -117,7 +118,10 @@ class DeliveryEngine:
             clock=clock,
         )
         self.outbox: Batcher[NewDelivery] = Batcher(
-            self._insert, on_written=self._stored, on_failed=self._write_failed
+            self._insert,
+            limiter=blocking.writes,
+            on_written=self._stored,
+            on_failed=self._write_failed,
         )
         #: what each write of this process leased to the dispatcher, and how
         #: many it queued (from the writing thread, for the event loop)
@@ -130,6 +134,7 @@ class DeliveryEngine:
         self._hook: Any = None
         self.recorder: Batcher[AttemptResult] = Batcher(
             self._record_attempts,
+            limiter=blocking.writes,
             on_written=self._recorded,
             on_failed=self._write_failed,
             retries=8,
@@ -147,6 +152,7 @@ class DeliveryEngine:
             per_endpoint=config.per_endpoint_concurrency,
             poll_interval=config.poll_interval,
             clock=clock,
+            limiter=blocking.writes,  # a claim is a write (it leases)
         )
         self.log = DeliveryLog(store, blocking, wake=self.dispatcher.wake, clock=clock)
         self._collecting: ContextVar[Collected | None] = ContextVar(
@@ -283,7 +289,7 @@ class DeliveryEngine:
             try:
                 if config.retention > 0:
                     await self.purge_log()
-                await self._blocking(
+                await self._blocking.write(
                     functools.partial(
                         self.store.expire_held,
                         max_count=config.held_max,
@@ -525,7 +531,7 @@ class DeliveryEngine:
         ``[since, until)``, oldest first, at the config's ``requeue_rate``; how
         many (``dry_run``: how many would be). Idempotent: what is pending
         already is not queued twice."""
-        queued = await self._blocking(
+        queued = await self._blocking.write(
             functools.partial(
                 self.store.recover,
                 agent_id,

@@ -82,13 +82,13 @@ class DeliveryLog:
     async def redeliver(self, delivery_id: int, agent_id: str | None = None) -> DeliveryRecord:
         """Queue a delivery again, with its original ``webhook-id``."""
         await self.get(delivery_id, agent_id)
-        record = await self._blocking(self._store.redeliver, delivery_id, now=self._clock())
+        record = await self._blocking.write(self._store.redeliver, delivery_id, now=self._clock())
         self._wake()
         return record
 
     async def redeliver_failed(self, *, agent_id: str | None = None, since: float = 0.0) -> int:
         """Queue again every failed delivery created at or after ``since``."""
-        count = await self._blocking(
+        count = await self._blocking.write(
             self._store.redeliver_failed, agent_id=agent_id, since=since, now=self._clock()
         )
         self._wake()
@@ -97,7 +97,7 @@ class DeliveryLog:
     async def purge(self, older_than: float) -> int:
         """Delete finished deliveries older than ``older_than`` seconds; pending
         ones are kept."""
-        removed = await self._blocking(self._store.purge, before=self._clock() - older_than)
+        removed = await self._blocking.write(self._store.purge, before=self._clock() - older_than)
         if removed:
             log.info("log.purged", deliveries=removed)
         return removed

@@ -2,8 +2,8 @@
 connections and transactions (abstract here), and how rows become records.
 
 The store is put together from parts that each keep one job: this base,
-the settings (:mod:`._settings_sql`), the delivery log (:mod:`._log_sql`)
-and the outbox and its claims (:mod:`._sql`).
+the inserts (:mod:`._outbox_sql`), the settings (:mod:`._settings_sql`), the
+delivery log (:mod:`._log_sql`), and the claims and attempts (:mod:`._sql`).
 """
 
 from __future__ import annotations

@@ -91,6 +91,9 @@ class SQLStore(OutboxSQL, LogSQL, SettingsSQL):
 
     #: whether :meth:`wait_for_new` can wake a worker in another process
     supports_notify: ClassVar[bool] = False
+    #: how many writes of one process may run at once (the engine's write lane):
+    #: one, unless the database lets writes to different rows go together
+    writers: ClassVar[int] = 1
 
     def _claim_params(
         self, limit: int, lease_seconds: float, owner: str, skip: tuple[str, ...]

@@ -192,6 +192,8 @@ class DeliveryStore(Protocol):
 
     #: whether :meth:`wait_for_new` can wake a worker in another process
     supports_notify: ClassVar[bool]
+    #: how many writes of one process may run at once (the engine's write lane)
+    writers: ClassVar[int]
 
     # lifecycle ---------------------------------------------------------------
     def open(self) -> None: ...

@@ -24,7 +24,6 @@ import anyio.abc
 import msgspec
 import structlog
 
-from ...delivery._blocking import Blocking
 from ...delivery.engine import DeliveryEngine
 from ...delivery.outbox import Collected
 from ...exceptions import NotFound
@@ -89,9 +88,9 @@ class ChatPipeline:
         self.store: ChatStore = store or _chat_store_for(engine)
         self.config = config or RuntimeConfig()
         self.clock = clock
-        #: the chat store's blocking calls, in worker threads, four at once (the
-        #: delivery engine's own helper: one way to leave the event loop)
-        self.blocking = Blocking(threads=4)
+        #: the chat store's blocking calls: the delivery engine's own helper (one
+        #: way to leave the event loop, one write lane for the database)
+        self.blocking = engine.blocking
         self._agents: dict[str, Agent] = {}
         self._ai_defaults: dict[str, bool] = {}
         #: the process delivering for this one, when it is not this one
@@ -108,7 +107,7 @@ class ChatPipeline:
 
     async def open_store(self) -> None:
         """Create or migrate the chat tables (once the engine has opened its store)."""
-        await self.blocking(self.store.open)
+        await self.blocking.write(self.store.open)
 
     # agents -------------------------------------------------------------------------------
 
@@ -125,7 +124,7 @@ class ChatPipeline:
             name = configured.name if configured else None
             org = configured.organization_id if configured else None
             ai = configured.ai_enabled if configured else True
-            await self.blocking(
+            await self.blocking.write(
                 lambda: self.store.put_agent(
                     agent_id, name=name, organization_id=org, ai_enabled=ai
                 )
@@ -148,7 +147,7 @@ class ChatPipeline:
         for configured in self.config.agents:
             existing = await self.blocking(self.store.get_agent, configured.id)
             if existing is None:
-                await self.blocking(
+                await self.blocking.write(
                     self.store.put_agent,
                     configured.id,
                     name=configured.name,
@@ -198,7 +197,7 @@ class ChatPipeline:
     async def set_ai(self, conversation_id: str, enabled: bool) -> ConversationRecord:
         """An operator's switch: it holds whatever messages are in flight (they
         never write it)."""
-        record = await self.blocking(self.store.set_ai_enabled, conversation_id, enabled)
+        record = await self.blocking.write(self.store.set_ai_enabled, conversation_id, enabled)
         if record is None:
             raise NotFound(f"conversation {conversation_id!r} does not exist")
         return record

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import anyio
 import anyio.abc
 import structlog
 
+from ...delivery._blocking import Blocking
 from ...delivery.engine import DeliveryEngine
 from ...delivery.outbox import Batcher, Collected
 from ...exceptions import WebhookPluginError
@@ -43,14 +44,14 @@ class MessageWrites:
 
     :param store: the chat store that writes them.
     :param engine: the delivery engine whose events are written with them.
-    :param blocking: runs a blocking call off the event loop.
+    :param blocking: runs a blocking call off the event loop (writes through its lane).
     """
 
     def __init__(
         self,
         store: ChatStore,
         engine: DeliveryEngine,
-        blocking: Callable[..., Awaitable[Any]],
+        blocking: Blocking,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -58,7 +59,9 @@ class MessageWrites:
         self._engine = engine
         self._blocking = blocking
         self._clock = clock
-        self._batcher: Batcher[MessageWrite] = Batcher(self._write, max_batch=512)
+        self._batcher: Batcher[MessageWrite] = Batcher(
+            self._write, limiter=blocking.writes, max_batch=512
+        )
         self._running = False
 
     async def commit(self, write: MessageWrite, collected: Collected) -> None:
@@ -73,7 +76,7 @@ class MessageWrites:
             if self._running:
                 await self._batcher.submit(write).wait()
             else:  # nobody runs the group commit (an app that embeds us bare)
-                await self._blocking(self._write, [write])
+                await self._blocking.write(self._write, [write])
         except BaseException as exc:
             self._engine.written(collected, exc)
             raise
@@ -111,7 +114,7 @@ class MessageWrites:
         config = self._engine.config
         while config.retention > 0:
             try:
-                await self._blocking(
+                await self._blocking.write(
                     functools.partial(
                         self._store.purge_answers, before=self._clock() - config.retention
                     )
