@@ -143,3 +143,9 @@ async def wait_until_status(
         while not (rows := await check()):
             await anyio.sleep(0.02)
     return rows
+
+
+def put_settings(store: Any, agent_id: str, settings: WebhookSettings) -> None:
+    """Store an agent's settings as they are (the store's read-change-write, with
+    a change that ignores what was there)."""
+    store.update_settings(agent_id, lambda _old: settings)

@@ -12,6 +12,7 @@ import anyio
 import anyio.from_thread
 import pytest
 
+from helpers import put_settings
 from webhook_plugin.delivery.client import Response
 from webhook_plugin.delivery.dispatcher import Dispatcher
 from webhook_plugin.delivery.retry import RetryPolicy
@@ -258,7 +259,7 @@ async def test_parked_deliveries_leave_no_room_for_more_at_insert(tmp_path: Path
 
     store = SQLiteStore(tmp_path / "parked.db")
     store.open()
-    store.put_settings("slow", SETTINGS)
+    put_settings(store, "slow", SETTINGS)
     release = anyio.Event()
     client = GatedClient(release)
     results: list[AttemptResult] = []
@@ -326,7 +327,7 @@ async def test_a_stop_during_a_claim_leaves_nothing_leased(tmp_path: Path) -> No
 
     store = SQLiteStore(tmp_path / "keep.db")
     store.open()
-    store.put_settings("b", SETTINGS)
+    put_settings(store, "b", SETTINGS)
     store.insert_deliveries([new_delivery(100 + i, "b") for i in range(3)])
     claim_due = store.claim_due
     claiming = threading.Event()

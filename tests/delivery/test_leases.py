@@ -11,7 +11,16 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from helpers import AGENT, StoreFactory, config, pipeline, reply, settings, wait_until_status
+from helpers import (
+    AGENT,
+    StoreFactory,
+    config,
+    pipeline,
+    put_settings,
+    reply,
+    settings,
+    wait_until_status,
+)
 from receiver import Receiver, Reply
 from webhook_plugin import DeliveryEngine
 from webhook_plugin.events import WebhookEventType
@@ -48,7 +57,7 @@ def test_a_result_made_under_a_lease_taken_over_is_dropped_and_logged(
     store = make_store()
     store.open()
     try:
-        store.put_settings(AGENT.id, settings("https://hooks.example.com/"))
+        put_settings(store, AGENT.id, settings("https://hooks.example.com/"))
         now = time.time()
         store.insert_deliveries(
             [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from helpers import AGENT, StoreFactory, settings
+from helpers import AGENT, StoreFactory, put_settings, settings
 from webhook_plugin import WebhookEventType
 from webhook_plugin.storage.base import AttemptResult, ClaimedDelivery, NewDelivery, Store
 
@@ -61,7 +61,7 @@ def test_disabling_an_endpoint_never_holds_an_operational_event(
     store.open()
     try:
         ops = "https://ops.example.com/"
-        store.put_settings(AGENT.id, settings("https://hooks.example.com/", operations_url=ops))
+        put_settings(store, AGENT.id, settings("https://hooks.example.com/", operations_url=ops))
         _queue(store, "w1")
         _queue(store, "w2")
         [first, second] = store.claim_due(limit=2, lease_seconds=60, owner="a")
@@ -93,7 +93,7 @@ def test_a_held_result_for_an_endpoint_enabled_meanwhile_goes_out(
     store = make_store()
     store.open()
     try:
-        store.put_settings(AGENT.id, settings("https://hooks.example.com/"))
+        put_settings(store, AGENT.id, settings("https://hooks.example.com/"))
         _queue(store, "w1")
         [d] = store.claim_due(limit=1, lease_seconds=60, owner="a")
         store.record_attempts([_result(d, "held", sent=False)])
@@ -110,7 +110,8 @@ def test_a_requeued_head_gets_its_whole_ordering_wait_again(make_store: StoreFac
     store = make_store()
     store.open()
     try:
-        store.put_settings(
+        put_settings(
+            store,
             AGENT.id,
             settings("https://hooks.example.com/", ordering="conversation", ordering_max_wait=60),
         )

@@ -18,7 +18,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from helpers import AGENT, config, pipeline, reply, wait_until
+from helpers import AGENT, config, pipeline, put_settings, reply, wait_until
 from receiver import Receiver, Reply
 from webhook_plugin import DeliveryEngine, WebhookEventType, WebhookSettings
 from webhook_plugin.storage._sql import SQLStore
@@ -132,7 +132,7 @@ def store(make_store: StoreFactory) -> Iterator[Store]:
 
 def test_unknown_event_type_is_failed_and_the_rest_claimed(store: Store) -> None:
     now = time.time()
-    store.put_settings(AGENT.id, settings("https://example.com/hook"))
+    put_settings(store, AGENT.id, settings("https://example.com/hook"))
     queue(store, AGENT.id, 2, now - 2)
     poison = insert_raw(store, agent_id=AGENT.id, event_type="FUTURE_EVENT", at=now - 3)
     queue(store, OTHER, 1, now - 1)
@@ -199,7 +199,7 @@ def test_undecodable_settings_fail_their_deliveries_and_never_leak(
     store: Store, data: bytes
 ) -> None:
     now = time.time()
-    store.put_settings(AGENT.id, settings("https://example.com/hook"))
+    put_settings(store, AGENT.id, settings("https://example.com/hook"))
     put_raw_settings(store, BROKEN, data)
     queue(store, BROKEN, 2, now - 2)
     queue(store, AGENT.id, 1, now - 1)
@@ -219,7 +219,7 @@ def test_undecodable_settings_fail_their_deliveries_and_never_leak(
     assert {e["delivery_id"] for e in quarantined} == {r.id for r in broken}
     assert "t0p-s3cr3t" not in repr(logs) and SECRET not in repr(logs)
     # saving settings again replaces the bad row
-    store.put_settings(BROKEN, settings("https://example.com/again"))
+    put_settings(store, BROKEN, settings("https://example.com/again"))
     assert store.all_settings()[BROKEN].url == "https://example.com/again"
 
 

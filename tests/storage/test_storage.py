@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import put_settings
 from webhook_plugin.events import WebhookEventType
 from webhook_plugin.exceptions import ConfigError
 from webhook_plugin.runtime.chat.schema import MIGRATIONS
@@ -262,12 +263,12 @@ def test_a_sqlite_watcher_wakes_on_queued_deliveries_not_on_other_commits(tmp_pa
     store = SQLiteStore(tmp_path / "watch.db")
     store.open()
     try:
-        store.put_settings("a", WebhookSettings(url="http://127.0.0.1:9/"))
+        put_settings(store, "a", WebhookSettings(url="http://127.0.0.1:9/"))
         # a commit that queues nothing (as claims and attempt results do) wakes no one
         woken: list[bool] = []
         watcher = threading.Thread(target=lambda: woken.append(store.wait_for_new(0.5)))
         watcher.start()
-        store.put_settings("a", WebhookSettings(url="http://127.0.0.1:9/b"))
+        put_settings(store, "a", WebhookSettings(url="http://127.0.0.1:9/b"))
         watcher.join()
         assert woken == [False]
         # a transaction that queues deliveries does

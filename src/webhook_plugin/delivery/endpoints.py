@@ -133,12 +133,6 @@ class Endpoints:
             self._cache[agent_id] = updated
         return updated
 
-    async def save(
-        self, agent_id: str, settings: WebhookSettings, *, held_events: HeldEvents = "send"
-    ) -> WebhookSettings:
-        """:meth:`save_reporting`, without its report."""
-        return (await self.save_reporting(agent_id, settings, held_events=held_events))[0]
-
     async def save_reporting(
         self, agent_id: str, settings: WebhookSettings, *, held_events: HeldEvents = "send"
     ) -> tuple[WebhookSettings, str | None]:

@@ -33,17 +33,6 @@ class SettingsSQL(Plumbing):
         )
         return None if row is None else _decode_settings(agent_id, row)
 
-    def put_settings(
-        self,
-        agent_id: str,
-        settings: WebhookSettings,
-        *,
-        held_events: HeldEvents = "send",
-        rate: float = DEFAULT_REQUEUE_RATE,
-    ) -> None:
-        with self._tx() as conn:
-            self._write_settings(conn, agent_id, settings, held_events, rate)
-
     def update_settings(
         self,
         agent_id: str,

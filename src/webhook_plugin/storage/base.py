@@ -291,14 +291,6 @@ class DeliveryStore(Protocol):
 
     # settings ------------------------------------------------------------------
     def get_settings(self, agent_id: str) -> WebhookSettings | None: ...
-    def put_settings(
-        self,
-        agent_id: str,
-        settings: WebhookSettings,
-        *,
-        held_events: HeldEvents = "send",
-        rate: float = DEFAULT_REQUEUE_RATE,
-    ) -> None: ...
     def ping(self) -> None:
         """Raise :class:`~webhook_plugin.exceptions.StorageError` when the database
         does not answer."""

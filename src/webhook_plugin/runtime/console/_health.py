@@ -55,10 +55,6 @@ class Health:
     latency_top: int = LATENCY_TOP
 
     @property
-    def success_rate(self) -> float | None:
-        return None if not self.attempts else self.succeeded / self.attempts
-
-    @property
     def summary(self) -> str:
         if not self.attempts:
             return "No attempts in the last 24 hours."
