@@ -12,7 +12,10 @@ number in flight:
 - our HTTP client alone (`Http11Client`, the network guard included), asyncio and trio;
 - webhook-plugin end to end: `pm.hook.on_agent_reply` for every event, the
   SQLite outbox, the dispatcher, signing, the client, the delivery log;
-  timed from the first hook call until the receiver has every event.
+  timed from the first hook call until the receiver has every event;
+- the engine alone: the same with a client that answers 200 at once, no
+  network: what the engine's own work (hooks, outbox, claims, signing,
+  results) allows, on the one core the receiver leaves it.
 
 Latency: hook calls at half the measured end-to-end rate for a few seconds,
 each payload carrying its hook-call time; the receiver measures arrival - call.
@@ -37,7 +40,7 @@ import msgspec
 from _common import AGENT, CONVERSATION, USER, agent_message, receiver, reset, stats
 from _harness import emit, environment, parser
 from webhook_plugin import PluginManager, WebhookPlugin, WebhookSettings
-from webhook_plugin.delivery.client import Http11Client
+from webhook_plugin.delivery.client import Http11Client, Response
 from webhook_plugin.delivery.engine import DeliveryConfig, DeliveryEngine
 from webhook_plugin.delivery.netguard import NetworkGuard
 from webhook_plugin.events import WebhookEventType
@@ -149,7 +152,49 @@ def bare_client(url: str, n: int, c: int, backend: str) -> float:
     return anyio.run(main, backend=backend)
 
 
-def _engine(tmp: str, c: int) -> DeliveryEngine:
+class _AnswersAtOnce:
+    """A client that answers 200 without a network: what is left is the engine's
+    own work (hooks, outbox, claims, signing, results)."""
+
+    def __init__(self, expected: int) -> None:
+        self.left, self.done = expected, anyio.Event()
+
+    async def post(self, url: str, headers: object, body: bytes, **kw: object) -> Response:
+        await anyio.lowlevel.checkpoint()
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+        return Response(200, {"content-type": "text/plain", "content-length": "2"}, b"ok")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def engine_alone(n: int, c: int, backend: str, tmp: str) -> float:
+    async def main() -> float:
+        client = _AnswersAtOnce(n)
+        async with _engine(tmp, c, client) as engine:
+            await engine.save_settings(
+                "bench", WebhookSettings.validated(url="http://127.0.0.1:9/hook")
+            )
+            pm = PluginManager()
+            pm.register(WebhookPlugin(engine))
+            message = agent_message("y" * 600)
+            start = time.perf_counter()
+            for i in range(n):
+                pm.hook.on_agent_reply(
+                    agent=AGENT, conversation=CONVERSATION, message=message, in_reply_to=USER
+                )
+                if i % 500 == 0:
+                    await anyio.lowlevel.checkpoint()
+            with anyio.fail_after(120):
+                await client.done.wait()
+            return n / (time.perf_counter() - start)
+
+    return anyio.run(main, backend=backend)
+
+
+def _engine(tmp: str, c: int, client: object = None) -> DeliveryEngine:
     config = DeliveryConfig(
         allow_private_hosts=("127.0.0.1",),
         concurrency=c,
@@ -158,7 +203,8 @@ def _engine(tmp: str, c: int) -> DeliveryEngine:
         settings_refresh=0,
         retry_schedule=(0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
     )
-    return DeliveryEngine(SQLiteStore(Path(tmp) / f"bench-{time.monotonic_ns()}.db"), config)
+    store = SQLiteStore(Path(tmp) / f"bench-{time.monotonic_ns()}.db")
+    return DeliveryEngine(store, config, client=client)  # type: ignore[arg-type]
 
 
 async def _wait_for(url: str, count: int, timeout: float) -> None:
@@ -279,6 +325,9 @@ def main() -> None:
                 )
                 results.setdefault(f"webhook-plugin end to end ({backend})", []).append(
                     end_to_end(url, n, c, backend, tmp)
+                )
+                results.setdefault(f"the engine alone, no network ({backend})", []).append(
+                    engine_alone(n, c, backend, tmp)
                 )
             for backend in ("asyncio", "trio"):
                 for ordering in ("none", "conversation"):
