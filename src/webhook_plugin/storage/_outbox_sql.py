@@ -9,7 +9,6 @@ between. The rest are inserted plain and claimed as usual.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,8 +17,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from ..events import OperationalEventType
-from ..settings import WebhookSettings
-from ._plumbing import Plumbing, _decode_settings
+from ._plumbing import Plumbing
 from .base import ClaimedDelivery, Lease, NewDelivery
 
 __all__ = ["OutboxSQL"]
@@ -33,13 +31,6 @@ def with_sequence(body: bytes, sequence: int) -> bytes:
     inner = end[:-1].rstrip()
     sep = b"" if inner.endswith(b"{") else b","
     return b'%s%s"sequence":%d}' % (inner, sep, sequence)
-
-
-def _time_or_none(value: object) -> float | None:
-    """A stored time, or None for one written in another shape (a text, a NaN)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 class OutboxSQL(Plumbing):
@@ -228,20 +219,3 @@ class OutboxSQL(Plumbing):
                 msgspec.structs.replace(d, body=with_sequence(d.body, sequence), sequence=sequence)
             )
         return numbered
-
-    def _endpoints(
-        self, conn: Any, agent_ids: set[str]
-    ) -> dict[str, tuple[WebhookSettings | None, float | None]]:
-        """The agents' settings and ``failing_since``; settings of None for an
-        agent whose row this version cannot decode (absent: no row), and a
-        ``failing_since`` that is not a time read as None (not failing)."""
-        if not agent_ids:
-            return {}
-        marks = ",".join("?" * len(agent_ids))
-        rows = self._x(
-            conn,
-            "SELECT agent_id, data, disabled, disabled_reason, failing_since"
-            f" FROM webhook_settings WHERE agent_id IN ({marks})",
-            tuple(agent_ids),
-        ).fetchall()
-        return {row[0]: (_decode_settings(row[0], row[1:4]), _time_or_none(row[4])) for row in rows}

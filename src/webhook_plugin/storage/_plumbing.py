@@ -8,6 +8,7 @@ delivery log (:mod:`._log_sql`), and the claims and attempts (:mod:`._sql`).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -96,6 +97,13 @@ def _decode_settings(agent_id: str, row: Sequence[Any]) -> WebhookSettings | Non
         )
         return None
     return msgspec.structs.replace(settings, disabled=bool(row[1]), disabled_reason=row[2])
+
+
+def _time_or_none(value: object) -> float | None:
+    """A stored time, or None for one written in another shape (a text, a NaN)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 class Plumbing(ABC):
@@ -187,3 +195,20 @@ class Plumbing(ABC):
                 " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
                 (component, number),
             )
+
+    def _endpoints(
+        self, conn: Any, agent_ids: set[str]
+    ) -> dict[str, tuple[WebhookSettings | None, float | None]]:
+        """The agents' settings and ``failing_since``; settings of None for an
+        agent whose row this version cannot decode (absent: no row), and a
+        ``failing_since`` that is not a time read as None (not failing)."""
+        if not agent_ids:
+            return {}
+        marks = ",".join("?" * len(agent_ids))
+        rows = self._x(
+            conn,
+            "SELECT agent_id, data, disabled, disabled_reason, failing_since"
+            f" FROM webhook_settings WHERE agent_id IN ({marks})",
+            tuple(agent_ids),
+        ).fetchall()
+        return {row[0]: (_decode_settings(row[0], row[1:4]), _time_or_none(row[4])) for row in rows}
