@@ -132,3 +132,21 @@ def test_up_to_one_round_is_claimed_whatever_full_endpoints_hold_parked() -> Non
     step = p.next(ready=0, held=40, full=("slow",), now=0.0, mono=0.0)
     assert step == Claim(8, ("slow",), 0)
     assert p.next(ready=8, held=40, full=(), now=0.0, mono=0.0) == Wait(POLL)
+
+
+def test_a_low_backlog_asks_for_more_only_when_a_claim_could_find_some() -> None:
+    """Not while a claim is under way (its result is looked at next anyway),
+    nor after one found all there was: a wake-up left then would only make the
+    loop ask again for nothing."""
+    p = plan()
+    assert p.wants_more
+    step = p.next(ready=0, held=0, full=(), now=0.0, mono=0.0)
+    assert isinstance(step, Claim) and not p.wants_more
+    p.claimed(step, 3, mono=0.0)
+    assert not p.wants_more  # all there was
+    p.waited()
+    assert p.wants_more
+    step = p.next(ready=0, held=0, full=(), now=0.0, mono=0.0)
+    assert isinstance(step, Claim)
+    p.next(ready=8, held=8, full=(), now=0.0, mono=0.0)  # the claim failed; the loop goes on
+    assert p.wants_more

@@ -271,7 +271,8 @@ async def test_parked_deliveries_leave_no_room_for_more_at_insert(tmp_path: Path
             await tg.start(d.run)
             for i in range(20):
                 leased = store.insert_deliveries([new_delivery(i, "slow")], d.lease())
-                d.take(leased, others=not leased)
+                d.leased(leased, 1)
+                d.take_leased()
                 await anyio.sleep(0.01)
             # a new endpoint gets one probe first: 1 started, 7 parked, no room left
             assert len(client.posted) == 1 and d.room == 0 and d.lease() is None

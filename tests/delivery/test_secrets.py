@@ -8,6 +8,9 @@ import json
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from helpers import (
@@ -199,3 +202,27 @@ def test_a_long_echoed_header_is_redacted_before_it_is_cut() -> None:
     kept = _headers_json(Response(200, headers, b""), settings)
     assert "x-echo-authorization" in kept
     assert "s3cr3t" not in kept and len(kept) <= 2048
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(
+    value=st.text(alphabet='ab"\\-_/', min_size=4, max_size=24).filter(lambda v: v.strip() == v),
+    escaped=st.booleans(),
+    prefix=st.text(alphabet="xyz ", max_size=10),
+)
+def test_stored_headers_are_redacted_as_each_value_would_be(
+    value: str, escaped: bool, prefix: str
+) -> None:
+    """Whatever characters our header's value holds (visible ASCII, as a
+    header's must), and whether the receiver
+    echoes it as it is or JSON-escaped, the headers stored for an attempt say
+    what redacting each value on its own says (the quick path that skips
+    answers holding no secret must not skip one that does)."""
+    from webhook_plugin.delivery.attempt import _headers_json
+    from webhook_plugin.delivery.client import Response
+    from webhook_plugin.delivery.redaction import redact, secrets_of
+
+    conf = WebhookSettings(url="https://hooks.example.com/", header=f"X-Key: {value}")
+    echoed = prefix + (json.dumps(value, ensure_ascii=False)[1:-1] if escaped else value)
+    kept = json.loads(_headers_json(Response(200, {"x-echo": echoed}, b""), conf))
+    assert kept == {"x-echo": redact(echoed, secrets_of(conf))}

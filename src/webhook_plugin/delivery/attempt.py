@@ -207,7 +207,8 @@ def _headers_json(response: Response, settings: WebhookSettings) -> str:
     header), NULs replaced (PostgreSQL refuses them), cut at :data:`_HEADER_BYTES`."""
     secrets = secrets_of(settings)
     text = msgspec.json.encode(response.headers).decode()
-    if len(text) <= _HEADER_BYTES and not might_hold(text, secrets):
+    raw = "\n".join(f"{name}\n{value}" for name, value in response.headers.items())
+    if len(text) <= _HEADER_BYTES and not might_hold(raw, secrets):
         return text  # (most answers: nothing to take out, nothing to cut)
     # each value redacted whole before anything is cut: a cut secret would no
     # longer be found

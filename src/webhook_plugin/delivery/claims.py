@@ -73,6 +73,8 @@ class ClaimPlan:
     barren: tuple[frozenset[str], float] | None = None
     #: wake-ups so far
     wakes: int = 0
+    #: a claim is under way: what it returns is looked at next anyway
+    claiming: bool = False
 
     def next(
         self, *, ready: int, held: int, full: Collection[str], now: float, mono: float
@@ -81,6 +83,7 @@ class ClaimPlan:
         ``held`` claimed in all (parked and in flight too), ``full`` the
         endpoints that may start no more; ``now`` the wall clock, ``mono`` the
         monotonic one."""
+        self.claiming = False  # the last claim, if any, is over (or failed)
         retry_due = self.next_retry_at is not None and self.next_retry_at <= now
         if ready >= self.concurrency:
             return Wait(self.poll_interval)  # the workers ask for more once below
@@ -98,14 +101,24 @@ class ClaimPlan:
         if retry_due:
             self.next_retry_at = None  # this claim looks for it
             self.barren = None
+        self.claiming = True
         return Claim(room, skip, self.wakes)
 
     def claimed(self, claim: Claim, got: int, *, mono: float) -> None:
-        """A claim returned ``got``: fewer than asked is all there was."""
+        """A claim returned ``got`` (or failed, ``got=0``): fewer than asked is
+        all there was."""
+        self.claiming = False
         self.drained = got < claim.limit
         self.skipped = frozenset(claim.skip) if self.drained else frozenset()
         if claim.skip and not got and claim.wakes == self.wakes:
             self.barren = (frozenset(claim.skip), mono + self.poll_interval)
+
+    @property
+    def wants_more(self) -> bool:
+        """Whether a backlog running low should wake the loop: not while a claim
+        is under way, nor after one found all there was (a token left then would
+        only make it ask again for nothing)."""
+        return not (self.drained or self.claiming)
 
     def waited(self) -> None:
         """A wait ended (a wake-up, a free slot, or its time ran out): look again."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -102,6 +103,9 @@ class Dispatcher:
         #: how many more a write of this process may lease to us as it inserts
         #: (two rounds of work in all; read from the writing thread)
         self.room = 0
+        #: what writes of this process leased to us, and how many each queued:
+        #: appended by the writing threads, taken on the event loop
+        self._mailbox: deque[tuple[Sequence[ClaimedDelivery], int]] = deque()
         #: leases to hand back: work that came as stop() began, or after it
         self._left: list[int] = []
         #: attempts cancelled mid-way by a crash of the loop (released for the next claim)
@@ -134,13 +138,26 @@ class Dispatcher:
         room = self.room
         return Lease(self.owner, self.lease_seconds, room, self._clock()) if room > 0 else None
 
-    def take(self, leased: Sequence[ClaimedDelivery], *, others: bool) -> None:
-        """On the event loop, once their write committed: the deliveries it leased
-        to us (see :meth:`lease`); ``others``, it queued more that need a claim."""
-        if self._stopping:
-            self._left += [d.id for d in leased]  # released by stop() or release_left()
-        elif leased:
-            self.backlog.ready.extend(leased)
+    def leased(self, claimed: Sequence[ClaimedDelivery], queued: int) -> None:
+        """From the writing thread, once its transaction committed: it leased us
+        ``claimed`` of the ``queued`` deliveries. They are taken on the event
+        loop (:meth:`take_leased`): by the writer's caller at once, or by the
+        claim loop's next pass at the latest."""
+        self._mailbox.append((claimed, queued))
+
+    def take_leased(self) -> None:
+        """On the event loop: into the backlog with what writes leased us; a
+        claim for what they queued and could not lease."""
+        others = taken = False
+        while self._mailbox:
+            claimed, queued = self._mailbox.popleft()
+            others = others or len(claimed) < queued
+            if self._stopping:
+                self._left += [d.id for d in claimed]  # released by stop() or release_left()
+            elif claimed:
+                self.backlog.ready.extend(claimed)
+                taken = True
+        if taken:
             self._hand_over()
         if others:
             self.wake()
@@ -194,6 +211,7 @@ class Dispatcher:
         assert self._wakeups is not None
         wakeups, plan = self._wakeups.receive, self._plan
         while not self._stopping:
+            self.take_leased()  # any a writer's caller did not take (it was cancelled)
             step = plan.next(
                 ready=len(self.backlog),
                 held=self.backlog.waiting() + len(self._in_flight),
@@ -259,7 +277,7 @@ class Dispatcher:
             self._in_flight.add(taken[0].id)
             self._jobs.send.send_nowait(taken)  # room for one per free worker
         self.room = 2 * self._concurrency - backlog.waiting() - len(self._in_flight)
-        if len(backlog) < self._concurrency and not self._plan.drained:
+        if len(backlog) < self._concurrency and self._plan.wants_more:
             signal(self._wakeups)
 
     def _take_back(self) -> list[ClaimedDelivery]:

@@ -106,7 +106,9 @@ class DeliveryEngine:
         self.metrics = DeliveryMetrics(store.backlog, clock)
         self.supervisor = Supervisor()
         #: the one helper for the store's blocking calls: reads, and the write lane
-        self.blocking = self._blocking = blocking = Blocking(threads=4, writers=store.writers)
+        self.blocking = self._blocking = blocking = Blocking(
+            threads=4, writers=getattr(store, "writers", 1)
+        )
         self.endpoints = Endpoints(
             store,
             blocking,
@@ -123,9 +125,6 @@ class DeliveryEngine:
             on_written=self._stored,
             on_failed=self._write_failed,
         )
-        #: what each write of this process leased to the dispatcher, and how
-        #: many it queued (from the writing thread, for the event loop)
-        self._leased: deque[tuple[list[ClaimedDelivery], int]] = deque()
         # Nobody awaits attempt results: a failed write is retried, since a
         # result that is never written leaves its delivery leased (and sent
         # again) until the lease runs out.
@@ -205,12 +204,12 @@ class DeliveryEngine:
                 assert self._background_scope is not None
                 self._background_scope.cancel()
             await stack.__aexit__(exc_type, exc, tb)
-            self._take_leased()  # the last writes' leases: handed back
-            with anyio.CancelScope(shield=True):
-                await self.dispatcher.release_left()
         finally:
             self._tg = self._stack = None
             with anyio.CancelScope(shield=True):
+                # what the last writes leased to the stopped dispatcher: handed back
+                self.dispatcher.take_leased()
+                await self.dispatcher.release_left()
                 await self.client.aclose()
                 await self._blocking(self.store.close)
             log.info("engine.stopped")
@@ -354,44 +353,50 @@ class DeliveryEngine:
         finally:
             self._collecting.reset(token)
 
-    def written(self, collected: Collected, error: BaseException | None = None) -> None:
+    def written(
+        self, collected: Collected, error: BaseException | None = None, *, leased: bool = False
+    ) -> None:
         """The caller's transaction with ``collected`` committed (or failed with
-        ``error``): settle their tickets and let the dispatcher know."""
+        ``error``): settle their tickets and let the dispatcher know. ``leased``:
+        the caller's write leased what it could (:meth:`lease`, :meth:`leased`);
+        otherwise the dispatcher claims them."""
         collected.batch.finish(error)
         if error is None and collected.items:
-            self._stored(collected.items)
-        else:
-            self._take_leased()
+            self.supervisor.recovered("storage")
+            self.metrics.stored(collected.items)
+            if not leased:
+                self.dispatcher.wake()
+        self.dispatcher.take_leased()
 
     def lease(self) -> Lease | None:
         """How a write of this process (in its thread) leases the due deliveries
-        it queues straight to the dispatcher; say what it leased with
-        :meth:`leased`."""
-        return self.dispatcher.lease() if self.config.workers else None
+        it queues straight to the dispatcher (None: it leases none); say what
+        it leased with :meth:`leased`."""
+        if not self.config.workers or not getattr(self.store, "leases_on_insert", False):
+            return None  # no dispatcher here, or a store of another kind
+        return self.dispatcher.lease()
 
-    def leased(self, claimed: list[ClaimedDelivery], queued: int) -> None:
-        """From the writing thread: a write leased ``claimed`` of the ``queued``
-        (they go to the dispatcher once its commit is announced on the loop)."""
-        self._leased.append((claimed, queued))
+    def leased(self, claimed: Sequence[ClaimedDelivery] | None, queued: int) -> None:
+        """From the writing thread, once its transaction committed: it leased
+        ``claimed`` of the ``queued`` (see :meth:`Dispatcher.leased
+        <.dispatcher.Dispatcher.leased>`)."""
+        self.dispatcher.leased(claimed or (), queued)
 
     def _insert(self, items: Sequence[NewDelivery]) -> None:
-        self.leased(self.store.insert_deliveries(items, self.lease()), len(items))
+        lease = self.lease()
+        if lease is None:
+            self.leased(self.store.insert_deliveries(items), len(items))
+        else:
+            self.leased(self.store.insert_deliveries(items, lease), len(items))
 
     def _write_failed(self, exc: BaseException) -> None:
         self.supervisor.failed("storage", "the database cannot be written")
+        self.dispatcher.take_leased()  # a chunk that committed before the failure
 
     def _stored(self, items: Sequence[NewDelivery]) -> None:
         self.supervisor.recovered("storage")
         self.metrics.stored(items)
-        if not self._leased:  # written by a caller that leased nothing
-            self.dispatcher.wake()
-        self._take_leased()
-
-    def _take_leased(self) -> None:
-        """To the dispatcher: what the writes committed so far leased to it."""
-        while self._leased:
-            claimed, queued = self._leased.popleft()
-            self.dispatcher.take(claimed, others=len(claimed) < queued)
+        self.dispatcher.take_leased()
 
     def report_to(self, hook: Any) -> None:
         """Call the operational hooks (``on_endpoint_disabled``...) of this relay
@@ -438,7 +443,7 @@ class DeliveryEngine:
     async def save_settings(
         self, agent_id: str, settings: WebhookSettings, *, held_events: HeldEvents = "send"
     ) -> WebhookSettings:
-        """:meth:`Endpoints.save <.endpoints.Endpoints.save>`."""
+        """:meth:`save_settings_reporting`, without its report."""
         return (await self.save_settings_reporting(agent_id, settings, held_events=held_events))[0]
 
     async def save_settings_reporting(

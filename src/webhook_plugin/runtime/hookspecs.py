@@ -18,7 +18,7 @@ def generate_reply(
 
     Called when AI is enabled for the conversation, after ``on_user_message``.
     The first plugin that returns a text (or an awaitable resolving to one)
-    answers; the built-in responder (``webhook_plugin.runtime.chat.responder``)
+    answers; the built-in responder (registered as ``webhook_plugin.runtime.responder``)
     answers last, so any plugin implementing this hook, such as one calling an
     LLM, replaces it. Return ``None`` to let the next plugin answer.
 

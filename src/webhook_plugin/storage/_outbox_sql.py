@@ -39,6 +39,9 @@ class OutboxSQL(Plumbing):
     #: how many rows one INSERT ... VALUES carries (11 parameters a row, far
     #: below SQLite's 32,766 and PostgreSQL's 65,535)
     _CHUNK: ClassVar[int] = 500
+    #: an insert given a :class:`~.base.Lease` leases (a store of another kind
+    #: may not: the engine gives it none)
+    leases_on_insert: ClassVar[bool] = True
 
     @contextmanager
     def transaction(self, *, wait: float | None = None) -> Iterator[Any]:

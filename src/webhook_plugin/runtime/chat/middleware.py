@@ -113,7 +113,8 @@ class WebhookMiddleware:
             pm.register(plugin)
         engine.report_to(pm.hook)  # the operational hooks hear what this process's attempts cause
         if not pm.pluggy.is_registered(responder):
-            pm.register(responder, name="webhook_plugin.runtime.chat.responder")
+            # its name since 0.1 (before the runtime had rooms)
+            pm.register(responder, name="webhook_plugin.runtime.responder")
         async with engine, anyio.create_task_group() as tg:
             pipeline = ChatPipeline(pm, engine, config)
             await pipeline.open_store()

@@ -19,7 +19,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import msgspec
 
@@ -271,6 +271,9 @@ class SQLChatStore:
 
     #: rows one multi-row INSERT carries (5 parameters a row)
     _CHUNK = 500
+
+    #: its writes lease what they queue to the dispatcher (see :class:`Lease`)
+    leases_on_insert: ClassVar[bool] = True
 
     def __init__(self, db: SQLStore) -> None:
         self._db = db

@@ -59,8 +59,13 @@ class MessageWrites:
         self._engine = engine
         self._blocking = blocking
         self._clock = clock
+        # what a batch leased goes to the dispatcher once it committed, whether
+        # or not its waiters are still there to say so
         self._batcher: Batcher[MessageWrite] = Batcher(
-            self._write, limiter=blocking.writes, max_batch=512
+            self._write,
+            limiter=blocking.writes,
+            max_batch=512,
+            on_written=lambda _: engine.dispatcher.take_leased(),
         )
         self._running = False
 
@@ -85,12 +90,17 @@ class MessageWrites:
         elif write.earlier is not None:
             self._engine.written(collected, Superseded())
         else:
-            self._engine.written(collected)
+            self._engine.written(collected, leased=True)
 
     def _write(self, writes: Sequence[MessageWrite]) -> None:
         """One transaction (in a worker thread); the due deliveries it queues
         are leased straight to this process's dispatcher, as many as it wants."""
-        leased = self._store.write_messages(writes, self._engine.lease())
+        lease = self._engine.lease() if getattr(self._store, "leases_on_insert", False) else None
+        leased = (
+            self._store.write_messages(writes)  # a chat store of another kind
+            if lease is None
+            else self._store.write_messages(writes, lease)
+        )
         queued = [w for w in writes if w.earlier is None and w.refused is None]
         self._engine.leased(leased, sum(len(w.deliveries) for w in queued))
 
