@@ -19,13 +19,16 @@ class Blocking:
     """Runs blocking functions (the store's) in worker threads; typed, so that
     what a store method returns is what its caller gets.
 
-    Reads run at most ``threads`` at once. Every write of the process (the
-    outbox's and the messages' group commits, the attempts' results, claims,
-    settings, the log's changes) goes through :meth:`write`, at most
-    ``writers`` at once: one for SQLite, which writes one transaction at a time
-    anyway (so that writers queue here, in order, rather than contend for its
-    lock from several threads), a few for PostgreSQL, whose row locks let
-    writes that touch different rows go together.
+    Reads run at most ``threads`` at once. The delivery engine's writes (the
+    outbox's group commit, the attempts' results, claims and releases,
+    settings, the log's changes) go through :meth:`write`, at most ``writers``
+    at once: one for SQLite, which writes one transaction at a time anyway (so
+    that they queue here, in order, rather than contend for its lock from
+    several threads), a few for PostgreSQL, whose row locks let writes that
+    touch different rows go together. A write a client waits on with a bound
+    of its own (a chat message's, ``WRITE_WAIT``) does not queue here behind a
+    background write that waits out another process's lock: it takes the
+    store's lock with its own deadline.
     """
 
     __slots__ = ("limiter", "writes")

@@ -118,7 +118,7 @@ class WebhookMiddleware:
         async with engine, anyio.create_task_group() as tg:
             pipeline = ChatPipeline(pm, engine, config)
             await pipeline.open_store()
-            pipeline.session_key = await pipeline.blocking.write(
+            pipeline.session_key = await pipeline.blocking(
                 pipeline.store.session_key, config.runtime.api_token
             )
             await tg.start(pipeline.writes.run)

@@ -89,7 +89,8 @@ class ChatPipeline:
         self.config = config or RuntimeConfig()
         self.clock = clock
         #: the chat store's blocking calls: the delivery engine's own helper (one
-        #: way to leave the event loop, one write lane for the database)
+        #: way to leave the event loop); not its write lane, since each chat
+        #: write bounds its own wait for the database (a client waits on it)
         self.blocking = engine.blocking
         self._agents: dict[str, Agent] = {}
         self._ai_defaults: dict[str, bool] = {}
@@ -107,7 +108,7 @@ class ChatPipeline:
 
     async def open_store(self) -> None:
         """Create or migrate the chat tables (once the engine has opened its store)."""
-        await self.blocking.write(self.store.open)
+        await self.blocking(self.store.open)
 
     # agents -------------------------------------------------------------------------------
 
@@ -124,7 +125,7 @@ class ChatPipeline:
             name = configured.name if configured else None
             org = configured.organization_id if configured else None
             ai = configured.ai_enabled if configured else True
-            await self.blocking.write(
+            await self.blocking(
                 lambda: self.store.put_agent(
                     agent_id, name=name, organization_id=org, ai_enabled=ai
                 )
@@ -147,7 +148,7 @@ class ChatPipeline:
         for configured in self.config.agents:
             existing = await self.blocking(self.store.get_agent, configured.id)
             if existing is None:
-                await self.blocking.write(
+                await self.blocking(
                     self.store.put_agent,
                     configured.id,
                     name=configured.name,
@@ -197,7 +198,7 @@ class ChatPipeline:
     async def set_ai(self, conversation_id: str, enabled: bool) -> ConversationRecord:
         """An operator's switch: it holds whatever messages are in flight (they
         never write it)."""
-        record = await self.blocking.write(self.store.set_ai_enabled, conversation_id, enabled)
+        record = await self.blocking(self.store.set_ai_enabled, conversation_id, enabled)
         if record is None:
             raise NotFound(f"conversation {conversation_id!r} does not exist")
         return record

@@ -44,7 +44,7 @@ class MessageWrites:
 
     :param store: the chat store that writes them.
     :param engine: the delivery engine whose events are written with them.
-    :param blocking: runs a blocking call off the event loop (writes through its lane).
+    :param blocking: runs a blocking call off the event loop.
     """
 
     def __init__(
@@ -59,11 +59,13 @@ class MessageWrites:
         self._engine = engine
         self._blocking = blocking
         self._clock = clock
-        # what a batch leased goes to the dispatcher once it committed, whether
-        # or not its waiters are still there to say so
+        # Not through the engine's write lane: a client waits on these, and their
+        # transaction bounds its own wait (WRITE_WAIT), which a background write
+        # ahead of them in the lane (waiting out another process's lock) would
+        # not. What a batch leased goes to the dispatcher once it committed,
+        # whether or not its waiters are still there to say so.
         self._batcher: Batcher[MessageWrite] = Batcher(
             self._write,
-            limiter=blocking.writes,
             max_batch=512,
             on_written=lambda _: engine.dispatcher.take_leased(),
         )
@@ -81,7 +83,7 @@ class MessageWrites:
             if self._running:
                 await self._batcher.submit(write).wait()
             else:  # nobody runs the group commit (an app that embeds us bare)
-                await self._blocking.write(self._write, [write])
+                await self._blocking(self._write, [write])
         except BaseException as exc:
             self._engine.written(collected, exc)
             raise
@@ -124,7 +126,7 @@ class MessageWrites:
         config = self._engine.config
         while config.retention > 0:
             try:
-                await self._blocking.write(
+                await self._blocking(
                     functools.partial(
                         self._store.purge_answers, before=self._clock() - config.retention
                     )
