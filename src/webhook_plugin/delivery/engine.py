@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import anyio
 import anyio.abc
@@ -45,9 +45,9 @@ from ..storage.base import (
     AttemptResult,
     ClaimedDelivery,
     DeliveryRecord,
-    DeliveryStatus,
     HeldEvents,
     Lease,
+    LogFilters,
     NewDelivery,
     Store,
 )
@@ -478,32 +478,10 @@ class DeliveryEngine:
         """This process's counters and the store's backlog, for Prometheus."""
         return await self._blocking(self.metrics.render)
 
-    async def list_deliveries(
-        self,
-        *,
-        agent_id: str | None = None,
-        status: DeliveryStatus | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-        event_type: str | None = None,
-        conversation_id: str | None = None,
-        webhook_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[DeliveryRecord]:
+    async def list_deliveries(self, **filters: Unpack[LogFilters]) -> list[DeliveryRecord]:
         """The delivery log, newest first, filtered (see
         :meth:`~webhook_plugin.storage.base.DeliveryStore.list_deliveries`)."""
-        return await self.log.find(
-            agent_id=agent_id,
-            status=status,
-            limit=limit,
-            before_id=before_id,
-            event_type=event_type,
-            conversation_id=conversation_id,
-            webhook_id=webhook_id,
-            since=since,
-            until=until,
-        )
+        return await self.log.find(**filters)
 
     async def count_deliveries(self, agent_id: str | None = None) -> dict[str, int]:
         """How many deliveries are in each state (of one agent's, or all)."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from typing import Unpack
 
 import structlog
 
 from ..exceptions import NotFound
-from ..storage.base import AttemptRecord, DeliveryRecord, DeliveryStatus, Store
+from ..storage.base import AttemptRecord, DeliveryRecord, LogFilters, Store
 from ._blocking import Blocking
 
 __all__ = ["DeliveryLog"]
@@ -41,33 +42,8 @@ class DeliveryLog:
         self._wake = wake
         self._clock = clock
 
-    async def find(
-        self,
-        *,
-        agent_id: str | None = None,
-        status: DeliveryStatus | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-        event_type: str | None = None,
-        conversation_id: str | None = None,
-        webhook_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[DeliveryRecord]:
-        return await self._blocking(
-            functools.partial(
-                self._store.list_deliveries,
-                agent_id=agent_id,
-                status=status,
-                limit=limit,
-                before_id=before_id,
-                event_type=event_type,
-                conversation_id=conversation_id,
-                webhook_id=webhook_id,
-                since=since,
-                until=until,
-            )
-        )
+    async def find(self, **filters: Unpack[LogFilters]) -> list[DeliveryRecord]:
+        return await self._blocking(functools.partial(self._store.list_deliveries, **filters))
 
     async def get(self, delivery_id: int, agent_id: str | None = None) -> DeliveryRecord:
         """:raises NotFound: when there is no such delivery (for that agent)."""

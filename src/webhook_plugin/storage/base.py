@@ -16,7 +16,7 @@ Times are Unix seconds (``float``), always UTC.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal, NamedTuple, Protocol
+from typing import ClassVar, Literal, NamedTuple, Protocol, TypedDict, Unpack
 
 import msgspec
 
@@ -34,6 +34,7 @@ __all__ = [
     "DELIVERY_STATUSES",
     "DeliveryStatus",
     "HeldEvents",
+    "LogFilters",
     "Lease",
     "NewDelivery",
     "DeliveryStore",
@@ -98,6 +99,24 @@ class ClaimedDelivery(msgspec.Struct, frozen=True, kw_only=True):
     #: head of its conversation before it is given up (``ordering_max_wait``,
     #: counted by the database from its first claim); None when unordered
     head_deadline: float | None = None
+
+
+class LogFilters(TypedDict, total=False):
+    """What the delivery log can be asked for
+    (:meth:`DeliveryStore.list_deliveries`); every filter given must match."""
+
+    agent_id: str | None
+    status: DeliveryStatus | None
+    #: at most this many (default 100)
+    limit: int
+    #: older than this delivery (the next page)
+    before_id: int | None
+    event_type: str | None
+    conversation_id: str | None
+    webhook_id: str | None
+    #: created in ``[since, until)``, Unix seconds
+    since: float | None
+    until: float | None
 
 
 class Lease(NamedTuple):
@@ -229,19 +248,7 @@ class DeliveryStore(Protocol):
 
     def release(self, delivery_ids: Sequence[int], owner: str) -> None: ...
     def wait_for_new(self, timeout: float) -> bool: ...
-    def list_deliveries(
-        self,
-        *,
-        agent_id: str | None = None,
-        status: DeliveryStatus | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-        event_type: str | None = None,
-        conversation_id: str | None = None,
-        webhook_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[DeliveryRecord]:
+    def list_deliveries(self, **filters: Unpack[LogFilters]) -> list[DeliveryRecord]:
         """The log, newest first: ``limit`` deliveries older than ``before_id``
         that match every filter given (``since``/``until``: created in
         ``[since, until)``)."""
