@@ -150,3 +150,18 @@ def test_a_low_backlog_asks_for_more_only_when_a_claim_could_find_some() -> None
     assert isinstance(step, Claim)
     p.next(ready=8, held=8, full=(), now=0.0, mono=0.0)  # the claim failed; the loop goes on
     assert p.wants_more
+
+
+def test_an_endpoint_the_claim_under_way_leaves_out_that_frees_is_claimed_for_after_it() -> None:
+    """It was full when the claim was decided, and frees while the claim runs:
+    its work waits in the store, so the loop looks again once the claim is
+    back (and the claim finding nothing is no proof of barrenness)."""
+    p = plan()
+    step = p.next(ready=0, held=4, full=("a",), now=0.0, mono=0.0)
+    assert isinstance(step, Claim) and step.skip == ("a",)
+    assert not p.freed("b")  # not left out
+    assert p.freed("a")
+    p.claimed(step, 0, mono=0.0)
+    p.waited()
+    assert p.barren is None
+    assert isinstance(p.next(ready=0, held=0, full=(), now=0.0, mono=0.0), Claim)

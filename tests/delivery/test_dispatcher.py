@@ -548,3 +548,56 @@ async def test_a_retry_that_falls_due_is_claimed_though_the_last_claim_found_not
                 await anyio.sleep(0.01)
         assert store.claimed_at - fell_due < 2
         await d.stop(grace=1)
+
+
+async def test_an_endpoint_that_frees_while_a_claim_leaves_it_out_is_claimed_for_at_once() -> None:
+    """ "a" is full when a claim is decided (its first attempt is under way)
+    and another process queued more for it; its attempt ends while that claim
+    runs: its work is claimed once the claim is back, not at the next poll
+    (5 s here)."""
+    release = anyio.Event()
+    client = GatedClient(release)
+    results: list[AttemptResult] = []
+
+    class Store:
+        gave = False
+
+        def claim_due(
+            self, *, skip_agents: Sequence[str] = (), **kw: object
+        ) -> list[ClaimedDelivery]:
+            if "a" in skip_agents and not release.is_set():
+                anyio.from_thread.run_sync(release.set)  # a's attempt ends meanwhile
+                deadline = time.monotonic() + 2
+                while not results and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(0.05)
+                return []
+            if release.is_set() and "a" not in skip_agents and not self.gave:
+                self.gave = True
+                return [delivery(2, "a")]  # what the other process queued
+            return []
+
+        def release(self, ids: object, owner: str) -> None:
+            pass
+
+    d = Dispatcher(
+        Store(),  # type: ignore[arg-type]
+        client,
+        results.append,
+        policy=RetryPolicy(),
+        concurrency=4,
+        poll_interval=5.0,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        await anyio.sleep(0.2)  # the start-up claims found nothing
+        d.leased([delivery(1, "a")], 1)  # a write of this process leased us "a"'s first
+        d.take_leased()
+        with anyio.fail_after(2):
+            while not client.posted:
+                await anyio.sleep(0.01)
+        d.wake()  # another process queued more for "a" (its NOTIFY)
+        with anyio.fail_after(2):
+            while "msg_2" not in client.posted:
+                await anyio.sleep(0.01)
+        await d.stop(grace=1)

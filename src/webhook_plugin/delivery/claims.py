@@ -75,6 +75,8 @@ class ClaimPlan:
     wakes: int = 0
     #: a claim is under way: what it returns is looked at next anyway
     claiming: bool = False
+    #: the endpoints the claim under way leaves out
+    claim_skip: frozenset[str] = field(default_factory=frozenset)
 
     def next(
         self, *, ready: int, held: int, full: Collection[str], now: float, mono: float
@@ -101,7 +103,7 @@ class ClaimPlan:
         if retry_due:
             self.next_retry_at = None  # this claim looks for it
             self.barren = None
-        self.claiming = True
+        self.claiming, self.claim_skip = True, frozenset(skip)
         return Claim(room, skip, self.wakes)
 
     def claimed(self, claim: Claim, got: int, *, mono: float) -> None:
@@ -132,6 +134,11 @@ class ClaimPlan:
     def freed(self, agent_id: str) -> bool:
         """An endpoint may start again; whether to claim for it (the last claim
         left its work in the store)."""
+        if self.claiming and agent_id in self.claim_skip:
+            # the claim under way left its work in the store: look again after it
+            self.claim_skip -= {agent_id}
+            self.wakes += 1  # (and what that claim found is no proof of barrenness)
+            return True
         if agent_id not in self.skipped:
             return False
         self.skipped -= {agent_id}

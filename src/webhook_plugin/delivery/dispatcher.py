@@ -144,10 +144,13 @@ class Dispatcher:
         loop (:meth:`take_leased`): by the writer's caller at once, or by the
         claim loop's next pass at the latest."""
         self._mailbox.append((claimed, queued))
+        # what a next write of the same batch may lease (the loop recomputes it)
+        self.room -= len(claimed)
 
-    def take_leased(self) -> None:
+    def take_leased(self, *, signal_loop: bool = True) -> None:
         """On the event loop: into the backlog with what writes leased us; a
-        claim for what they queued and could not lease."""
+        claim for what they queued and could not lease (the claim loop's own
+        call, ``signal_loop=False``, is about to claim anyway)."""
         others = taken = False
         while self._mailbox:
             claimed, queued = self._mailbox.popleft()
@@ -160,7 +163,9 @@ class Dispatcher:
         if taken:
             self._hand_over()
         if others:
-            self.wake()
+            self._plan.woken()
+            if signal_loop:
+                signal(self._wakeups)
 
     def retry_scheduled(self, at: float) -> None:
         """A retry falls due at ``at``: make sure the claim loop looks then."""
@@ -211,7 +216,8 @@ class Dispatcher:
         assert self._wakeups is not None
         wakeups, plan = self._wakeups.receive, self._plan
         while not self._stopping:
-            self.take_leased()  # any a writer's caller did not take (it was cancelled)
+            # any a writer's caller did not take (it was cancelled)
+            self.take_leased(signal_loop=False)
             step = plan.next(
                 ready=len(self.backlog),
                 held=self.backlog.waiting() + len(self._in_flight),

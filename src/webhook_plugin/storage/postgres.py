@@ -150,9 +150,10 @@ class PostgresStore(SQLStore):
         " d.attempts, d.round_start, d.ordered, {now} - d.head_since"
     )
     supports_notify: ClassVar[bool] = True
-    #: row locks let writes to different rows go together: the outbox's, the
-    #: results' and a claim at once, one connection of the pool's four left to reads
-    writers: ClassVar[int] = 3
+    #: row locks let writes to different rows go together: two of the engine's
+    #: at once, leaving two of the pool's four connections to the chat's writes
+    #: (which bound their own wait) and to reads
+    writers: ClassVar[int] = 2
 
     def __init__(self, url: str, *, schema: str = "webhook_plugin", pool_size: int = 4) -> None:
         if not schema.isidentifier():

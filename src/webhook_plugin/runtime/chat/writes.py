@@ -68,6 +68,7 @@ class MessageWrites:
             self._write,
             max_batch=512,
             on_written=lambda _: engine.dispatcher.take_leased(),
+            on_failed=lambda _: engine.dispatcher.take_leased(),  # a chunk that committed
         )
         self._running = False
 
