@@ -10,13 +10,18 @@ lifespan and hands it to :class:`~webhook_plugin.plugin.WebhookPlugin`::
 
 The parts, each in a module of its own: the outbox the hooks write to
 (:mod:`.outbox`), the dispatcher that makes the attempts
-(:mod:`.dispatcher`), the endpoints' settings (:mod:`.endpoints`), the
-delivery log (:mod:`.log`), the metrics (:mod:`.metrics`) and the
-supervisor that keeps the loops running (:mod:`.supervisor`). This module
-only wires them and runs their lifecycle. Leaving the ``async with`` stops
-claiming, gives attempts in flight ``shutdown_grace`` seconds, writes
-everything queued and closes the store; whatever was not delivered stays
-stored for the next start.
+(:mod:`.dispatcher`, its claim decisions in :mod:`.claims`), the endpoints'
+settings (:mod:`.endpoints`), the delivery log (:mod:`.log`), the metrics
+(:mod:`.metrics`) and the supervisor that keeps the loops running
+(:mod:`.supervisor`). This module wires them, runs their lifecycle, and
+carries what crosses them: an event from the hooks to the outbox (or into a
+caller's transaction, :meth:`DeliveryEngine.collecting`), what a write
+leased to the dispatcher, the attempts' results to the store and the
+operational events they decide to the hooks; the store's blocking calls go
+through one helper and its write lane (:mod:`._blocking`). Leaving the
+``async with`` stops claiming, gives attempts in flight ``shutdown_grace``
+seconds, writes everything queued, hands back the leases left and closes the
+store; whatever was not delivered stays stored for the next start.
 """
 
 from __future__ import annotations
