@@ -398,6 +398,7 @@ def test_sqlite_on_a_full_disk_answers_503_then_resumes_without_duplicates(
     with Receiver() as rx:
         config = write_config(tmp_path, rx.url, f"sqlite:///{db}")
         server = Server(config, tmp_path)
+        load = None
         try:
             # large texts fill the disk in a few dozen messages; 8 at a time, so
             # that a group commit that fails holds several of them
@@ -411,9 +412,14 @@ def test_sqlite_on_a_full_disk_answers_503_then_resumes_without_duplicates(
                         break
                     assert time.monotonic() - began < 30, "the disk never filled"
                 full_at = time.monotonic()
-                # a few more while full: all refused, clearly
+                # a few more while full: refused, clearly. Not every one: a
+                # checkpoint (the worker process's, or SQLite's own) starts the WAL
+                # over in the space it already has, and one message may fit there;
+                # it is then stored for good (checked with the others below)
                 while_full = [load.post(f"full-{i}") for i in range(10)]
-                assert all(s.status == 503 for s in while_full), summary(while_full)
+                refused_while_full = sum(s.status == 503 for s in while_full)
+                assert refused_while_full >= 7, summary(while_full)
+                assert all(s.status in (200, 503) for s in while_full), summary(while_full)
                 time.sleep(1)
                 full_health = httpx.get(f"{server.url}/healthz", timeout=5)
                 small_disk("64m")
@@ -425,7 +431,6 @@ def test_sqlite_on_a_full_disk_answers_503_then_resumes_without_duplicates(
                 # a second retry answers the same, with no new events
                 again = [load.post(m, f"conv-{m}") for m in refused]
             sent = load.sent
-            load.close()
 
             assert_clean_failures(sent)
             assert all(s.status == 200 for s in retried + fresh + again), summary(
@@ -453,6 +458,8 @@ def test_sqlite_on_a_full_disk_answers_503_then_resumes_without_duplicates(
             wait_for_webhooks(rx, wanted)
             delivered_at = time.monotonic()
         finally:
+            if load is not None:  # its connections, whatever failed
+                load.close()
             log = server.stop()
     conn = sqlite3.connect(db)
     try:

@@ -212,11 +212,13 @@ class DeliveryEngine:
         finally:
             self._tg = self._stack = None
             with anyio.CancelScope(shield=True):
-                # what the last writes leased to the stopped dispatcher: handed back
-                self.dispatcher.take_leased()
-                await self.dispatcher.release_left()
-                await self.client.aclose()
-                await self._blocking(self.store.close)
+                try:
+                    # what the last writes leased to the stopped dispatcher: handed back
+                    self.dispatcher.take_leased()
+                    await self.dispatcher.release_left()
+                finally:
+                    await self.client.aclose()
+                    await self._blocking(self.store.close)
             log.info("engine.stopped")
 
     def health(self) -> str | None:
