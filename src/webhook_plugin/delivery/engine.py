@@ -369,11 +369,11 @@ class DeliveryEngine:
         otherwise the dispatcher claims them."""
         collected.batch.finish(error)
         if error is None and collected.items:
-            self.supervisor.recovered("storage")
-            self.metrics.stored(collected.items)
-            if not leased:
+            if not leased:  # queued in the caller's transaction for a claim
                 self.dispatcher.wake()
-        self.dispatcher.take_leased()
+            self._stored(collected.items)
+        else:
+            self.dispatcher.take_leased()
 
     def lease(self) -> Lease | None:
         """How a write of this process (in its thread) leases the due deliveries
